@@ -1,0 +1,107 @@
+//! Packet sources: capture files (pcap, pcapng) and live interfaces (libpcap).
+//!
+//! Contract: a [`PacketSource`] yields [`SourceEvent`]s in capture order. A
+//! packet borrows the source's buffer until the next call (a lending
+//! iterator), so the file path copies nothing. Live sources also yield
+//! [`SourceEvent::Tick`] carrying the wall clock when no packet arrived for a
+//! while, so timeouts fire on a quiet link. Sources never interpret bytes
+//! above the link layer: that is `decode`'s job.
+
+pub mod file;
+
+use crate::clock::Timestamp;
+
+/// A LINKTYPE_* value as found in pcap/pcapng headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkType(pub u32);
+
+impl LinkType {
+    pub const NULL: LinkType = LinkType(0);
+    pub const ETHERNET: LinkType = LinkType(1);
+    pub const RAW: LinkType = LinkType(101);
+    pub const CHDLC: LinkType = LinkType(104);
+    pub const IEEE802_11: LinkType = LinkType(105);
+    pub const LOOP: LinkType = LinkType(108);
+    pub const LINUX_SLL: LinkType = LinkType(113);
+    pub const IEEE802_11_RADIOTAP: LinkType = LinkType(127);
+    pub const IPV4: LinkType = LinkType(228);
+    pub const IPV6: LinkType = LinkType(229);
+    pub const NFLOG: LinkType = LinkType(239);
+    pub const LINUX_SLL2: LinkType = LinkType(276);
+
+    /// A short human name for reports.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            0 => "null",
+            1 => "ethernet",
+            101 => "raw-ip",
+            104 => "cisco-hdlc",
+            105 => "ieee802.11",
+            108 => "loop",
+            113 => "linux-sll",
+            127 => "ieee802.11-radiotap",
+            228 => "ipv4",
+            229 => "ipv6",
+            239 => "nflog",
+            276 => "linux-sll2",
+            _ => "unknown",
+        }
+    }
+}
+
+/// One captured frame, borrowed from the source.
+#[derive(Clone, Copy, Debug)]
+pub struct RawPacket<'a> {
+    pub ts: Timestamp,
+    pub link: LinkType,
+    /// Captured bytes (possibly fewer than `wire_len` when cut by snaplen).
+    pub data: &'a [u8],
+    /// Length of the frame on the wire.
+    pub wire_len: u32,
+}
+
+#[derive(Debug)]
+pub enum SourceEvent<'a> {
+    Packet(RawPacket<'a>),
+    /// Live mode only: no packet for a while; the wall clock now.
+    Tick(Timestamp),
+}
+
+/// Counters a source keeps about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets the kernel or interface dropped (live; libpcap's statistics).
+    pub dropped: u64,
+    pub if_dropped: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a pcap or pcapng capture file")]
+    NotACapture { path: String },
+    #[error("error reading {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{0}")]
+    Live(String),
+}
+
+pub trait PacketSource {
+    /// The next event, or `Ok(None)` at the end of a file (or when stopped).
+    fn next_event(&mut self) -> Result<Option<SourceEvent<'_>>, CaptureError>;
+    /// The interface name (live) or a label (`file`) for metrics.
+    fn interface(&self) -> &str;
+    fn stats(&self) -> SourceStats;
+    /// For files: set when the file ended in the middle of a record; the text
+    /// says where. Processing of everything before it went on.
+    fn truncation(&self) -> Option<&str> {
+        None
+    }
+}

@@ -1,0 +1,2 @@
+//! HTTP/1.x: incremental message parsing, body framing, request/response
+//! pairing into [`Exchange`]s.
