@@ -1,2 +1,225 @@
-//! HTTP/1.x: incremental message parsing, body framing, request/response
-//! pairing into [`Exchange`]s.
+//! HTTP/1.x: incremental message parsing, body framing, and request/response
+//! pairing into exchanges.
+//!
+//! Contract: a [`parser::MessageParser`] per direction takes the reassembled
+//! stream ([`crate::flow::reassembly::StreamEvent`]s) and reports message
+//! heads and ends to a [`MessageSink`]; it never sees packets and never
+//! buffers a body (it counts body bytes and keeps a bounded prefix). The
+//! session pairs them FIFO. Incomplete input is not an error: the parser
+//! waits for more bytes.
+
+pub mod parser;
+
+use crate::clock::Timestamp;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    ToServer,
+    ToClient,
+}
+
+impl Direction {
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::ToServer => Direction::ToClient,
+            Direction::ToClient => Direction::ToServer,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::ToServer => "request",
+            Direction::ToClient => "response",
+        }
+    }
+}
+
+/// Where a message starts or ends in its stream, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamPos {
+    /// Sequence number of the byte.
+    pub seq: u32,
+    /// ACK field of the segment that carried the byte.
+    pub ack: u32,
+    pub ts: Timestamp,
+}
+
+/// Request methods; the registered set of the OpenTelemetry conventions, plus
+/// anything else a client sent (bounded by the head-size limit).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Connect,
+    Options,
+    Trace,
+    Patch,
+    Other(Box<str>),
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Method {
+        match s {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "CONNECT" => Method::Connect,
+            "OPTIONS" => Method::Options,
+            "TRACE" => Method::Trace,
+            "PATCH" => Method::Patch,
+            other => Method::Other(other.into()),
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Connect => "CONNECT",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Patch => "PATCH",
+            Method::Other(s) => s,
+        }
+    }
+}
+
+/// A message's header fields: one buffer, spans into it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    raw: Vec<u8>,
+    /// (name start, name end, value start, value end) into `raw`.
+    spans: Vec<(u32, u32, u32, u32)>,
+}
+
+impl Headers {
+    pub fn with_capacity(bytes: usize, fields: usize) -> Self {
+        Headers {
+            raw: Vec::with_capacity(bytes),
+            spans: Vec::with_capacity(fields),
+        }
+    }
+
+    /// Append one field; the value should already be trimmed of OWS.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let n0 = self.raw.len() as u32;
+        self.raw.extend_from_slice(name);
+        let n1 = self.raw.len() as u32;
+        self.raw.extend_from_slice(value);
+        let v1 = self.raw.len() as u32;
+        self.spans.push((n0, n1, n1, v1));
+    }
+
+    /// All fields in order, as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.spans.iter().map(move |&(n0, n1, v0, v1)| {
+            (
+                &self.raw[n0 as usize..n1 as usize],
+                &self.raw[v0 as usize..v1 as usize],
+            )
+        })
+    }
+
+    /// Values of every field named `name` (ASCII case-insensitive).
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The first field named `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.get_all(name).next()
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: Method,
+    /// The raw request-target: everything between the first space and the
+    /// last space before `HTTP/1.x` (SPEC's lenient request line).
+    pub target: Vec<u8>,
+    /// Minor version: 0 or 1.
+    pub version_minor: u8,
+    pub headers: Headers,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub version_minor: u8,
+    pub headers: Headers,
+}
+
+/// What the request a response answers was, as far as framing cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    Head,
+    Connect,
+    Other,
+    /// The request was not seen (capture began mid-connection, or lost).
+    Unknown,
+}
+
+/// The end of a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageEnd {
+    /// The message's last byte (for a message without body, its head's).
+    pub end: StreamPos,
+    /// Body bytes after de-chunking (including bytes lost in gaps).
+    pub body_bytes: u64,
+    /// Body bytes that were lost in gaps and skipped by length.
+    pub body_missing: u64,
+    /// The first bytes of the de-chunked body, at most the configured prefix.
+    pub body_prefix: Vec<u8>,
+    /// False when the stream ended (FIN, RST, end of capture) before the
+    /// framing said the message was done.
+    pub complete: bool,
+}
+
+/// Why bytes could not be framed as HTTP/1.x.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("message head exceeds the size limit")]
+    HeadTooLarge,
+    #[error("invalid request line")]
+    BadRequestLine,
+    #[error("invalid status line")]
+    BadStatusLine,
+    #[error("invalid header field")]
+    BadHeader,
+    #[error("invalid chunked encoding")]
+    BadChunk,
+    #[error("invalid or conflicting Content-Length")]
+    BadContentLength,
+}
+
+/// Receives what a parser recognises, in stream order.
+pub trait MessageSink {
+    fn request_head(&mut self, head: RequestHead, start: StreamPos);
+    /// Returns what the answered request was, which decides the body framing
+    /// (HEAD: none; CONNECT + 2xx: tunnel). Interim 1xx heads come here too.
+    fn response_head(&mut self, head: ResponseHead, start: StreamPos) -> RequestKind;
+    fn message_end(&mut self, dir: Direction, end: MessageEnd);
+    /// Bytes that cannot be framed; the parser then looks for the next
+    /// message start. `at` is where the bad message began.
+    fn malformed(&mut self, dir: Direction, err: ParseError, at: StreamPos);
+    /// After a gap the parser could not skip by length, it found the next
+    /// message start at `at`, having dropped whatever message was in progress
+    /// (`lost_message` says whether one was).
+    fn resync(&mut self, dir: Direction, at: StreamPos, lost_message: bool);
+}
