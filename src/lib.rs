@@ -1,0 +1,15 @@
+//! apitap: a passive HTTP API monitor.
+//!
+//! Packets flow one way through the stages, one module each:
+//!
+//! - [`capture`]: packet sources (pcap/pcapng files, live libpcap).
+//! - [`decode`]: link layers, tunnels, IP (with fragments) and TCP headers.
+//! - [`flow`]: TCP connections and per-direction stream reassembly.
+//! - [`http`]: HTTP/1.x parsing, body framing, request/response pairing.
+//! - [`clock`]: capture time, the only time the pipeline knows.
+
+pub mod capture;
+pub mod clock;
+pub mod decode;
+pub mod flow;
+pub mod http;

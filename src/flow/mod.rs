@@ -1,1 +1,3 @@
-//! Flows.
+//! TCP flows: connection tracking and per-direction reassembly.
+
+pub mod reassembly;

@@ -1,0 +1,1 @@
+//! Capture files: pcap and pcapng (stub; see the capture helper's work).
