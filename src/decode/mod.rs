@@ -7,6 +7,7 @@
 //! skip is counted in [`DecodeStats`]. Unsupported link types are counted per
 //! type so the caller can report each once.
 
+#[allow(unused_imports)]
 use crate::capture::{LinkType, RawPacket};
 use crate::clock::Timestamp;
 use std::collections::BTreeMap;

@@ -134,7 +134,7 @@ impl Headers {
     }
 
     /// The first field named `name`.
-    pub fn get(&self, name: &str) -> Option<&[u8]> {
+    pub fn get<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
         self.get_all(name).next()
     }
 
