@@ -9,7 +9,13 @@
 //! - [`clock`]: capture time, the only time the pipeline knows.
 
 pub mod capture;
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod decode;
+pub mod classify;
 pub mod flow;
 pub mod http;
+pub mod output;
+pub mod pipeline;
+pub mod run;

@@ -89,3 +89,32 @@ pub struct DecodeStats {
     /// Skipped packets per unsupported link type.
     pub unsupported_links: BTreeMap<u32, u64>,
 }
+
+// TEMPORARY STUB (replaced by the decode branch).
+#[derive(Clone, Copy, Debug)]
+pub struct DecoderConfig {
+    pub max_fragment_bytes: usize,
+    pub max_fragment_datagrams: usize,
+    pub fragment_timeout_micros: i64,
+}
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        DecoderConfig { max_fragment_bytes: 4 << 20, max_fragment_datagrams: 1024, fragment_timeout_micros: 30_000_000 }
+    }
+}
+#[derive(Debug, Default)]
+pub struct Decoder {
+    stats: DecodeStats,
+}
+impl Decoder {
+    pub fn new(_cfg: DecoderConfig) -> Self {
+        Self::default()
+    }
+    pub fn decode<'a>(&'a mut self, _pkt: &RawPacket<'a>) -> Decoded<'a> {
+        let _ = Timestamp::ZERO;
+        unimplemented!()
+    }
+    pub fn stats(&self) -> &DecodeStats {
+        &self.stats
+    }
+}

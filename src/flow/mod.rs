@@ -1,3 +1,639 @@
-//! TCP flows: connection tracking and per-direction reassembly.
+//! TCP flows: connection tracking and per-direction reassembly, and the
+//! hand-off of each connection's streams to the application layer.
+//!
+//! Contract: [`FlowTable::segment`] takes decoded TCP segments in capture
+//! order and drives, per connection, two [`reassembly::Reassembler`]s and —
+//! once the connection is known to carry HTTP/1.x — two HTTP parsers and a
+//! pairing session. Finished exchanges go to the caller's closure. Who is the
+//! client is learnt from the handshake when it was seen, else from what is
+//! said (who sends a request line, who sends a status line), never from port
+//! numbers. A connection that carries something else is counted as TLS or
+//! other and costs nothing more. Idle flows expire by capture time; the
+//! number of flows and the bytes they buffer are bounded, and what the
+//! bounds refuse or evict is counted.
 
 pub mod reassembly;
+
+use crate::clock::Timestamp;
+use crate::decode::TcpSegment;
+use crate::http::exchange::Exchange;
+use crate::http::parser::{self, MessageParser, ParserLimits, Sniff};
+use crate::http::session::{HttpSession, StreamEnd};
+use crate::http::Direction;
+use reassembly::{Chunk, Reassembler, StreamEvent, StreamLimits, StreamStats};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+/// A connection's identity, the same for both directions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowKey {
+    lo: SocketAddr,
+    hi: SocketAddr,
+}
+
+impl FlowKey {
+    /// The key of a segment from `src` to `dst`, and whether `src` is `lo`.
+    pub fn new(src: SocketAddr, dst: SocketAddr) -> (FlowKey, bool) {
+        if src <= dst {
+            (FlowKey { lo: src, hi: dst }, true)
+        } else {
+            (FlowKey { lo: dst, hi: src }, false)
+        }
+    }
+
+    /// A hash that is the same for both directions and stable across runs
+    /// and processes (for sharding flows over workers; not for hash maps).
+    pub fn symmetric_hash(&self) -> u64 {
+        fn mix(a: &SocketAddr) -> u64 {
+            let ip = match a.ip() {
+                IpAddr::V4(v) => u32::from(v) as u64,
+                IpAddr::V6(v) => {
+                    let x = u128::from(v);
+                    (x as u64) ^ ((x >> 64) as u64)
+                }
+            };
+            (ip.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ (a.port() as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+        }
+        let h = mix(&self.lo).wrapping_add(mix(&self.hi));
+        h ^ (h >> 29)
+    }
+}
+
+/// What a connection carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Tls,
+    Other,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Tls => "tls",
+            Protocol::Other => "other",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FlowConfig {
+    pub stream_limits: StreamLimits,
+    pub parser_limits: ParserLimits,
+    pub transaction_timeout_micros: i64,
+    /// A connection with no packet for this long is expired.
+    pub idle_timeout_micros: i64,
+    /// A connection that never carried data expires sooner (SYN floods).
+    pub handshake_timeout_micros: i64,
+    pub max_flows: usize,
+    /// How far into a direction to look for an HTTP message start when the
+    /// capture began mid-connection, before calling the connection "other".
+    pub sniff_limit_bytes: u32,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            stream_limits: StreamLimits::default(),
+            parser_limits: ParserLimits::default(),
+            transaction_timeout_micros: 30_000_000,
+            idle_timeout_micros: 300_000_000,
+            handshake_timeout_micros: 30_000_000,
+            max_flows: 1 << 20,
+            sniff_limit_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Counters about flows (the reassemblers' are summed in at close).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub flows_created: u64,
+    pub flows_closed: u64,
+    pub flows_expired: u64,
+    /// New flows refused because the table was full.
+    pub flows_refused: u64,
+    /// Connections by what they carry (counted once, when known).
+    pub connections: HashMap<Protocol, u64>,
+    pub stream: StreamStats,
+    /// Bytes skipped while looking for a message start.
+    pub sniff_skipped_bytes: u64,
+}
+
+/// Per-direction sniffing state before the connection's nature is known.
+#[derive(Debug, Default)]
+struct Sniffer {
+    /// Tail of the previous chunk when it ended inside a possible start line.
+    carry: Vec<u8>,
+    /// The next byte is at the start of a line.
+    at_line_start: bool,
+    /// Bytes looked at so far.
+    seen: u32,
+    /// The stream is known from its first byte (SYN seen, nothing lost).
+    from_start: bool,
+}
+
+#[derive(Debug)]
+struct HttpConn {
+    /// Parser of the client's direction and of the server's.
+    req: MessageParser,
+    resp: MessageParser,
+    session: HttpSession,
+}
+
+#[derive(Debug)]
+enum App {
+    Undecided([Sniffer; 2]),
+    Http(Box<HttpConn>),
+    Done(Protocol),
+}
+
+#[derive(Debug)]
+struct Connection {
+    key: FlowKey,
+    /// [lo→hi, hi→lo]
+    streams: [Reassembler; 2],
+    /// Some(true): `lo` is the client.
+    client_is_lo: Option<bool>,
+    syn_seen: [bool; 2],
+    ended: [bool; 2],
+    app: App,
+    last_seen: Timestamp,
+    had_data: bool,
+}
+
+/// Index of a direction: 0 = lo→hi, 1 = hi→lo.
+type Side = usize;
+
+pub struct FlowTable {
+    cfg: FlowConfig,
+    flows: HashMap<FlowKey, Connection, ahash::RandomState>,
+    stats: FlowStats,
+    next_sweep: Option<Timestamp>,
+}
+
+const SWEEP_INTERVAL_MICROS: i64 = 1_000_000;
+
+impl FlowTable {
+    pub fn new(cfg: FlowConfig) -> Self {
+        FlowTable {
+            cfg,
+            flows: HashMap::with_hasher(ahash::RandomState::new()),
+            stats: FlowStats::default(),
+            next_sweep: None,
+        }
+    }
+
+    pub fn stats(&self) -> &FlowStats {
+        &self.stats
+    }
+
+    pub fn active_flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Replace the configuration (limits and timeouts apply to new work).
+    pub fn set_config(&mut self, cfg: FlowConfig) {
+        self.cfg = cfg;
+    }
+
+    /// One segment, in capture order. `now` is the pipeline's monotonic time.
+    pub fn segment(&mut self, seg: &TcpSegment<'_>, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
+        self.maybe_sweep(now, emit);
+        let (key, src_is_lo) = FlowKey::new(seg.src, seg.dst);
+        let side: Side = if src_is_lo { 0 } else { 1 };
+        let flags = seg.flags;
+        let syn_only = flags.syn() && !flags.ack();
+
+        // A new SYN on a finished or stale connection starts a new one.
+        if syn_only {
+            if let Some(c) = self.flows.get(&key) {
+                if c.ended.iter().any(|&e| e) || c.streams[side].next_seq().is_some_and(|n| n != seg.seq.wrapping_add(1)) {
+                    let c = self.flows.remove(&key).expect("just seen");
+                    self.finish(c, now, StreamEnd::Closed, emit);
+                    self.stats.flows_closed += 1;
+                }
+            }
+        }
+
+        if !self.flows.contains_key(&key) {
+            // Only a handshake or data starts tracking; stray ACKs, FINs and
+            // RSTs of connections we never saw cost nothing.
+            if !flags.syn() && seg.payload.is_empty() && seg.missing == 0 {
+                return;
+            }
+            if self.flows.len() >= self.cfg.max_flows {
+                self.stats.flows_refused += 1;
+                return;
+            }
+            self.stats.flows_created += 1;
+            self.flows.insert(key, Connection::new(key, now));
+        }
+        let cfg = &self.cfg;
+        let stats = &mut self.stats;
+        let conn = self.flows.get_mut(&key).expect("inserted above");
+        conn.last_seen = now;
+        if flags.syn() {
+            conn.syn_seen[side] = true;
+            if conn.client_is_lo.is_none() {
+                // SYN comes from the client, SYN+ACK from the server.
+                conn.client_is_lo = Some(src_is_lo == syn_only);
+            }
+        }
+        if !seg.payload.is_empty() || seg.missing > 0 {
+            conn.had_data = true;
+        }
+
+        let Connection { streams, app, client_is_lo, syn_seen, ended, key: ckey, .. } = conn;
+        let [s0, s1] = streams;
+        let (this, other) = if side == 0 { (s0, s1) } else { (s1, s0) };
+        let mut ctx = Ctx { cfg, stats, app, client_is_lo, syn_seen, ended, key: *ckey, emit };
+
+        if flags.ack() {
+            other.peer_ack(seg.ack, now, &cfg.stream_limits, &mut |ev| ctx.event(1 - side, ev));
+        }
+        this.segment(
+            seg.seq,
+            seg.ack,
+            seg.ts,
+            flags.syn(),
+            flags.fin(),
+            flags.rst(),
+            seg.payload,
+            seg.missing,
+            &cfg.stream_limits,
+            &mut |ev| ctx.event(side, ev),
+        );
+        this.tick(now, &cfg.stream_limits, &mut |ev| ctx.event(side, ev));
+        other.tick(now, &cfg.stream_limits, &mut |ev| ctx.event(1 - side, ev));
+        ctx.expire(now);
+
+        let done = flags.rst() || (ended[0] && ended[1]);
+        if done {
+            let c = self.flows.remove(&key).expect("present");
+            self.finish(c, now, StreamEnd::Closed, emit);
+            self.stats.flows_closed += 1;
+        }
+    }
+
+    /// Live mode: time passes without packets.
+    pub fn tick(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
+        self.maybe_sweep(now, emit);
+    }
+
+    /// End of capture: every connection ends, every open exchange is logged.
+    pub fn finish_all(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
+        let mut all: Vec<Connection> = self.flows.drain().map(|(_, c)| c).collect();
+        // Deterministic output order: by first address, then last activity.
+        all.sort_by_key(|c| (c.last_seen, c.key.lo, c.key.hi));
+        for c in all {
+            self.finish(c, now, StreamEnd::CaptureEnded, emit);
+        }
+    }
+
+    fn maybe_sweep(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
+        match self.next_sweep {
+            Some(t) if now < t => return,
+            None => {
+                self.next_sweep = Some(now.saturating_add_micros(SWEEP_INTERVAL_MICROS));
+                return;
+            }
+            _ => {}
+        }
+        self.next_sweep = Some(now.saturating_add_micros(SWEEP_INTERVAL_MICROS));
+        let idle = self.cfg.idle_timeout_micros;
+        let handshake = self.cfg.handshake_timeout_micros;
+        let mut expired = Vec::new();
+        for (k, c) in self.flows.iter_mut() {
+            let limit = if c.had_data { idle } else { handshake };
+            if c.last_seen.saturating_add_micros(limit) <= now {
+                expired.push(*k);
+            } else if let App::Http(h) = &mut c.app {
+                if h.session.next_deadline().is_some_and(|d| d <= now) {
+                    h.session.expire(now);
+                    for ex in h.session.drain() {
+                        emit(ex);
+                    }
+                }
+            }
+        }
+        expired.sort();
+        for k in expired {
+            let c = self.flows.remove(&k).expect("listed");
+            self.finish(c, now, StreamEnd::CaptureEnded, emit);
+            self.stats.flows_expired += 1;
+        }
+    }
+
+    fn finish(&mut self, conn: Connection, now: Timestamp, why: StreamEnd, emit: &mut impl FnMut(Exchange)) {
+        let Connection { mut streams, mut app, mut client_is_lo, mut syn_seen, mut ended, key, .. } = conn;
+        let cfg = &self.cfg;
+        let stats = &mut self.stats;
+        {
+            let mut ctx = Ctx { cfg, stats, app: &mut app, client_is_lo: &mut client_is_lo, syn_seen: &mut syn_seen, ended: &mut ended, key, emit };
+            for (side, s) in streams.iter_mut().enumerate() {
+                s.flush(now, &mut |ev| ctx.event(side, ev));
+            }
+            ctx.expire(now);
+        }
+        for s in &streams {
+            add_stream_stats(&mut stats.stream, s.stats());
+        }
+        match app {
+            App::Http(mut h) => {
+                h.session.set_ending(why);
+                let reset = why == StreamEnd::Closed;
+                h.req.end_of_stream(now, reset, &mut h.session);
+                h.resp.end_of_stream(now, reset, &mut h.session);
+                h.session.close(now);
+                for ex in h.session.drain() {
+                    emit(ex);
+                }
+            }
+            App::Undecided(_) => {
+                if streams.iter().any(|s| s.next_seq().is_some()) {
+                    *stats.connections.entry(Protocol::Other).or_default() += 0;
+                }
+            }
+            App::Done(_) => {}
+        }
+    }
+}
+
+fn add_stream_stats(total: &mut StreamStats, s: &StreamStats) {
+    total.missing_bytes += s.missing_bytes;
+    total.gaps += s.gaps;
+    total.duplicate_bytes += s.duplicate_bytes;
+    total.conflicting_overlap_bytes += s.conflicting_overlap_bytes;
+    total.out_of_order_segments += s.out_of_order_segments;
+}
+
+impl Connection {
+    fn new(key: FlowKey, now: Timestamp) -> Self {
+        Connection {
+            key,
+            streams: [Reassembler::new(), Reassembler::new()],
+            client_is_lo: None,
+            syn_seen: [false; 2],
+            ended: [false; 2],
+            app: App::Undecided(Default::default()),
+            last_seen: now,
+            had_data: false,
+        }
+    }
+}
+
+/// Everything a stream event needs, borrowed apart from the reassemblers.
+struct Ctx<'a, E: FnMut(Exchange)> {
+    cfg: &'a FlowConfig,
+    stats: &'a mut FlowStats,
+    app: &'a mut App,
+    client_is_lo: &'a mut Option<bool>,
+    syn_seen: &'a mut [bool; 2],
+    ended: &'a mut [bool; 2],
+    key: FlowKey,
+    emit: &'a mut E,
+}
+
+impl<E: FnMut(Exchange)> Ctx<'_, E> {
+    fn addr(&self, side: Side) -> SocketAddr {
+        if side == 0 {
+            self.key.lo
+        } else {
+            self.key.hi
+        }
+    }
+
+    /// The HTTP direction of a side, once the client is known.
+    fn direction(&self, side: Side) -> Option<Direction> {
+        self.client_is_lo.map(|lo_client| {
+            if (side == 0) == lo_client {
+                Direction::ToServer
+            } else {
+                Direction::ToClient
+            }
+        })
+    }
+
+    fn event(&mut self, side: Side, ev: StreamEvent<'_>) {
+        let dir = self.direction(side);
+        match ev {
+            StreamEvent::Data(chunk) => self.data(side, &chunk),
+            StreamEvent::Gap { seq, len, ts } => match self.app {
+                App::Undecided(sn) => {
+                    sn[side].from_start = false;
+                    sn[side].at_line_start = false;
+                    sn[side].carry.clear();
+                }
+                App::Http(h) => {
+                    let dir = dir.expect("known once HTTP");
+                    let HttpConn { req, resp, session } = &mut **h;
+                    match dir {
+                        Direction::ToServer => req.gap(seq, len, ts, session),
+                        Direction::ToClient => resp.gap(seq, len, ts, session),
+                    }
+                    self.after_parse();
+                }
+                App::Done(_) => {}
+            },
+            StreamEvent::Fin { ts } | StreamEvent::Reset { ts } => {
+                let reset = matches!(ev, StreamEvent::Reset { .. });
+                self.ended[side] = true;
+                if let App::Http(h) = self.app {
+                    let dir = dir.expect("known once HTTP");
+                    let HttpConn { req, resp, session } = &mut **h;
+                    if reset || dir == Direction::ToClient {
+                        // The server can send nothing more: what waits fails.
+                        session.set_ending(StreamEnd::Closed);
+                        resp.end_of_stream(ts, reset, session);
+                        if reset {
+                            req.end_of_stream(ts, reset, session);
+                        }
+                        session.close(ts);
+                    } else {
+                        req.end_of_stream(ts, false, session);
+                    }
+                    self.after_parse();
+                }
+            }
+        }
+    }
+
+    fn data(&mut self, side: Side, chunk: &Chunk<'_>) {
+        let dir = self.direction(side);
+        let App::Undecided(sniffers) = self.app else {
+            if let App::Http(h) = self.app {
+                let dir = dir.expect("known once HTTP");
+                let HttpConn { req, resp, session } = &mut **h;
+                match dir {
+                    Direction::ToServer => req.feed(chunk, session),
+                    Direction::ToClient => resp.feed(chunk, session),
+                }
+                self.after_parse();
+            }
+            return;
+        };
+        let sn = &mut sniffers[side];
+        if sn.seen == 0 && sn.carry.is_empty() {
+            sn.from_start = self.syn_seen[side];
+            sn.at_line_start = true;
+        }
+        match sniff_chunk(sn, chunk.data) {
+            SniffResult::Http { offset, is_request } => {
+                let skipped = offset.saturating_sub(sn.carry.len());
+                self.stats.sniff_skipped_bytes += skipped as u64;
+                let carry = std::mem::take(&mut sn.carry);
+                let from_start = sn.from_start && offset == 0;
+                let other_from_start = {
+                    let o = &sniffers[1 - side];
+                    o.seen == 0 && o.carry.is_empty() && self.syn_seen[1 - side]
+                };
+                let sender_is_client = is_request;
+                let sender_is_lo = side == 0;
+                *self.client_is_lo = Some(sender_is_lo == sender_is_client);
+                let client = self.addr(if sender_is_client { side } else { 1 - side });
+                let server = self.addr(if sender_is_client { 1 - side } else { side });
+                let limits = self.cfg.parser_limits;
+                let (req_sync, resp_sync) = if is_request {
+                    (true, other_from_start)
+                } else {
+                    (other_from_start, true)
+                };
+                let _ = from_start;
+                let conn = HttpConn {
+                    req: MessageParser::new(Direction::ToServer, limits, req_sync),
+                    resp: MessageParser::new(Direction::ToClient, limits, resp_sync),
+                    session: HttpSession::new(client, server, self.cfg.transaction_timeout_micros),
+                };
+                *self.app = App::Http(Box::new(conn));
+                *self.stats.connections.entry(Protocol::Http).or_default() += 1;
+                // Replay the start of the message: the carried bytes, then
+                // the rest of this chunk.
+                let start_in_chunk = offset.saturating_sub(carry.len());
+                let carried = &carry[carry.len().min(offset)..];
+                if !carried.is_empty() {
+                    let c = Chunk {
+                        seq: chunk.seq.wrapping_sub(carried.len() as u32),
+                        ack: chunk.ack,
+                        ts: chunk.ts,
+                        data: carried,
+                    };
+                    self.data(side, &c);
+                }
+                let rest = Chunk {
+                    seq: chunk.seq.wrapping_add(start_in_chunk as u32),
+                    ack: chunk.ack,
+                    ts: chunk.ts,
+                    data: &chunk.data[start_in_chunk..],
+                };
+                self.data(side, &rest);
+            }
+            SniffResult::NotHttp(p) => {
+                *self.stats.connections.entry(p).or_default() += 1;
+                *self.app = App::Done(p);
+            }
+            SniffResult::Undecided => {
+                if sn.seen > self.cfg.sniff_limit_bytes {
+                    self.stats.sniff_skipped_bytes += sn.seen as u64;
+                    *self.stats.connections.entry(Protocol::Other).or_default() += 1;
+                    *self.app = App::Done(Protocol::Other);
+                }
+            }
+        }
+    }
+
+    /// Apply the session's deferred parser commands and pass on exchanges.
+    fn after_parse(&mut self) {
+        if let App::Http(h) = self.app {
+            let cmds = std::mem::take(&mut h.session.commands);
+            if cmds.request_enter_tunnel && !h.req.in_tunnel() {
+                h.req.enter_tunnel();
+            }
+            if cmds.request_resume && h.req.in_tunnel() {
+                h.req.resume_from_tunnel();
+            }
+            for ex in h.session.drain() {
+                (self.emit)(ex);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Timestamp) {
+        if let App::Http(h) = self.app {
+            if h.session.next_deadline().is_some_and(|d| d <= now) {
+                h.session.expire(now);
+            }
+        }
+        self.after_parse();
+    }
+}
+
+enum SniffResult {
+    /// An HTTP message starts at `offset` of (carry ++ chunk).
+    Http { offset: usize, is_request: bool },
+    NotHttp(Protocol),
+    Undecided,
+}
+
+/// Longest start line prefix worth carrying across chunks.
+const SNIFF_CARRY: usize = 64;
+
+fn sniff_at(data: &[u8]) -> Option<Option<bool>> {
+    // Some(Some(true)) request, Some(Some(false)) response, Some(None) need
+    // more, None no.
+    let req = parser::sniff_request_start(data);
+    let resp = parser::sniff_response_start(data);
+    match (req, resp) {
+        (Sniff::Yes, _) => Some(Some(true)),
+        (_, Sniff::Yes) => Some(Some(false)),
+        (Sniff::NeedMore, _) | (_, Sniff::NeedMore) => Some(None),
+        _ => None,
+    }
+}
+
+fn looks_like_tls(data: &[u8]) -> bool {
+    data.len() >= 3 && data[0] == 0x16 && data[1] == 0x03 && data[2] <= 0x04
+}
+
+fn sniff_chunk(sn: &mut Sniffer, chunk: &[u8]) -> SniffResult {
+    let buf: std::borrow::Cow<'_, [u8]> = if sn.carry.is_empty() {
+        chunk.into()
+    } else {
+        let mut v = std::mem::take(&mut sn.carry);
+        v.extend_from_slice(chunk);
+        v.into()
+    };
+    let data: &[u8] = &buf;
+    let start_seen = sn.seen;
+    sn.seen = sn.seen.saturating_add(chunk.len() as u32);
+    if sn.from_start && start_seen == 0 && looks_like_tls(data) {
+        return SniffResult::NotHttp(Protocol::Tls);
+    }
+    let mut pos = if sn.at_line_start { Some(0) } else { memchr::memchr(b'\n', data).map(|i| i + 1) };
+    while let Some(p) = pos {
+        if p >= data.len() {
+            sn.at_line_start = true;
+            return SniffResult::Undecided;
+        }
+        match sniff_at(&data[p..]) {
+            Some(Some(is_request)) => return SniffResult::Http { offset: p, is_request },
+            Some(None) => {
+                // Could be a start cut by the chunk end: carry it over.
+                if data.len() - p <= SNIFF_CARRY {
+                    sn.carry = data[p..].to_vec();
+                    sn.at_line_start = true;
+                    return SniffResult::Undecided;
+                }
+            }
+            None => {}
+        }
+        if sn.from_start && p == 0 {
+            // The stream's very first bytes are not HTTP: nor is the rest.
+            return SniffResult::NotHttp(if looks_like_tls(data) { Protocol::Tls } else { Protocol::Other });
+        }
+        pos = memchr::memchr(b'\n', &data[p..]).map(|i| p + i + 1);
+    }
+    sn.at_line_start = false;
+    SniffResult::Undecided
+}

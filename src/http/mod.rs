@@ -8,7 +8,9 @@
 //! session pairs them FIFO. Incomplete input is not an error: the parser
 //! waits for more bytes.
 
+pub mod exchange;
 pub mod parser;
+pub mod session;
 
 use crate::clock::Timestamp;
 

@@ -1,0 +1,210 @@
+//! Redaction of request-targets for logs.
+//!
+//! Contract: [`redact_target`] returns the target as text that holds no
+//! secret: values of credential-named query parameters, any query value that
+//! is a JWT, userinfo of an absolute-form target and JWT path segments are
+//! replaced by `REDACTED`. Bytes that are not UTF-8 are percent-encoded, so
+//! the result is always valid text and loses nothing else.
+
+/// SPEC's default credential parameter names (configurable).
+pub const DEFAULT_CREDENTIAL_PARAMS: &[&str] = &[
+    "token",
+    "access_token",
+    "api_key",
+    "apikey",
+    "key",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "auth",
+    "sig",
+    "signature",
+    "session",
+    "sessionid",
+    "jwt",
+];
+
+pub const REDACTED: &str = "REDACTED";
+
+/// Does `s` look like a JWT (JWS compact form: three base64url parts, the
+/// first a JSON object, i.e. starting `eyJ`)?
+pub fn is_jwt(s: &[u8]) -> bool {
+    if s.len() < 16 || !s.starts_with(b"eyJ") {
+        return false;
+    }
+    let mut dots = 0;
+    for &b in s {
+        match b {
+            b'.' => dots += 1,
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'=' => {}
+            _ => return false,
+        }
+    }
+    dots == 2
+}
+
+/// Is `name` (raw, possibly percent-encoded) one of `cred_names`
+/// (ASCII case-insensitive)?
+pub fn is_credential_name(name: &[u8], cred_names: &[String]) -> bool {
+    let decoded = percent_decode(name);
+    cred_names
+        .iter()
+        .any(|c| c.as_bytes().eq_ignore_ascii_case(&decoded))
+}
+
+/// Percent-decoding, lenient: a bad escape stays as it is.
+pub fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The target with every secret replaced (see module doc).
+pub fn redact_target(target: &[u8], cred_names: &[String]) -> String {
+    let mut out: Vec<u8> = Vec::with_capacity(target.len());
+    let (before_query, query) = match memchr::memchr(b'?', target) {
+        Some(i) => (&target[..i], Some(&target[i + 1..])),
+        None => (target, None),
+    };
+    // userinfo in absolute-form: scheme://user:pass@host/...
+    let mut path_part = before_query;
+    if let Some(p) = memchr::memmem::find(before_query, b"://") {
+        let auth_start = p + 3;
+        let rest = &before_query[auth_start..];
+        let auth_end = memchr::memchr(b'/', rest).unwrap_or(rest.len());
+        let authority = &rest[..auth_end];
+        out.extend_from_slice(&before_query[..auth_start]);
+        match memchr::memrchr(b'@', authority) {
+            Some(at) => {
+                out.extend_from_slice(REDACTED.as_bytes());
+                out.extend_from_slice(&authority[at..]);
+            }
+            None => out.extend_from_slice(authority),
+        }
+        path_part = &rest[auth_end..];
+    }
+    for (i, seg) in path_part.split(|&b| b == b'/').enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        if is_jwt(seg) {
+            out.extend_from_slice(REDACTED.as_bytes());
+        } else {
+            out.extend_from_slice(seg);
+        }
+    }
+    if let Some(q) = query {
+        out.push(b'?');
+        let (q, frag) = match memchr::memchr(b'#', q) {
+            Some(i) => (&q[..i], Some(&q[i..])),
+            None => (q, None),
+        };
+        for (i, pair) in q.split(|&b| b == b'&').enumerate() {
+            if i > 0 {
+                out.push(b'&');
+            }
+            match memchr::memchr(b'=', pair) {
+                Some(eq) => {
+                    let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+                    out.extend_from_slice(name);
+                    out.push(b'=');
+                    if !value.is_empty()
+                        && (is_credential_name(name, cred_names) || is_jwt(value))
+                    {
+                        out.extend_from_slice(REDACTED.as_bytes());
+                    } else {
+                        out.extend_from_slice(value);
+                    }
+                }
+                None if is_jwt(pair) => out.extend_from_slice(REDACTED.as_bytes()),
+                None => out.extend_from_slice(pair),
+            }
+        }
+        if let Some(f) = frag {
+            out.extend_from_slice(f);
+        }
+    }
+    bytes_to_text(&out)
+}
+
+/// Valid UTF-8 stays as it is; any other byte >= 0x80 becomes `%XX`.
+pub fn bytes_to_text(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_string(),
+        Err(_) => {
+            let mut s = String::with_capacity(b.len() + 8);
+            for chunk in b.utf8_chunks() {
+                s.push_str(chunk.valid());
+                for &x in chunk.invalid() {
+                    s.push_str(&format!("%{x:02X}"));
+                }
+            }
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<String> {
+        DEFAULT_CREDENTIAL_PARAMS.iter().map(|s| s.to_string()).collect()
+    }
+
+    const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlX3g";
+
+    #[test]
+    fn redact_table() {
+        let jwt_q = format!("/a?x={JWT}");
+        let jwt_p = format!("/t/{JWT}/x");
+        let cases: Vec<(&str, String)> = vec![
+            ("/users/42?token=abc", "/users/42?token=REDACTED".into()),
+            ("/x?Token=abc&page=2", "/x?Token=REDACTED&page=2".into()),
+            ("/x?keyword=abc&monkey=1", "/x?keyword=abc&monkey=1".into()),
+            ("/x?api%5Fkey=s3cr3t", "/x?api%5Fkey=REDACTED".into()),
+            ("/x?token=", "/x?token=".into()),
+            ("/x?token", "/x?token".into()),
+            (jwt_q.as_str(), "/a?x=REDACTED".into()),
+            (jwt_p.as_str(), "/t/REDACTED/x".into()),
+            ("http://bob:pw@h.example/p?q=1", "http://REDACTED@h.example/p?q=1".into()),
+            ("http://h.example/p", "http://h.example/p".into()),
+            ("/a?password=x#frag", "/a?password=REDACTED#frag".into()),
+        ];
+        for (t, want) in cases {
+            assert_eq!(redact_target(t.as_bytes(), &names()), want, "{t}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_is_percent_encoded() {
+        assert_eq!(redact_target(b"/a\xff\xfeb", &names()), "/a%FF%FEb");
+        assert_eq!(redact_target("/caf\u{e9}".as_bytes(), &names()), "/caf\u{e9}");
+    }
+
+    #[test]
+    fn jwt_detection() {
+        assert!(is_jwt(JWT.as_bytes()));
+        assert!(!is_jwt(b"eyJhbGciOiJIUzI1NiJ9"));
+        assert!(!is_jwt(b"hello.world.again"));
+        assert!(!is_jwt(b"eyJ.a b.c"));
+    }
+
+    #[test]
+    fn percent_decode_is_lenient() {
+        assert_eq!(percent_decode(b"a%41%zz%4"), b"aA%zz%4");
+    }
+}

@@ -1,0 +1,70 @@
+//! Command-line flags (tcpdump's for capture, Prometheus exporters' for the
+//! rest). Every flag has a config-file key; flags win over the file.
+
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug, Default, Clone)]
+#[command(
+    name = "apitap",
+    version,
+    about = "Passive HTTP API monitor: which API calls fail, why, and which endpoints are exposed",
+    long_about = None
+)]
+pub struct Cli {
+    /// Capture live from IFACE (libpcap; `any` works).
+    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
+    pub interface: Option<String>,
+
+    /// Read a pcap or pcapng file (`-` = stdin) as fast as possible, then exit.
+    #[arg(short = 'r', long = "read", value_name = "FILE")]
+    pub read: Option<String>,
+
+    /// Capture filter (BPF). Default: tcp.
+    #[arg(short = 'f', long = "filter", value_name = "BPF")]
+    pub filter: Option<String>,
+
+    /// TOML configuration file; dotted flags are tables (`[web] listen-address`).
+    #[arg(long = "config.file", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
+    /// Serve /metrics, /-/healthy, /-/ready and a landing page at ADDR.
+    #[arg(long = "web.listen-address", alias = "listen", value_name = "ADDR")]
+    pub web_listen_address: Option<String>,
+
+    /// TLS and basic auth for the listener (exporter-toolkit web-config format).
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Write the exchange log (NDJSON) to PATH; `-` = stdout.
+    #[arg(long = "exchanges", value_name = "PATH")]
+    pub exchanges: Option<String>,
+
+    /// Write the findings log (NDJSON) to PATH; `-` = stdout.
+    #[arg(long = "findings", value_name = "PATH")]
+    pub findings: Option<String>,
+
+    /// At exit, write the final Prometheus text exposition to PATH; `-` = stdout.
+    #[arg(long = "metrics-out", value_name = "PATH")]
+    pub metrics_out: Option<String>,
+
+    /// Seconds a request may wait for its response (default 30).
+    #[arg(long = "transaction-timeout", value_name = "SECS")]
+    pub transaction_timeout: Option<f64>,
+
+    /// With -r: pace packets at X times real time.
+    #[arg(long = "replay-speed", value_name = "X")]
+    pub replay_speed: Option<f64>,
+
+    /// With -r: start again at the end of the file, shifting timestamps.
+    #[arg(long = "replay-loop")]
+    pub replay_loop: bool,
+
+    /// Log level: error, warn, info, debug.
+    #[arg(long = "log.level", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Log format: logfmt or json.
+    #[arg(long = "log.format", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}

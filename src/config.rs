@@ -1,0 +1,336 @@
+//! Configuration: the TOML file and the flags, validated into one [`Config`].
+//!
+//! Contract: [`Config::load`] never panics; any problem is a [`ConfigError`]
+//! that names the key (or flag) and why, which `main` turns into exit code 2.
+//! Every flag has a key: dotted flags become tables (`--web.listen-address`
+//! is `[web] listen-address`). Flags win over the file.
+
+use crate::classify::{ClassifyConfig, DEFAULT_API_KEY_HEADERS, DEFAULT_MAX_OK_PATHS};
+use crate::cli::Cli;
+use crate::flow::FlowConfig;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The file as written. Unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    interface: Option<String>,
+    read: Option<String>,
+    filter: Option<String>,
+    exchanges: Option<String>,
+    findings: Option<String>,
+    metrics_out: Option<String>,
+    transaction_timeout: Option<f64>,
+    replay_speed: Option<f64>,
+    replay_loop: Option<bool>,
+    web: WebSection,
+    log: LogSection,
+    flow: FlowSection,
+    http: HttpSection,
+    classify: ClassifySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct WebSection {
+    listen_address: Option<String>,
+    config: WebConfigSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct WebConfigSection {
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct LogSection {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct FlowSection {
+    idle_timeout: Option<f64>,
+    handshake_timeout: Option<f64>,
+    max_flows: Option<usize>,
+    max_out_of_order_bytes: Option<usize>,
+    max_out_of_order_segments: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct HttpSection {
+    max_head_bytes: Option<usize>,
+    body_prefix_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct ClassifySection {
+    credential_params: Option<Vec<String>>,
+    api_key_headers: Option<Vec<String>>,
+    route_patterns: Option<Vec<String>>,
+    max_ok_paths: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+/// Where packets come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    File(String),
+    Interface(String),
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub input: Input,
+    pub filter: String,
+    pub exchanges: Option<String>,
+    pub findings: Option<String>,
+    pub metrics_out: Option<String>,
+    pub listen_address: Option<String>,
+    pub web_config_file: Option<PathBuf>,
+    pub replay_speed: Option<f64>,
+    pub replay_loop: bool,
+    pub log_level: tracing::Level,
+    pub log_format: LogFormat,
+    pub flow: FlowConfig,
+    pub classify: ClassifyConfig,
+}
+
+fn secs_to_micros(key: &'static str, secs: f64) -> Result<i64, ConfigError> {
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 365.0 {
+        return Err(invalid(key, format!("must be a number of seconds above 0, got {secs}")));
+    }
+    Ok((secs * 1e6).round() as i64)
+}
+
+fn positive(key: &'static str, v: usize) -> Result<usize, ConfigError> {
+    if v == 0 {
+        return Err(invalid(key, "must be above 0"));
+    }
+    Ok(v)
+}
+
+impl Config {
+    /// Merge the config file (if any) and the flags, and validate.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.message().to_string()
+                        + &e
+                            .span()
+                            .map(|s| format!(" (at byte {})", s.start))
+                            .unwrap_or_default(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::from_parts(cli, file)
+    }
+
+    fn from_parts(cli: &Cli, f: FileConfig) -> Result<Config, ConfigError> {
+        let read = cli.read.clone().or(f.read);
+        let interface = cli.interface.clone().or(f.interface);
+        let input = match (read, interface) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("--read/--interface", "give one of -r FILE or -i IFACE, not both"))
+            }
+            (Some(r), None) => Input::File(r),
+            (None, Some(i)) => Input::Interface(i),
+            (None, None) => return Err(invalid("--read/--interface", "give -r FILE or -i IFACE")),
+        };
+        let live = matches!(input, Input::Interface(_));
+        let replay_speed = cli.replay_speed.or(f.replay_speed);
+        if let Some(x) = replay_speed {
+            if !x.is_finite() || x <= 0.0 {
+                return Err(invalid("--replay-speed", format!("must be above 0, got {x}")));
+            }
+        }
+        let replay_loop = cli.replay_loop || f.replay_loop.unwrap_or(false);
+        if live && (replay_speed.is_some() || replay_loop) {
+            return Err(invalid("--replay-speed/--replay-loop", "only apply to -r"));
+        }
+        let log_level = match cli.log_level.as_deref().or(f.log.level.as_deref()).unwrap_or("info") {
+            "error" => tracing::Level::ERROR,
+            "warn" => tracing::Level::WARN,
+            "info" => tracing::Level::INFO,
+            "debug" => tracing::Level::DEBUG,
+            other => return Err(invalid("--log.level", format!("must be error, warn, info or debug, got {other:?}"))),
+        };
+        let log_format = match cli.log_format.as_deref().or(f.log.format.as_deref()).unwrap_or("logfmt") {
+            "logfmt" => LogFormat::Logfmt,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("--log.format", format!("must be logfmt or json, got {other:?}"))),
+        };
+        let listen_address = cli
+            .web_listen_address
+            .clone()
+            .or(f.web.listen_address)
+            .or_else(|| live.then(|| ":10190".to_string()));
+
+        let mut flow = FlowConfig::default();
+        if let Some(t) = cli.transaction_timeout.or(f.transaction_timeout) {
+            flow.transaction_timeout_micros = secs_to_micros("--transaction-timeout", t)?;
+        }
+        if let Some(t) = f.flow.idle_timeout {
+            flow.idle_timeout_micros = secs_to_micros("flow.idle-timeout", t)?;
+        }
+        if let Some(t) = f.flow.handshake_timeout {
+            flow.handshake_timeout_micros = secs_to_micros("flow.handshake-timeout", t)?;
+        }
+        if let Some(n) = f.flow.max_flows {
+            flow.max_flows = positive("flow.max-flows", n)?;
+        }
+        if let Some(n) = f.flow.max_out_of_order_bytes {
+            flow.stream_limits.max_buffered_bytes = positive("flow.max-out-of-order-bytes", n)?;
+        }
+        if let Some(n) = f.flow.max_out_of_order_segments {
+            flow.stream_limits.max_buffered_segments = positive("flow.max-out-of-order-segments", n)?;
+        }
+        if let Some(n) = f.http.max_head_bytes {
+            if !(256..=1 << 20).contains(&n) {
+                return Err(invalid("http.max-head-bytes", "must be between 256 and 1048576"));
+            }
+            flow.parser_limits.max_head_bytes = n;
+        }
+        if let Some(n) = f.http.body_prefix_bytes {
+            if n > 64 * 1024 {
+                return Err(invalid("http.body-prefix-bytes", "must be at most 65536"));
+            }
+            flow.parser_limits.body_prefix_bytes = n;
+        }
+
+        let mut classify = ClassifyConfig::default();
+        if let Some(v) = f.classify.credential_params {
+            classify.credential_params = v;
+        }
+        if let Some(v) = f.classify.api_key_headers {
+            classify.api_key_headers = v.into_iter().map(|s| s.to_ascii_lowercase()).collect();
+        } else {
+            classify.api_key_headers = DEFAULT_API_KEY_HEADERS.iter().map(|s| s.to_string()).collect();
+        }
+        if let Some(v) = f.classify.route_patterns {
+            crate::classify::route::RouteTemplater::new(&v)
+                .map_err(|e| invalid("classify.route-patterns", e.to_string()))?;
+            classify.route_patterns = v;
+        }
+        classify.max_ok_paths = f.classify.max_ok_paths.unwrap_or(DEFAULT_MAX_OK_PATHS);
+
+        Ok(Config {
+            input,
+            filter: cli.filter.clone().or(f.filter).unwrap_or_else(|| "tcp".into()),
+            exchanges: cli.exchanges.clone().or(f.exchanges),
+            findings: cli.findings.clone().or(f.findings),
+            metrics_out: cli.metrics_out.clone().or(f.metrics_out),
+            listen_address,
+            web_config_file: cli.web_config_file.clone().or(f.web.config.file),
+            replay_speed,
+            replay_loop,
+            log_level,
+            log_format,
+            flow,
+            classify,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli_read() -> Cli {
+        Cli {
+            read: Some("x.pcap".into()),
+            ..Cli::default()
+        }
+    }
+
+    fn load_str(cli: &Cli, toml_text: &str) -> Result<Config, String> {
+        let f: FileConfig = toml::from_str(toml_text).map_err(|e| e.message().to_string())?;
+        Config::from_parts(cli, f).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("transaction-timeout = -1", "--transaction-timeout"),
+            ("[flow]\nmax-flows = 0", "flow.max-flows"),
+            ("[log]\nlevel = \"loud\"", "--log.level"),
+            ("[classify]\nroute-patterns = [\"nope\"]", "classify.route-patterns"),
+            ("[flow]\nmax-flow = 3", "max-flow"),
+            ("[web]\nlisten_address = \":1\"", "listen_address"),
+        ];
+        for (text, key) in cases {
+            let err = load_str(&cli_read(), text).unwrap_err();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let mut cli = cli_read();
+        cli.transaction_timeout = Some(5.0);
+        let c = load_str(&cli, "transaction-timeout = 9\n[web]\nlisten-address = \":9\"").unwrap();
+        assert_eq!(c.flow.transaction_timeout_micros, 5_000_000);
+        assert_eq!(c.listen_address.as_deref(), Some(":9"));
+    }
+
+    #[test]
+    fn live_mode_listens_by_default_read_mode_does_not() {
+        let live = Cli {
+            interface: Some("eth0".into()),
+            ..Cli::default()
+        };
+        assert_eq!(load_str(&live, "").unwrap().listen_address.as_deref(), Some(":10190"));
+        assert_eq!(load_str(&cli_read(), "").unwrap().listen_address, None);
+    }
+
+    #[test]
+    fn input_is_required_and_exclusive() {
+        assert!(load_str(&Cli::default(), "").is_err());
+        let both = Cli {
+            interface: Some("eth0".into()),
+            read: Some("f".into()),
+            ..Cli::default()
+        };
+        assert!(load_str(&both, "").is_err());
+    }
+}

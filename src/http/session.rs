@@ -1,0 +1,541 @@
+//! Request/response pairing for one connection.
+//!
+//! Contract: [`HttpSession`] receives both parsers' events (it is their
+//! [`MessageSink`]) and turns them into [`Exchange`]s, FIFO, one per request
+//! seen (or per response whose request was not seen). Interim 1xx responses
+//! never end an exchange. A request keeps its pipelining slot after it timed
+//! out, so a late response pairs with it and writes no second record.
+//!
+//! Pairing never crosses a gap it cannot account for. Every pairing is
+//! checked against TCP causality, using the ACK fields the reassembler
+//! carries: a response R can answer request Q only if the server had
+//! received Q when it sent R (`R.ack > Q.seq`) and the client had not yet
+//! received R when it sent Q (`Q.ack <= R.seq`). After a gap in the response
+//! stream several pending requests may pass that test; the one whose ACK
+//! equals R's first sequence number (the client sent it right after the
+//! previous response ended) is the answered one, the earlier ones lost their
+//! responses in the gap. When the evidence does not single one out, the
+//! candidates are logged without a response and R as an orphan, all marked
+//! `capture_loss`, rather than guessed.
+
+use super::exchange::{Exchange, Outcome};
+use super::{
+    Direction, MessageEnd, MessageSink, Method, ParseError, RequestHead, RequestKind,
+    ResponseHead, StreamPos,
+};
+use crate::clock::Timestamp;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+/// Most requests waiting for responses on one connection; past it the oldest
+/// is logged without a response (a flood of pipelined requests costs bounded
+/// memory).
+pub const MAX_PENDING: usize = 256;
+
+/// Why a connection's streams ended, which decides what an unanswered
+/// request failed of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// FIN or RST: the connection ended before a complete response.
+    Closed,
+    /// End of the capture file or flow expiry: the answer is unknown.
+    CaptureEnded,
+}
+
+/// Deferred commands for the parsers, applied by the connection after the
+/// parser call that produced them returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParserCommands {
+    pub request_enter_tunnel: bool,
+    pub request_resume: bool,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// None: a request we know was there but could not read (malformed), or
+    /// a placeholder for one lost in a capture gap (`placeholder`).
+    head: Option<RequestHead>,
+    start: StreamPos,
+    body_bytes: u64,
+    body_prefix: Vec<u8>,
+    request_done: bool,
+    /// Already written as timed out; the slot stays for pairing.
+    logged: bool,
+    capture_loss: bool,
+    malformed: bool,
+    placeholder: bool,
+    id: u64,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    head: ResponseHead,
+    start: StreamPos,
+    request: Option<Pending>,
+    interim: bool,
+    capture_loss: bool,
+}
+
+#[derive(Debug)]
+pub struct HttpSession {
+    client: SocketAddr,
+    server: SocketAddr,
+    timeout_micros: i64,
+    pending: VecDeque<Pending>,
+    in_flight: Option<InFlight>,
+    /// id of the request whose body is still being parsed.
+    open_request: Option<u64>,
+    next_id: u64,
+    /// A gap in either stream since the last proven pairing.
+    uncertain: bool,
+    ending: StreamEnd,
+    pub commands: ParserCommands,
+    out: Vec<Exchange>,
+}
+
+fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+impl HttpSession {
+    pub fn new(client: SocketAddr, server: SocketAddr, timeout_micros: i64) -> Self {
+        HttpSession {
+            client,
+            server,
+            timeout_micros,
+            pending: VecDeque::new(),
+            in_flight: None,
+            open_request: None,
+            next_id: 0,
+            uncertain: false,
+            ending: StreamEnd::CaptureEnded,
+            commands: ParserCommands::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Exchanges finished since the last call.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Exchange> {
+        self.out.drain(..)
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Requests waiting for a response (including timed-out slots).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The earliest time at which [`HttpSession::expire`] has work to do.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        let waiting = self
+            .pending
+            .iter()
+            .chain(self.in_flight.iter().filter_map(|f| f.request.as_ref()))
+            .filter(|p| !p.logged && !p.placeholder)
+            .map(|p| p.start.ts);
+        waiting
+            .min()
+            .map(|t| t.saturating_add_micros(self.timeout_micros))
+    }
+
+    /// Log every request whose transaction timeout has passed by `now`.
+    pub fn expire(&mut self, now: Timestamp) {
+        let timeout = self.timeout_micros;
+        let mut expired = Vec::new();
+        let in_flight_req = self.in_flight.as_mut().and_then(|f| {
+            let st = f.head.status;
+            f.request.as_mut().map(|r| (r, st))
+        });
+        if let Some((p, _)) = in_flight_req {
+            if !p.logged && !p.placeholder && p.start.ts.saturating_add_micros(timeout) <= now {
+                p.logged = true;
+                expired.push(snapshot(p));
+            }
+        }
+        for p in self.pending.iter_mut() {
+            if !p.logged && !p.placeholder && p.start.ts.saturating_add_micros(timeout) <= now {
+                p.logged = true;
+                expired.push(snapshot(p));
+            }
+        }
+        for (head, start, body, prefix, loss, malformed) in expired {
+            let deadline = start.ts.saturating_add_micros(timeout);
+            let outcome = if malformed {
+                Outcome::Malformed
+            } else {
+                Outcome::TimedOut
+            };
+            self.emit(head, start, body, prefix, None, Some(deadline), 0, Vec::new(), outcome, loss);
+        }
+    }
+
+    /// Both streams ended (the parsers' `end_of_stream` must come after this
+    /// call, so an incomplete response learns why); then call
+    /// [`HttpSession::close`].
+    pub fn set_ending(&mut self, why: StreamEnd) {
+        self.ending = why;
+    }
+
+    /// Log every request still waiting. `now`: the time the end was seen.
+    pub fn close(&mut self, now: Timestamp) {
+        self.expire(now);
+        if let Some(f) = self.in_flight.take() {
+            // A head without an end: the parser already reported the end if
+            // it could; whatever remains is unknown.
+            let outcome = self.end_outcome();
+            if f.interim {
+                self.pending_restore(f.request);
+            } else {
+                self.finish_response(f, None, outcome);
+            }
+        }
+        while let Some(p) = self.pending.pop_front() {
+            if p.logged || p.placeholder {
+                continue;
+            }
+            let outcome = if p.malformed {
+                Outcome::Malformed
+            } else {
+                self.end_outcome()
+            };
+            let end = (self.ending == StreamEnd::Closed).then_some(now);
+            self.emit(p.head, p.start, p.body_bytes, p.body_prefix, None, end, 0, Vec::new(), outcome, p.capture_loss);
+        }
+    }
+
+    fn end_outcome(&self) -> Outcome {
+        match self.ending {
+            StreamEnd::Closed => Outcome::ConnectionEnded,
+            StreamEnd::CaptureEnded => Outcome::Unknown,
+        }
+    }
+
+    fn pending_restore(&mut self, p: Option<Pending>) {
+        if let Some(p) = p {
+            self.pending.push_front(p);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        request: Option<RequestHead>,
+        start: StreamPos,
+        req_body: u64,
+        req_prefix: Vec<u8>,
+        response: Option<ResponseHead>,
+        end_ts: Option<Timestamp>,
+        resp_body: u64,
+        resp_prefix: Vec<u8>,
+        outcome: Outcome,
+        capture_loss: bool,
+    ) {
+        self.out.push(Exchange {
+            ts: start.ts,
+            client: self.client,
+            server: self.server,
+            request,
+            response,
+            end_ts,
+            request_body_bytes: req_body,
+            response_body_bytes: resp_body,
+            request_body_prefix: req_prefix,
+            response_body_prefix: resp_prefix,
+            outcome,
+            capture_loss,
+            failure: None,
+            route: None,
+            host: None,
+        });
+    }
+
+    /// Could `r` (a response starting at `r`) answer `q`? Unknown ACKs
+    /// (zero: a segment without ACK) prove nothing either way.
+    fn causal(q: &Pending, r: &StreamPos) -> bool {
+        if q.placeholder {
+            return true;
+        }
+        let server_had_q = r.ack == 0 || seq_lt(q.start.seq, r.ack);
+        let client_had_not_r = q.start.ack == 0 || !seq_lt(r.seq, q.start.ack);
+        server_had_q && client_had_not_r
+    }
+
+    /// Pick the request a final response starting at `r` answers, logging the
+    /// ones the evidence says lost their responses (module doc).
+    fn select_request(&mut self, r: &StreamPos) -> (Option<Pending>, bool) {
+        let Some(front) = self.pending.front() else {
+            return (None, self.uncertain);
+        };
+        if !Self::causal(front, r) {
+            // The response precedes every request we have: its own was not seen.
+            return (None, true);
+        }
+        let placeholder_waiting = self.pending.iter().any(|p| p.placeholder);
+        if !self.uncertain && !placeholder_waiting {
+            return (self.pending.pop_front(), false);
+        }
+        let candidates = self
+            .pending
+            .iter()
+            .take_while(|q| Self::causal(q, r))
+            .count();
+        if candidates == 1 {
+            self.uncertain = false;
+            let p = self.pending.pop_front();
+            let loss = p.as_ref().is_some_and(|p| p.placeholder);
+            return (p, loss);
+        }
+        let exact: Vec<usize> = (0..candidates)
+            .filter(|&i| {
+                let q = &self.pending[i];
+                !q.placeholder && q.start.ack != 0 && q.start.ack == r.seq
+            })
+            .collect();
+        self.uncertain = false;
+        if let [j] = exact[..] {
+            for _ in 0..j {
+                let lost = self.pending.pop_front().expect("j < candidates <= len");
+                self.log_lost(lost);
+            }
+            return (self.pending.pop_front(), false);
+        }
+        for _ in 0..candidates {
+            let lost = self.pending.pop_front().expect("candidates <= len");
+            self.log_lost(lost);
+        }
+        (None, true)
+    }
+
+    /// A request whose response was lost in a capture gap.
+    fn log_lost(&mut self, p: Pending) {
+        if p.logged || p.placeholder {
+            return;
+        }
+        let outcome = if p.malformed {
+            Outcome::Malformed
+        } else {
+            Outcome::Unknown
+        };
+        self.emit(p.head, p.start, p.body_bytes, p.body_prefix, None, None, 0, Vec::new(), outcome, true);
+    }
+
+    fn finish_response(&mut self, f: InFlight, end: Option<&MessageEnd>, outcome: Outcome) {
+        let (resp_body, resp_prefix, end_ts, missing) = match end {
+            Some(e) => (e.body_bytes, e.body_prefix.clone(), Some(e.end.ts), e.body_missing > 0),
+            None => (0, Vec::new(), None, false),
+        };
+        let loss = f.capture_loss || missing;
+        match f.request {
+            Some(p) if p.logged => {} // timed out earlier: slot taken, no second record
+            Some(p) => {
+                let outcome = if p.malformed { Outcome::Malformed } else { outcome };
+                let loss = loss || p.capture_loss;
+                self.emit(p.head, p.start, p.body_bytes, p.body_prefix, Some(f.head), end_ts, resp_body, resp_prefix, outcome, loss);
+            }
+            None => {
+                self.emit(None, f.start, 0, Vec::new(), Some(f.head), end_ts, resp_body, resp_prefix, outcome, loss);
+            }
+        }
+    }
+
+    fn push_pending(&mut self, p: Pending) {
+        if self.pending.len() >= MAX_PENDING {
+            if let Some(old) = self.pending.pop_front() {
+                self.log_lost(old);
+            }
+        }
+        self.pending.push_back(p);
+    }
+
+    fn new_pending(&mut self, head: Option<RequestHead>, start: StreamPos) -> Pending {
+        self.next_id += 1;
+        Pending {
+            head,
+            start,
+            body_bytes: 0,
+            body_prefix: Vec::new(),
+            request_done: false,
+            logged: false,
+            capture_loss: false,
+            malformed: false,
+            placeholder: false,
+            id: self.next_id,
+        }
+    }
+
+    fn open_request_mut(&mut self) -> Option<&mut Pending> {
+        let id = self.open_request?;
+        if let Some(p) = self.pending.iter_mut().find(|p| p.id == id) {
+            return Some(p);
+        }
+        self.in_flight
+            .as_mut()
+            .and_then(|f| f.request.as_mut())
+            .filter(|p| p.id == id)
+    }
+}
+
+fn snapshot(p: &Pending) -> (Option<RequestHead>, StreamPos, u64, Vec<u8>, bool, bool) {
+    (
+        p.head.clone(),
+        p.start,
+        p.body_bytes,
+        p.body_prefix.clone(),
+        p.capture_loss,
+        p.malformed,
+    )
+}
+
+impl MessageSink for HttpSession {
+    fn request_head(&mut self, head: RequestHead, start: StreamPos) {
+        if head.method == Method::Connect {
+            // Bytes after a CONNECT belong to the tunnel unless it is refused.
+            self.commands.request_enter_tunnel = true;
+        }
+        let p = self.new_pending(Some(head), start);
+        self.open_request = Some(p.id);
+        self.push_pending(p);
+    }
+
+    fn response_head(&mut self, head: ResponseHead, start: StreamPos) -> RequestKind {
+        let interim = (100..200).contains(&head.status) && head.status != 101;
+        if let Some(prev) = self.in_flight.take() {
+            // A new head while one is open cannot happen with a correct
+            // parser; keep the data rather than lose it.
+            let outcome = self.end_outcome();
+            if prev.interim {
+                self.pending_restore(prev.request);
+            } else {
+                self.finish_response(prev, None, outcome);
+            }
+        }
+        let (request, capture_loss) = if interim {
+            (None, false)
+        } else {
+            self.select_request(&start)
+        };
+        let kind_of = |p: Option<&Pending>| match p.and_then(|p| p.head.as_ref()) {
+            Some(h) if h.method == Method::Head => RequestKind::Head,
+            Some(h) if h.method == Method::Connect => RequestKind::Connect,
+            Some(_) => RequestKind::Other,
+            None => RequestKind::Unknown,
+        };
+        let kind = if interim {
+            kind_of(self.pending.front())
+        } else {
+            kind_of(request.as_ref())
+        };
+        self.in_flight = Some(InFlight {
+            head,
+            start,
+            request,
+            interim,
+            capture_loss,
+        });
+        kind
+    }
+
+    fn message_end(&mut self, dir: Direction, end: MessageEnd) {
+        match dir {
+            Direction::ToServer => {
+                if let Some(p) = self.open_request_mut() {
+                    p.body_bytes = end.body_bytes;
+                    p.body_prefix = end.body_prefix;
+                    p.request_done = true;
+                    p.capture_loss |= end.body_missing > 0;
+                }
+                self.open_request = None;
+            }
+            Direction::ToClient => {
+                let Some(f) = self.in_flight.take() else {
+                    return;
+                };
+                if f.interim {
+                    return;
+                }
+                let status = f.head.status;
+                if let Some(req) = f.request.as_ref().and_then(|p| p.head.as_ref()) {
+                    let connect = req.method == Method::Connect;
+                    let upgraded = status == 101 || (connect && (200..300).contains(&status));
+                    if upgraded {
+                        self.commands.request_enter_tunnel = true;
+                    } else if connect {
+                        self.commands.request_resume = true;
+                    }
+                } else if status == 101 {
+                    self.commands.request_enter_tunnel = true;
+                }
+                let outcome = if end.complete {
+                    Outcome::Complete
+                } else {
+                    self.end_outcome()
+                };
+                self.finish_response(f, Some(&end), outcome);
+            }
+        }
+    }
+
+    fn malformed(&mut self, dir: Direction, _err: ParseError, at: StreamPos) {
+        match dir {
+            Direction::ToServer => {
+                let mut p = self.new_pending(None, at);
+                p.malformed = true;
+                p.request_done = true;
+                self.open_request = None;
+                self.push_pending(p);
+            }
+            Direction::ToClient => {
+                if let Some(f) = self.in_flight.take() {
+                    if f.interim {
+                        self.pending_restore(f.request);
+                    } else {
+                        self.finish_response(f, None, Outcome::Malformed);
+                        return;
+                    }
+                }
+                let (req, loss) = self.select_request(&at);
+                match req {
+                    Some(p) if p.logged => {}
+                    Some(p) => self.emit(p.head, p.start, p.body_bytes, p.body_prefix, None, Some(at.ts), 0, Vec::new(), Outcome::Malformed, loss || p.capture_loss),
+                    None => self.emit(None, at, 0, Vec::new(), None, Some(at.ts), 0, Vec::new(), Outcome::Malformed, loss),
+                }
+            }
+        }
+    }
+
+    fn resync(&mut self, dir: Direction, at: StreamPos, lost_message: bool) {
+        self.uncertain = true;
+        match dir {
+            Direction::ToServer => {
+                if lost_message {
+                    if let Some(p) = self.open_request_mut() {
+                        p.capture_loss = true;
+                        p.request_done = true;
+                    }
+                }
+                self.open_request = None;
+                // Whatever the gap held may have been requests; their
+                // responses must not be paired with the requests we see.
+                let mut p = self.new_pending(None, at);
+                p.placeholder = true;
+                p.request_done = true;
+                self.push_pending(p);
+            }
+            Direction::ToClient => {
+                if let Some(f) = self.in_flight.take() {
+                    if f.interim {
+                        self.pending_restore(f.request);
+                    } else {
+                        // The response began but its end was lost.
+                        let mut f = f;
+                        f.capture_loss = true;
+                        self.finish_response(f, None, Outcome::Unknown);
+                    }
+                }
+            }
+        }
+    }
+}
