@@ -1,0 +1,49 @@
+//! Shared helpers for the end-to-end tests: where the corpus is, running the
+//! built binary, reading its exchange log.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The third-party capture corpus: `$APITAP_CORPUS`, else `../shared/corpus`
+/// beside the repository when it exists. None: tests that need it skip.
+pub fn corpus_dir() -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("APITAP_CORPUS") {
+        let p = PathBuf::from(d);
+        return p.join("MANIFEST.jsonl").exists().then_some(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    p.join("MANIFEST.jsonl").exists().then_some(p)
+}
+
+pub fn manifest(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("MANIFEST.jsonl"))
+        .expect("manifest readable")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("manifest line is JSON"))
+        .collect()
+}
+
+pub fn apitap() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_apitap"))
+}
+
+/// Run `apitap -r FILE --exchanges -` plus `extra` and parse the log.
+pub fn exchanges_of(file: &Path, extra: &[&str]) -> (Vec<Value>, Output) {
+    let out = apitap()
+        .arg("-r")
+        .arg(file)
+        .args(["--exchanges", "-"])
+        .args(extra)
+        .output()
+        .expect("apitap runs");
+    let text = String::from_utf8(out.stdout.clone()).expect("exchange log is UTF-8");
+    let records = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect();
+    (records, out)
+}
