@@ -131,7 +131,10 @@ pub struct Config {
 
 fn secs_to_micros(key: &'static str, secs: f64) -> Result<i64, ConfigError> {
     if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 365.0 {
-        return Err(invalid(key, format!("must be a number of seconds above 0, got {secs}")));
+        return Err(invalid(
+            key,
+            format!("must be a number of seconds above 0, got {secs}"),
+        ));
     }
     Ok((secs * 1e6).round() as i64)
 }
@@ -155,8 +158,7 @@ impl Config {
                 toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
                     path: path.clone(),
                     message: e.message().to_string()
-                        + &e
-                            .span()
+                        + &e.span()
                             .map(|s| format!(" (at byte {})", s.start))
                             .unwrap_or_default(),
                 })?
@@ -171,7 +173,10 @@ impl Config {
         let interface = cli.interface.clone().or(f.interface);
         let input = match (read, interface) {
             (Some(_), Some(_)) => {
-                return Err(invalid("--read/--interface", "give one of -r FILE or -i IFACE, not both"))
+                return Err(invalid(
+                    "--read/--interface",
+                    "give one of -r FILE or -i IFACE, not both",
+                ))
             }
             (Some(r), None) => Input::File(r),
             (None, Some(i)) => Input::Interface(i),
@@ -181,24 +186,47 @@ impl Config {
         let replay_speed = cli.replay_speed.or(f.replay_speed);
         if let Some(x) = replay_speed {
             if !x.is_finite() || x <= 0.0 {
-                return Err(invalid("--replay-speed", format!("must be above 0, got {x}")));
+                return Err(invalid(
+                    "--replay-speed",
+                    format!("must be above 0, got {x}"),
+                ));
             }
         }
         let replay_loop = cli.replay_loop || f.replay_loop.unwrap_or(false);
         if live && (replay_speed.is_some() || replay_loop) {
             return Err(invalid("--replay-speed/--replay-loop", "only apply to -r"));
         }
-        let log_level = match cli.log_level.as_deref().or(f.log.level.as_deref()).unwrap_or("info") {
+        let log_level = match cli
+            .log_level
+            .as_deref()
+            .or(f.log.level.as_deref())
+            .unwrap_or("info")
+        {
             "error" => tracing::Level::ERROR,
             "warn" => tracing::Level::WARN,
             "info" => tracing::Level::INFO,
             "debug" => tracing::Level::DEBUG,
-            other => return Err(invalid("--log.level", format!("must be error, warn, info or debug, got {other:?}"))),
+            other => {
+                return Err(invalid(
+                    "--log.level",
+                    format!("must be error, warn, info or debug, got {other:?}"),
+                ))
+            }
         };
-        let log_format = match cli.log_format.as_deref().or(f.log.format.as_deref()).unwrap_or("logfmt") {
+        let log_format = match cli
+            .log_format
+            .as_deref()
+            .or(f.log.format.as_deref())
+            .unwrap_or("logfmt")
+        {
             "logfmt" => LogFormat::Logfmt,
             "json" => LogFormat::Json,
-            other => return Err(invalid("--log.format", format!("must be logfmt or json, got {other:?}"))),
+            other => {
+                return Err(invalid(
+                    "--log.format",
+                    format!("must be logfmt or json, got {other:?}"),
+                ))
+            }
         };
         let listen_address = cli
             .web_listen_address
@@ -223,11 +251,15 @@ impl Config {
             flow.stream_limits.max_buffered_bytes = positive("flow.max-out-of-order-bytes", n)?;
         }
         if let Some(n) = f.flow.max_out_of_order_segments {
-            flow.stream_limits.max_buffered_segments = positive("flow.max-out-of-order-segments", n)?;
+            flow.stream_limits.max_buffered_segments =
+                positive("flow.max-out-of-order-segments", n)?;
         }
         if let Some(n) = f.http.max_head_bytes {
             if !(256..=1 << 20).contains(&n) {
-                return Err(invalid("http.max-head-bytes", "must be between 256 and 1048576"));
+                return Err(invalid(
+                    "http.max-head-bytes",
+                    "must be between 256 and 1048576",
+                ));
             }
             flow.parser_limits.max_head_bytes = n;
         }
@@ -245,7 +277,10 @@ impl Config {
         if let Some(v) = f.classify.api_key_headers {
             classify.api_key_headers = v.into_iter().map(|s| s.to_ascii_lowercase()).collect();
         } else {
-            classify.api_key_headers = DEFAULT_API_KEY_HEADERS.iter().map(|s| s.to_string()).collect();
+            classify.api_key_headers = DEFAULT_API_KEY_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         }
         if let Some(v) = f.classify.route_patterns {
             crate::classify::route::RouteTemplater::new(&v)
@@ -256,7 +291,11 @@ impl Config {
 
         Ok(Config {
             input,
-            filter: cli.filter.clone().or(f.filter).unwrap_or_else(|| "tcp".into()),
+            filter: cli
+                .filter
+                .clone()
+                .or(f.filter)
+                .unwrap_or_else(|| "tcp".into()),
             exchanges: cli.exchanges.clone().or(f.exchanges),
             findings: cli.findings.clone().or(f.findings),
             metrics_out: cli.metrics_out.clone().or(f.metrics_out),
@@ -294,7 +333,10 @@ mod tests {
             ("transaction-timeout = -1", "--transaction-timeout"),
             ("[flow]\nmax-flows = 0", "flow.max-flows"),
             ("[log]\nlevel = \"loud\"", "--log.level"),
-            ("[classify]\nroute-patterns = [\"nope\"]", "classify.route-patterns"),
+            (
+                "[classify]\nroute-patterns = [\"nope\"]",
+                "classify.route-patterns",
+            ),
             ("[flow]\nmax-flow = 3", "max-flow"),
             ("[web]\nlisten_address = \":1\"", "listen_address"),
         ];
@@ -308,7 +350,11 @@ mod tests {
     fn flags_win_over_file() {
         let mut cli = cli_read();
         cli.transaction_timeout = Some(5.0);
-        let c = load_str(&cli, "transaction-timeout = 9\n[web]\nlisten-address = \":9\"").unwrap();
+        let c = load_str(
+            &cli,
+            "transaction-timeout = 9\n[web]\nlisten-address = \":9\"",
+        )
+        .unwrap();
         assert_eq!(c.flow.transaction_timeout_micros, 5_000_000);
         assert_eq!(c.listen_address.as_deref(), Some(":9"));
     }
@@ -319,7 +365,10 @@ mod tests {
             interface: Some("eth0".into()),
             ..Cli::default()
         };
-        assert_eq!(load_str(&live, "").unwrap().listen_address.as_deref(), Some(":10190"));
+        assert_eq!(
+            load_str(&live, "").unwrap().listen_address.as_deref(),
+            Some(":10190")
+        );
         assert_eq!(load_str(&cli_read(), "").unwrap().listen_address, None);
     }
 

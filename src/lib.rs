@@ -9,11 +9,11 @@
 //! - [`clock`]: capture time, the only time the pipeline knows.
 
 pub mod capture;
+pub mod classify;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decode;
-pub mod classify;
 pub mod flow;
 pub mod http;
 pub mod output;

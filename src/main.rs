@@ -9,7 +9,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // A bug must not print a trace that could hold packet bytes.
     std::panic::set_hook(Box::new(|info| {
-        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         eprintln!("apitap: internal error{at}; please report it");
     }));
     let cli = match Cli::try_parse() {
@@ -22,7 +25,10 @@ fn main() -> ExitCode {
             }
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("bad arguments");
-            eprintln!("apitap: {}; see apitap --help", first.trim_start_matches("error: "));
+            eprintln!(
+                "apitap: {}; see apitap --help",
+                first.trim_start_matches("error: ")
+            );
             return ExitCode::from(2);
         }
     };

@@ -58,7 +58,8 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
 
 fn run_file(cfg: &Config, path: &str) -> Result<(), RunError> {
     let mut source = FileSource::open(path)?;
-    let classifier = Classifier::new(cfg.classify.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
+    let classifier =
+        Classifier::new(cfg.classify.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
     let mut pipeline = Pipeline::new(DecoderConfig::default(), cfg.flow.clone(), classifier);
     let log = match &cfg.exchanges {
         Some(p) => Some(ExchangeLog::new(

@@ -66,7 +66,11 @@ fn corpus_matches_tshark_oracle() {
         return;
     };
     let manifest = common::manifest(&dir);
-    assert!(manifest.len() >= 70, "manifest has {} records", manifest.len());
+    assert!(
+        manifest.len() >= 70,
+        "manifest has {} records",
+        manifest.len()
+    );
     let (mut ours_total, mut theirs_total) = (0u64, 0u64);
     let mut agree = 0usize;
     let mut report = Vec::new();
@@ -113,6 +117,14 @@ fn corpus_matches_tshark_oracle() {
         manifest.len()
     );
     let diff = (ours_total as f64 - theirs_total as f64).abs() / theirs_total as f64;
-    assert!(diff <= 0.01, "total requests differ by {:.2} %", diff * 100.0);
-    assert!(share >= 0.95, "histograms agree on only {:.1} % of files", share * 100.0);
+    assert!(
+        diff <= 0.01,
+        "total requests differ by {:.2} %",
+        diff * 100.0
+    );
+    assert!(
+        share >= 0.95,
+        "histograms agree on only {:.1} % of files",
+        share * 100.0
+    );
 }

@@ -76,7 +76,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 /// SPEC's default API-key header names (configurable).
-pub const DEFAULT_API_KEY_HEADERS: &[&str] = &["x-api-key", "api-key", "x-auth-token", "x-access-token"];
+pub const DEFAULT_API_KEY_HEADERS: &[&str] =
+    &["x-api-key", "api-key", "x-auth-token", "x-access-token"];
 
 /// Most (server, path) pairs remembered as having answered 2xx, for
 /// `endpoint_gone`; past it no new path is remembered (and it is counted).
@@ -93,8 +94,14 @@ pub struct ClassifyConfig {
 impl Default for ClassifyConfig {
     fn default() -> Self {
         ClassifyConfig {
-            credential_params: redact::DEFAULT_CREDENTIAL_PARAMS.iter().map(|s| s.to_string()).collect(),
-            api_key_headers: DEFAULT_API_KEY_HEADERS.iter().map(|s| s.to_string()).collect(),
+            credential_params: redact::DEFAULT_CREDENTIAL_PARAMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            api_key_headers: DEFAULT_API_KEY_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             route_patterns: Vec::new(),
             max_ok_paths: DEFAULT_MAX_OK_PATHS,
         }
@@ -155,7 +162,9 @@ impl Classifier {
         let req = ex.request.as_ref();
         let path = req.and_then(|r| route::path_of(&r.target));
         Some(match status {
-            401 | 403 if req.is_some_and(|r| self.has_expired_jwt(r, ex.ts)) => FailureCause::SessionExpired,
+            401 | 403 if req.is_some_and(|r| self.has_expired_jwt(r, ex.ts)) => {
+                FailureCause::SessionExpired
+            }
             401 => match req {
                 Some(r) if self.has_credentials(r) => FailureCause::AuthRejected,
                 _ => FailureCause::AuthMissing,
@@ -163,7 +172,9 @@ impl Classifier {
             403 => FailureCause::Forbidden,
             410 => FailureCause::EndpointGone,
             404 => match path {
-                Some(p) if self.ok_paths.contains(&(ex.server, p.into())) => FailureCause::EndpointGone,
+                Some(p) if self.ok_paths.contains(&(ex.server, p.into())) => {
+                    FailureCause::EndpointGone
+                }
                 _ => FailureCause::NotFound,
             },
             429 => FailureCause::RateLimited,
@@ -210,7 +221,11 @@ impl Classifier {
         query_names(&r.target).any(|n| redact::is_credential_name(n, &self.cfg.credential_params))
     }
 
-    fn has_expired_jwt(&self, _r: &crate::http::RequestHead, _now: crate::clock::Timestamp) -> bool {
+    fn has_expired_jwt(
+        &self,
+        _r: &crate::http::RequestHead,
+        _now: crate::clock::Timestamp,
+    ) -> bool {
         false
     }
 }
@@ -257,7 +272,9 @@ pub fn host_of(target: &[u8], headers: &Headers) -> Option<String> {
             None => auth,
         }
     });
-    let raw = from_target.filter(|h| !h.is_empty()).or_else(|| headers.get("host"))?;
+    let raw = from_target
+        .filter(|h| !h.is_empty())
+        .or_else(|| headers.get("host"))?;
     let raw = raw.trim_ascii();
     if raw.is_empty() {
         return None;
@@ -281,11 +298,19 @@ mod tests {
         let cases: &[(&[u8], Option<&str>, Option<&str>)] = &[
             (b"/", Some("API.Example.com"), Some("api.example.com")),
             (b"/", Some("api.example.com:80"), Some("api.example.com")),
-            (b"/", Some("api.example.com:8080"), Some("api.example.com:8080")),
+            (
+                b"/",
+                Some("api.example.com:8080"),
+                Some("api.example.com:8080"),
+            ),
             (b"/", Some("[::1]:80"), Some("[::1]")),
             (b"/", None, None),
             (b"/", Some(""), None),
-            (b"http://Proxy.Example:80/x", Some("other"), Some("proxy.example")),
+            (
+                b"http://Proxy.Example:80/x",
+                Some("other"),
+                Some("proxy.example"),
+            ),
             (b"http://u:p@h.example/x", None, Some("h.example")),
         ];
         for (target, header, want) in cases {

@@ -121,8 +121,7 @@ pub fn redact_target(target: &[u8], cred_names: &[String]) -> String {
                     let (name, value) = (&pair[..eq], &pair[eq + 1..]);
                     out.extend_from_slice(name);
                     out.push(b'=');
-                    if !value.is_empty()
-                        && (is_credential_name(name, cred_names) || is_jwt(value))
+                    if !value.is_empty() && (is_credential_name(name, cred_names) || is_jwt(value))
                     {
                         out.extend_from_slice(REDACTED.as_bytes());
                     } else {
@@ -162,7 +161,10 @@ mod tests {
     use super::*;
 
     fn names() -> Vec<String> {
-        DEFAULT_CREDENTIAL_PARAMS.iter().map(|s| s.to_string()).collect()
+        DEFAULT_CREDENTIAL_PARAMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlX3g";
@@ -180,7 +182,10 @@ mod tests {
             ("/x?token", "/x?token".into()),
             (jwt_q.as_str(), "/a?x=REDACTED".into()),
             (jwt_p.as_str(), "/t/REDACTED/x".into()),
-            ("http://bob:pw@h.example/p?q=1", "http://REDACTED@h.example/p?q=1".into()),
+            (
+                "http://bob:pw@h.example/p?q=1",
+                "http://REDACTED@h.example/p?q=1".into(),
+            ),
             ("http://h.example/p", "http://h.example/p".into()),
             ("/a?password=x#frag", "/a?password=REDACTED#frag".into()),
         ];
@@ -192,7 +197,10 @@ mod tests {
     #[test]
     fn non_utf8_is_percent_encoded() {
         assert_eq!(redact_target(b"/a\xff\xfeb", &names()), "/a%FF%FEb");
-        assert_eq!(redact_target("/caf\u{e9}".as_bytes(), &names()), "/caf\u{e9}");
+        assert_eq!(
+            redact_target("/caf\u{e9}".as_bytes(), &names()),
+            "/caf\u{e9}"
+        );
     }
 
     #[test]

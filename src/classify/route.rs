@@ -152,7 +152,9 @@ fn strip_query(target: &[u8]) -> &[u8] {
 }
 
 fn split_segments(path: &[u8]) -> impl Iterator<Item = &[u8]> {
-    path.strip_prefix(b"/").unwrap_or(path).split(|&b| b == b'/')
+    path.strip_prefix(b"/")
+        .unwrap_or(path)
+        .split(|&b| b == b'/')
 }
 
 /// What ends a route that was cut at the length bound.
@@ -247,7 +249,10 @@ mod tests {
             ("/", "/"),
             ("", "/"),
             ("*", "*"),
-            ("/api/v1/orders/550e8400-e29b-41d4-a716-446655440000/items", "/api/v1/orders/{id}/items"),
+            (
+                "/api/v1/orders/550e8400-e29b-41d4-a716-446655440000/items",
+                "/api/v1/orders/{id}/items",
+            ),
             ("/blobs/deadbeef12", "/blobs/{id}"),
             ("/blobs/abc", "/blobs/abc"),
             ("/users/jane@example.com", "/users/{id}"),
@@ -255,13 +260,19 @@ mod tests {
             ("/reports/2024-05-01", "/reports/{id}"),
             ("/reports/2024-05-01T10:00:00Z", "/reports/{id}"),
             ("/s/aB3dE5fG7hJ9kL1mN3pQ5r", "/s/{id}"),
-            ("/authentication-service-v2/health", "/authentication-service-v2/health"),
+            (
+                "/authentication-service-v2/health",
+                "/authentication-service-v2/health",
+            ),
             ("/v1/keyword/monkey", "/v1/keyword/monkey"),
             ("http://api.example.com:8080/a/7?x=1", "/a/{id}"),
             ("http://api.example.com", "/"),
             ("api.example.com:443", "{authority}"),
             ("/a//b/", "/a//b/"),
-            ("/t/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl", "/t/{id}"),
+            (
+                "/t/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+                "/t/{id}",
+            ),
         ];
         let r = RouteTemplater::default();
         for (target, want) in cases {
@@ -284,7 +295,10 @@ mod tests {
             "/static/{path*}".to_string(),
         ])
         .unwrap();
-        assert_eq!(r.route(b"/orders/abc/items/7"), "/orders/{order}/items/{item}");
+        assert_eq!(
+            r.route(b"/orders/abc/items/7"),
+            "/orders/{order}/items/{item}"
+        );
         assert_eq!(r.route(b"/orders/abc/items"), "/orders/abc/items");
         assert_eq!(r.route(b"/static/css/site.css"), "/static/{path*}");
         assert_eq!(r.route(b"/static"), "/static");

@@ -99,7 +99,11 @@ pub struct DecoderConfig {
 }
 impl Default for DecoderConfig {
     fn default() -> Self {
-        DecoderConfig { max_fragment_bytes: 4 << 20, max_fragment_datagrams: 1024, fragment_timeout_micros: 30_000_000 }
+        DecoderConfig {
+            max_fragment_bytes: 4 << 20,
+            max_fragment_datagrams: 1024,
+            fragment_timeout_micros: 30_000_000,
+        }
     }
 }
 #[derive(Debug, Default)]

@@ -52,7 +52,8 @@ impl FlowKey {
                     (x as u64) ^ ((x >> 64) as u64)
                 }
             };
-            (ip.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ (a.port() as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+            (ip.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                ^ (a.port() as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
         }
         let h = mix(&self.lo).wrapping_add(mix(&self.hi));
         h ^ (h >> 29)
@@ -146,7 +147,8 @@ struct HttpConn {
 enum App {
     Undecided([Sniffer; 2]),
     Http(Box<HttpConn>),
-    Done(Protocol),
+    /// Not HTTP (counted when decided): nothing more is done.
+    Done,
 }
 
 #[derive(Debug)]
@@ -199,7 +201,12 @@ impl FlowTable {
     }
 
     /// One segment, in capture order. `now` is the pipeline's monotonic time.
-    pub fn segment(&mut self, seg: &TcpSegment<'_>, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
+    pub fn segment(
+        &mut self,
+        seg: &TcpSegment<'_>,
+        now: Timestamp,
+        emit: &mut impl FnMut(Exchange),
+    ) {
         self.maybe_sweep(now, emit);
         let (key, src_is_lo) = FlowKey::new(seg.src, seg.dst);
         let side: Side = if src_is_lo { 0 } else { 1 };
@@ -209,7 +216,11 @@ impl FlowTable {
         // A new SYN on a finished or stale connection starts a new one.
         if syn_only {
             if let Some(c) = self.flows.get(&key) {
-                if c.ended.iter().any(|&e| e) || c.streams[side].next_seq().is_some_and(|n| n != seg.seq.wrapping_add(1)) {
+                if c.ended.iter().any(|&e| e)
+                    || c.streams[side]
+                        .next_seq()
+                        .is_some_and(|n| n != seg.seq.wrapping_add(1))
+                {
                     let c = self.flows.remove(&key).expect("just seen");
                     self.finish(c, now, StreamEnd::Closed, emit);
                     self.stats.flows_closed += 1;
@@ -245,13 +256,32 @@ impl FlowTable {
             conn.had_data = true;
         }
 
-        let Connection { streams, app, client_is_lo, syn_seen, ended, key: ckey, .. } = conn;
+        let Connection {
+            streams,
+            app,
+            client_is_lo,
+            syn_seen,
+            ended,
+            key: ckey,
+            ..
+        } = conn;
         let [s0, s1] = streams;
         let (this, other) = if side == 0 { (s0, s1) } else { (s1, s0) };
-        let mut ctx = Ctx { cfg, stats, app, client_is_lo, syn_seen, ended, key: *ckey, emit };
+        let mut ctx = Ctx {
+            cfg,
+            stats,
+            app,
+            client_is_lo,
+            syn_seen,
+            ended,
+            key: *ckey,
+            emit,
+        };
 
         if flags.ack() {
-            other.peer_ack(seg.ack, now, &cfg.stream_limits, &mut |ev| ctx.event(1 - side, ev));
+            other.peer_ack(seg.ack, now, &cfg.stream_limits, &mut |ev| {
+                ctx.event(1 - side, ev)
+            });
         }
         this.segment(
             seg.seq,
@@ -326,12 +356,35 @@ impl FlowTable {
         }
     }
 
-    fn finish(&mut self, conn: Connection, now: Timestamp, why: StreamEnd, emit: &mut impl FnMut(Exchange)) {
-        let Connection { mut streams, mut app, mut client_is_lo, mut syn_seen, mut ended, key, .. } = conn;
+    fn finish(
+        &mut self,
+        conn: Connection,
+        now: Timestamp,
+        why: StreamEnd,
+        emit: &mut impl FnMut(Exchange),
+    ) {
+        let Connection {
+            mut streams,
+            mut app,
+            mut client_is_lo,
+            mut syn_seen,
+            mut ended,
+            key,
+            ..
+        } = conn;
         let cfg = &self.cfg;
         let stats = &mut self.stats;
         {
-            let mut ctx = Ctx { cfg, stats, app: &mut app, client_is_lo: &mut client_is_lo, syn_seen: &mut syn_seen, ended: &mut ended, key, emit };
+            let mut ctx = Ctx {
+                cfg,
+                stats,
+                app: &mut app,
+                client_is_lo: &mut client_is_lo,
+                syn_seen: &mut syn_seen,
+                ended: &mut ended,
+                key,
+                emit,
+            };
             for (side, s) in streams.iter_mut().enumerate() {
                 s.flush(now, &mut |ev| ctx.event(side, ev));
             }
@@ -356,7 +409,7 @@ impl FlowTable {
                     *stats.connections.entry(Protocol::Other).or_default() += 0;
                 }
             }
-            App::Done(_) => {}
+            App::Done => {}
         }
     }
 }
@@ -435,7 +488,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                     }
                     self.after_parse();
                 }
-                App::Done(_) => {}
+                App::Done => {}
             },
             StreamEvent::Fin { ts } | StreamEvent::Reset { ts } => {
                 let reset = matches!(ev, StreamEvent::Reset { .. });
@@ -531,13 +584,13 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
             }
             SniffResult::NotHttp(p) => {
                 *self.stats.connections.entry(p).or_default() += 1;
-                *self.app = App::Done(p);
+                *self.app = App::Done;
             }
             SniffResult::Undecided => {
                 if sn.seen > self.cfg.sniff_limit_bytes {
                     self.stats.sniff_skipped_bytes += sn.seen as u64;
                     *self.stats.connections.entry(Protocol::Other).or_default() += 1;
-                    *self.app = App::Done(Protocol::Other);
+                    *self.app = App::Done;
                 }
             }
         }
@@ -571,7 +624,10 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
 
 enum SniffResult {
     /// An HTTP message starts at `offset` of (carry ++ chunk).
-    Http { offset: usize, is_request: bool },
+    Http {
+        offset: usize,
+        is_request: bool,
+    },
     NotHttp(Protocol),
     Undecided,
 }
@@ -610,27 +666,38 @@ fn sniff_chunk(sn: &mut Sniffer, chunk: &[u8]) -> SniffResult {
     if sn.from_start && start_seen == 0 && looks_like_tls(data) {
         return SniffResult::NotHttp(Protocol::Tls);
     }
-    let mut pos = if sn.at_line_start { Some(0) } else { memchr::memchr(b'\n', data).map(|i| i + 1) };
+    let mut pos = if sn.at_line_start {
+        Some(0)
+    } else {
+        memchr::memchr(b'\n', data).map(|i| i + 1)
+    };
     while let Some(p) = pos {
         if p >= data.len() {
             sn.at_line_start = true;
             return SniffResult::Undecided;
         }
         match sniff_at(&data[p..]) {
-            Some(Some(is_request)) => return SniffResult::Http { offset: p, is_request },
-            Some(None) => {
-                // Could be a start cut by the chunk end: carry it over.
-                if data.len() - p <= SNIFF_CARRY {
-                    sn.carry = data[p..].to_vec();
-                    sn.at_line_start = true;
-                    return SniffResult::Undecided;
+            Some(Some(is_request)) => {
+                return SniffResult::Http {
+                    offset: p,
+                    is_request,
                 }
             }
-            None => {}
+            // Could be a start cut by the chunk end: carry it over.
+            Some(None) if data.len() - p <= SNIFF_CARRY => {
+                sn.carry = data[p..].to_vec();
+                sn.at_line_start = true;
+                return SniffResult::Undecided;
+            }
+            _ => {}
         }
         if sn.from_start && p == 0 {
             // The stream's very first bytes are not HTTP: nor is the rest.
-            return SniffResult::NotHttp(if looks_like_tls(data) { Protocol::Tls } else { Protocol::Other });
+            return SniffResult::NotHttp(if looks_like_tls(data) {
+                Protocol::Tls
+            } else {
+                Protocol::Other
+            });
         }
         pos = memchr::memchr(b'\n', &data[p..]).map(|i| p + i + 1);
     }

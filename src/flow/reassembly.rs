@@ -33,11 +33,19 @@ pub struct Chunk<'a> {
 pub enum StreamEvent<'a> {
     Data(Chunk<'a>),
     /// `len` bytes starting at `seq` were lost; the stream goes on after them.
-    Gap { seq: u32, len: u32, ts: Timestamp },
+    Gap {
+        seq: u32,
+        len: u32,
+        ts: Timestamp,
+    },
     /// The direction ended cleanly (FIN, in order).
-    Fin { ts: Timestamp },
+    Fin {
+        ts: Timestamp,
+    },
     /// A RST was seen for this direction.
-    Reset { ts: Timestamp },
+    Reset {
+        ts: Timestamp,
+    },
 }
 
 /// Bounds for one direction's out-of-order buffer.
@@ -110,7 +118,13 @@ impl Reassembler {
         out: &mut impl FnMut(StreamEvent<'_>),
     ) {
     }
-    pub fn tick(&mut self, ts: Timestamp, limits: &StreamLimits, out: &mut impl FnMut(StreamEvent<'_>)) {}
+    pub fn tick(
+        &mut self,
+        ts: Timestamp,
+        limits: &StreamLimits,
+        out: &mut impl FnMut(StreamEvent<'_>),
+    ) {
+    }
     pub fn flush(&mut self, ts: Timestamp, out: &mut impl FnMut(StreamEvent<'_>)) {}
     pub fn buffered_bytes(&self) -> usize {
         0

@@ -13,7 +13,11 @@ pub struct ParserLimits {
 }
 impl Default for ParserLimits {
     fn default() -> Self {
-        ParserLimits { max_head_bytes: 65536, max_headers: 128, body_prefix_bytes: 2048 }
+        ParserLimits {
+            max_head_bytes: 65536,
+            max_headers: 128,
+            body_prefix_bytes: 2048,
+        }
     }
 }
 #[derive(Default, Clone, Debug, PartialEq, Eq)]

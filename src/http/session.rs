@@ -20,8 +20,8 @@
 
 use super::exchange::{Exchange, Outcome};
 use super::{
-    Direction, MessageEnd, MessageSink, Method, ParseError, RequestHead, RequestKind,
-    ResponseHead, StreamPos,
+    Direction, MessageEnd, MessageSink, Method, ParseError, RequestHead, RequestKind, ResponseHead,
+    StreamPos,
 };
 use crate::clock::Timestamp;
 use std::collections::VecDeque;
@@ -168,7 +168,18 @@ impl HttpSession {
             } else {
                 Outcome::TimedOut
             };
-            self.emit(head, start, body, prefix, None, Some(deadline), 0, Vec::new(), outcome, loss);
+            self.emit(
+                head,
+                start,
+                body,
+                prefix,
+                None,
+                Some(deadline),
+                0,
+                Vec::new(),
+                outcome,
+                loss,
+            );
         }
     }
 
@@ -202,7 +213,18 @@ impl HttpSession {
                 self.end_outcome()
             };
             let end = (self.ending == StreamEnd::Closed).then_some(now);
-            self.emit(p.head, p.start, p.body_bytes, p.body_prefix, None, end, 0, Vec::new(), outcome, p.capture_loss);
+            self.emit(
+                p.head,
+                p.start,
+                p.body_bytes,
+                p.body_prefix,
+                None,
+                end,
+                0,
+                Vec::new(),
+                outcome,
+                p.capture_loss,
+            );
         }
     }
 
@@ -319,24 +341,66 @@ impl HttpSession {
         } else {
             Outcome::Unknown
         };
-        self.emit(p.head, p.start, p.body_bytes, p.body_prefix, None, None, 0, Vec::new(), outcome, true);
+        self.emit(
+            p.head,
+            p.start,
+            p.body_bytes,
+            p.body_prefix,
+            None,
+            None,
+            0,
+            Vec::new(),
+            outcome,
+            true,
+        );
     }
 
     fn finish_response(&mut self, f: InFlight, end: Option<&MessageEnd>, outcome: Outcome) {
         let (resp_body, resp_prefix, end_ts, missing) = match end {
-            Some(e) => (e.body_bytes, e.body_prefix.clone(), Some(e.end.ts), e.body_missing > 0),
+            Some(e) => (
+                e.body_bytes,
+                e.body_prefix.clone(),
+                Some(e.end.ts),
+                e.body_missing > 0,
+            ),
             None => (0, Vec::new(), None, false),
         };
         let loss = f.capture_loss || missing;
         match f.request {
             Some(p) if p.logged => {} // timed out earlier: slot taken, no second record
             Some(p) => {
-                let outcome = if p.malformed { Outcome::Malformed } else { outcome };
+                let outcome = if p.malformed {
+                    Outcome::Malformed
+                } else {
+                    outcome
+                };
                 let loss = loss || p.capture_loss;
-                self.emit(p.head, p.start, p.body_bytes, p.body_prefix, Some(f.head), end_ts, resp_body, resp_prefix, outcome, loss);
+                self.emit(
+                    p.head,
+                    p.start,
+                    p.body_bytes,
+                    p.body_prefix,
+                    Some(f.head),
+                    end_ts,
+                    resp_body,
+                    resp_prefix,
+                    outcome,
+                    loss,
+                );
             }
             None => {
-                self.emit(None, f.start, 0, Vec::new(), Some(f.head), end_ts, resp_body, resp_prefix, outcome, loss);
+                self.emit(
+                    None,
+                    f.start,
+                    0,
+                    Vec::new(),
+                    Some(f.head),
+                    end_ts,
+                    resp_body,
+                    resp_prefix,
+                    outcome,
+                    loss,
+                );
             }
         }
     }
@@ -499,8 +563,30 @@ impl MessageSink for HttpSession {
                 let (req, loss) = self.select_request(&at);
                 match req {
                     Some(p) if p.logged => {}
-                    Some(p) => self.emit(p.head, p.start, p.body_bytes, p.body_prefix, None, Some(at.ts), 0, Vec::new(), Outcome::Malformed, loss || p.capture_loss),
-                    None => self.emit(None, at, 0, Vec::new(), None, Some(at.ts), 0, Vec::new(), Outcome::Malformed, loss),
+                    Some(p) => self.emit(
+                        p.head,
+                        p.start,
+                        p.body_bytes,
+                        p.body_prefix,
+                        None,
+                        Some(at.ts),
+                        0,
+                        Vec::new(),
+                        Outcome::Malformed,
+                        loss || p.capture_loss,
+                    ),
+                    None => self.emit(
+                        None,
+                        at,
+                        0,
+                        Vec::new(),
+                        None,
+                        Some(at.ts),
+                        0,
+                        Vec::new(),
+                        Outcome::Malformed,
+                        loss,
+                    ),
                 }
             }
         }

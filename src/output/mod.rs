@@ -16,6 +16,9 @@ pub fn open_output(path: &str) -> io::Result<Box<dyn Write + Send>> {
     if path == "-" {
         Ok(Box::new(BufWriter::with_capacity(64 * 1024, io::stdout())))
     } else {
-        Ok(Box::new(BufWriter::with_capacity(64 * 1024, File::create(path)?)))
+        Ok(Box::new(BufWriter::with_capacity(
+            64 * 1024,
+            File::create(path)?,
+        )))
     }
 }

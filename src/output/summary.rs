@@ -59,11 +59,19 @@ impl Summary {
             self.exchanges, self.without_response, self.orphan_responses, self.capture_loss
         );
         if !self.statuses.is_empty() {
-            let list: Vec<String> = self.statuses.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let list: Vec<String> = self
+                .statuses
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
             let _ = writeln!(s, "  statuses: {}", list.join(", "));
         }
         if !self.failures.is_empty() {
-            let list: Vec<String> = self.failures.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let list: Vec<String> = self
+                .failures
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
             let _ = writeln!(s, "  failures: {}", list.join(", "));
         }
         if !self.servers.is_empty() {
@@ -76,20 +84,40 @@ impl Summary {
         }
         let d = &stats.decode;
         let f = &stats.flows;
-        let _ = writeln!(s, "  capture: {} packets, {} bytes, {} TCP segments", stats.packets, stats.bytes, d.tcp_segments);
+        let _ = writeln!(
+            s,
+            "  capture: {} packets, {} bytes, {} TCP segments",
+            stats.packets, stats.bytes, d.tcp_segments
+        );
         let conns: Vec<String> = {
-            let mut v: Vec<_> = f.connections.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+            let mut v: Vec<_> = f
+                .connections
+                .iter()
+                .map(|(p, n)| (p.as_str(), *n))
+                .collect();
             v.sort();
             v.into_iter().map(|(p, n)| format!("{p}: {n}")).collect()
         };
-        let _ = writeln!(s, "  connections: {}", if conns.is_empty() { "none".into() } else { conns.join(", ") });
+        let _ = writeln!(
+            s,
+            "  connections: {}",
+            if conns.is_empty() {
+                "none".into()
+            } else {
+                conns.join(", ")
+            }
+        );
         let _ = writeln!(
             s,
             "  health: {} bytes missing in {} gaps, {} not TCP, {} malformed, {} truncated by snaplen, {} fragments",
             f.stream.missing_bytes, f.stream.gaps, d.not_tcp, d.malformed, d.truncated, d.fragments
         );
         for (lt, n) in &d.unsupported_links {
-            let _ = writeln!(s, "  skipped: {n} packets of unsupported link type {lt} ({})", crate::capture::LinkType(*lt).name());
+            let _ = writeln!(
+                s,
+                "  skipped: {n} packets of unsupported link type {lt} ({})",
+                crate::capture::LinkType(*lt).name()
+            );
         }
         if let Some(t) = truncation {
             let _ = writeln!(s, "  warning: {t}");
