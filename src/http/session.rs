@@ -625,3 +625,268 @@ impl MessageSink for HttpSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Headers;
+
+    fn pos(seq: u32, ack: u32, ms: i64) -> StreamPos {
+        StreamPos {
+            seq,
+            ack,
+            ts: Timestamp::from_micros(ms * 1000),
+        }
+    }
+
+    fn req(method: &str, target: &str) -> RequestHead {
+        RequestHead {
+            method: Method::parse(method),
+            target: target.as_bytes().to_vec(),
+            version_minor: 1,
+            headers: Headers::default(),
+        }
+    }
+
+    fn resp(status: u16) -> ResponseHead {
+        ResponseHead {
+            status,
+            version_minor: 1,
+            headers: Headers::default(),
+        }
+    }
+
+    fn end(p: StreamPos, body: u64) -> MessageEnd {
+        MessageEnd {
+            end: p,
+            body_bytes: body,
+            body_missing: 0,
+            body_prefix: Vec::new(),
+            complete: true,
+        }
+    }
+
+    fn session() -> HttpSession {
+        HttpSession::new(
+            "10.0.0.2:40000".parse().unwrap(),
+            "10.0.0.1:80".parse().unwrap(),
+            30_000_000,
+        )
+    }
+
+    /// (target or "-", status, outcome, capture_loss) of each exchange.
+    fn summary(s: &mut HttpSession) -> Vec<(String, Option<u16>, Outcome, bool)> {
+        s.drain()
+            .map(|e| {
+                let t = e
+                    .request
+                    .as_ref()
+                    .map(|r| String::from_utf8_lossy(&r.target).into_owned())
+                    .unwrap_or_else(|| "-".into());
+                (t, e.status(), e.outcome, e.capture_loss)
+            })
+            .collect()
+    }
+
+    /// Request `target` at client seq `seq` having seen server bytes up to
+    /// `ack`, with no body.
+    fn send(s: &mut HttpSession, target: &str, seq: u32, ack: u32, ms: i64) {
+        s.request_head(req("GET", target), pos(seq, ack, ms));
+        s.message_end(Direction::ToServer, end(pos(seq + 10, ack, ms), 0));
+    }
+
+    /// Response `status` at server seq `seq` having seen client bytes up to `ack`.
+    fn answer(s: &mut HttpSession, status: u16, seq: u32, ack: u32, ms: i64) -> RequestKind {
+        let k = s.response_head(resp(status), pos(seq, ack, ms));
+        s.message_end(Direction::ToClient, end(pos(seq + 99, ack, ms), 5));
+        k
+    }
+
+    #[test]
+    fn simple_exchange_has_duration_to_last_byte() {
+        let mut s = session();
+        send(&mut s, "/a", 1000, 5000, 0);
+        assert_eq!(answer(&mut s, 200, 5000, 1011, 12), RequestKind::Other);
+        let ex: Vec<Exchange> = s.drain().collect();
+        assert_eq!(ex.len(), 1);
+        assert_eq!(ex[0].status(), Some(200));
+        assert_eq!(ex[0].duration_micros(), Some(12_000));
+        assert_eq!(ex[0].response_body_bytes, 5);
+    }
+
+    #[test]
+    fn interim_100_is_not_the_final_response() {
+        let mut s = session();
+        send(&mut s, "/upload", 1000, 5000, 0);
+        answer(&mut s, 100, 5000, 1011, 1);
+        assert!(!s.has_output());
+        answer(&mut s, 201, 5100, 1011, 9);
+        assert_eq!(
+            summary(&mut s),
+            vec![("/upload".into(), Some(201), Outcome::Complete, false)]
+        );
+    }
+
+    #[test]
+    fn pipelined_requests_pair_fifo() {
+        let mut s = session();
+        send(&mut s, "/1", 1000, 5000, 0);
+        send(&mut s, "/2", 1011, 5000, 0);
+        send(&mut s, "/3", 1022, 5000, 0);
+        answer(&mut s, 200, 5000, 1033, 1);
+        answer(&mut s, 404, 5100, 1033, 2);
+        answer(&mut s, 500, 5200, 1033, 3);
+        let got: Vec<_> = summary(&mut s).into_iter().map(|e| (e.0, e.1)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/1".into(), Some(200)),
+                ("/2".into(), Some(404)),
+                ("/3".into(), Some(500))
+            ]
+        );
+    }
+
+    #[test]
+    fn lost_response_is_not_paired_with_the_next_request() {
+        // Keep-alive, not pipelined: /2 was sent after the client received
+        // the (lost) response to /1, which ended at server seq 5100.
+        let mut s = session();
+        send(&mut s, "/1", 1000, 5000, 0);
+        send(&mut s, "/2", 1011, 5100, 5);
+        s.resync(Direction::ToClient, pos(5100, 1022, 6), false);
+        answer(&mut s, 200, 5100, 1022, 6);
+        assert_eq!(
+            summary(&mut s),
+            vec![
+                ("/1".into(), None, Outcome::Unknown, true),
+                ("/2".into(), Some(200), Outcome::Complete, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn ambiguous_after_gap_guesses_nothing() {
+        // Pipelined /1 and /2 both sent before any response; a response
+        // after a gap could answer either.
+        let mut s = session();
+        send(&mut s, "/1", 1000, 5000, 0);
+        send(&mut s, "/2", 1011, 5000, 0);
+        s.resync(Direction::ToClient, pos(5300, 1022, 6), false);
+        answer(&mut s, 200, 5300, 1022, 6);
+        let got = summary(&mut s);
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|e| e.3), "all marked capture_loss: {got:?}");
+        assert_eq!(got[2].0, "-", "the response is logged as an orphan");
+    }
+
+    #[test]
+    fn response_before_request_is_orphan() {
+        let mut s = session();
+        // Server had not received /1 (ack 1000 == its first byte).
+        send(&mut s, "/1", 1000, 5000, 0);
+        answer(&mut s, 200, 4000, 1000, 0);
+        assert_eq!(
+            summary(&mut s),
+            vec![("-".into(), Some(200), Outcome::Complete, true)]
+        );
+        answer(&mut s, 204, 5000, 1011, 1);
+        assert_eq!(
+            summary(&mut s),
+            vec![("/1".into(), Some(204), Outcome::Complete, false)]
+        );
+    }
+
+    #[test]
+    fn timeout_then_late_response_writes_one_record() {
+        let mut s = session();
+        send(&mut s, "/slow", 1000, 5000, 0);
+        assert_eq!(s.next_deadline(), Some(Timestamp::from_micros(30_000_000)));
+        s.expire(Timestamp::from_micros(29_999_999));
+        assert!(!s.has_output());
+        s.expire(Timestamp::from_micros(30_000_000));
+        assert_eq!(
+            summary(&mut s),
+            vec![("/slow".into(), None, Outcome::TimedOut, false)]
+        );
+        answer(&mut s, 200, 5000, 1011, 40_000);
+        assert!(!s.has_output(), "late response takes the slot silently");
+        send(&mut s, "/next", 1011, 5099, 40_001);
+        answer(&mut s, 200, 5099, 1022, 40_002);
+        assert_eq!(summary(&mut s).len(), 1);
+    }
+
+    #[test]
+    fn close_before_response_is_connection_ended() {
+        let mut s = session();
+        send(&mut s, "/a", 1000, 5000, 0);
+        s.set_ending(StreamEnd::Closed);
+        s.close(Timestamp::from_micros(1000));
+        assert_eq!(
+            summary(&mut s),
+            vec![("/a".into(), None, Outcome::ConnectionEnded, false)]
+        );
+    }
+
+    #[test]
+    fn capture_end_before_response_is_unknown() {
+        let mut s = session();
+        send(&mut s, "/a", 1000, 5000, 0);
+        s.set_ending(StreamEnd::CaptureEnded);
+        s.close(Timestamp::from_micros(1000));
+        assert_eq!(
+            summary(&mut s),
+            vec![("/a".into(), None, Outcome::Unknown, false)]
+        );
+    }
+
+    #[test]
+    fn malformed_request_pairs_with_its_400() {
+        let mut s = session();
+        s.malformed(
+            Direction::ToServer,
+            ParseError::BadRequestLine,
+            pos(1000, 5000, 0),
+        );
+        answer(&mut s, 400, 5000, 1020, 1);
+        assert_eq!(
+            summary(&mut s),
+            vec![("-".into(), Some(400), Outcome::Malformed, false)]
+        );
+    }
+
+    #[test]
+    fn lost_request_head_gets_a_placeholder() {
+        // The head of a request was lost; its response must not pair with
+        // the next request, which was sent after that response arrived.
+        let mut s = session();
+        s.resync(Direction::ToServer, pos(1200, 5100, 5), true);
+        send(&mut s, "/b", 1200, 5100, 5);
+        // Response to the lost request: the server had not yet got /b.
+        answer(&mut s, 200, 5000, 1150, 4);
+        answer(&mut s, 404, 5100, 1211, 6);
+        let got = summary(&mut s);
+        assert_eq!(got[0].0, "-");
+        assert_eq!((got[1].0.as_str(), got[1].1), ("/b", Some(404)));
+    }
+
+    #[test]
+    fn connect_refused_resumes_request_parsing() {
+        let mut s = session();
+        s.request_head(req("CONNECT", "h:443"), pos(1000, 5000, 0));
+        assert!(s.commands.request_enter_tunnel);
+        s.commands = ParserCommands::default();
+        assert_eq!(answer(&mut s, 407, 5000, 1020, 1), RequestKind::Connect);
+        assert!(s.commands.request_resume);
+    }
+
+    #[test]
+    fn pending_is_bounded() {
+        let mut s = session();
+        for i in 0..(MAX_PENDING as u32 + 10) {
+            send(&mut s, "/x", 1000 + i * 11, 5000, 0);
+        }
+        assert_eq!(s.pending_len(), MAX_PENDING);
+        assert_eq!(s.drain().count(), 10);
+    }
+}
