@@ -135,7 +135,6 @@ struct Sniffer {
     from_start: bool,
 }
 
-#[derive(Debug)]
 struct HttpConn {
     /// Parser of the client's direction and of the server's.
     req: MessageParser,
@@ -143,7 +142,6 @@ struct HttpConn {
     session: HttpSession,
 }
 
-#[derive(Debug)]
 enum App {
     Undecided([Sniffer; 2]),
     Http(Box<HttpConn>),
@@ -151,7 +149,6 @@ enum App {
     Done,
 }
 
-#[derive(Debug)]
 struct Connection {
     key: FlowKey,
     /// [lo→hi, hi→lo]
@@ -633,7 +630,7 @@ enum SniffResult {
 }
 
 /// Longest start line prefix worth carrying across chunks.
-const SNIFF_CARRY: usize = 64;
+const SNIFF_CARRY: usize = 8192;
 
 fn sniff_at(data: &[u8]) -> Option<Option<bool>> {
     // Some(Some(true)) request, Some(Some(false)) response, Some(None) need
@@ -653,10 +650,11 @@ fn looks_like_tls(data: &[u8]) -> bool {
 }
 
 fn sniff_chunk(sn: &mut Sniffer, chunk: &[u8]) -> SniffResult {
-    let buf: std::borrow::Cow<'_, [u8]> = if sn.carry.is_empty() {
+    let carry = std::mem::take(&mut sn.carry);
+    let buf: std::borrow::Cow<'_, [u8]> = if carry.is_empty() {
         chunk.into()
     } else {
-        let mut v = std::mem::take(&mut sn.carry);
+        let mut v = carry.clone();
         v.extend_from_slice(chunk);
         v.into()
     };
@@ -678,10 +676,12 @@ fn sniff_chunk(sn: &mut Sniffer, chunk: &[u8]) -> SniffResult {
         }
         match sniff_at(&data[p..]) {
             Some(Some(is_request)) => {
+                // The caller replays the carried bytes from `p` on.
+                sn.carry = carry;
                 return SniffResult::Http {
                     offset: p,
                     is_request,
-                }
+                };
             }
             // Could be a start cut by the chunk end: carry it over.
             Some(None) if data.len() - p <= SNIFF_CARRY => {
@@ -703,4 +703,169 @@ fn sniff_chunk(sn: &mut Sniffer, chunk: &[u8]) -> SniffResult {
     }
     sn.at_line_start = false;
     SniffResult::Undecided
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::TcpFlags;
+
+    const C: &str = "10.0.0.2:40000";
+    const S: &str = "10.0.0.1:8080";
+
+    /// A scripted connection: segments from client or server, with
+    /// sequence numbers kept automatically.
+    struct Script {
+        table: FlowTable,
+        cseq: u32,
+        sseq: u32,
+        t: i64,
+        out: Vec<Exchange>,
+    }
+
+    impl Script {
+        fn new() -> Self {
+            Script {
+                table: FlowTable::new(FlowConfig::default()),
+                cseq: 1000,
+                sseq: 90_000,
+                t: 1_000_000,
+                out: Vec::new(),
+            }
+        }
+        fn seg(&mut self, from_client: bool, flags: u8, payload: &[u8]) {
+            self.t += 100;
+            let (src, dst, seq, ack) = if from_client {
+                (C, S, self.cseq, self.sseq)
+            } else {
+                (S, C, self.sseq, self.cseq)
+            };
+            let seg = TcpSegment {
+                ts: Timestamp::from_micros(self.t),
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                seq,
+                ack,
+                flags: TcpFlags(flags),
+                window: 1000,
+                payload,
+                missing: 0,
+            };
+            let adv =
+                payload.len() as u32 + u32::from(flags & (TcpFlags::SYN | TcpFlags::FIN) != 0);
+            if from_client {
+                self.cseq = self.cseq.wrapping_add(adv);
+            } else {
+                self.sseq = self.sseq.wrapping_add(adv);
+            }
+            let out = &mut self.out;
+            self.table.segment(&seg, seg.ts, &mut |e| out.push(e));
+        }
+        fn handshake(&mut self) {
+            self.seg(true, TcpFlags::SYN, b"");
+            self.seg(false, TcpFlags::SYN | TcpFlags::ACK, b"");
+            self.seg(true, TcpFlags::ACK, b"");
+        }
+        fn finish(&mut self) {
+            let out = &mut self.out;
+            let t = Timestamp::from_micros(self.t + 1);
+            self.table.finish_all(t, &mut |e| out.push(e));
+        }
+    }
+
+    const REQ: &[u8] =
+        b"GET /api/v1/orders/52 HTTP/1.1\r\nHost: 10.99.0.1\r\nUser-Agent: x\r\n\r\n";
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+    #[test]
+    fn request_in_tiny_segments_is_one_exchange() {
+        for size in [1, 2, 3, 7, 13, 40] {
+            let mut s = Script::new();
+            s.handshake();
+            for piece in REQ.chunks(size) {
+                s.seg(true, TcpFlags::ACK | TcpFlags::PSH, piece);
+            }
+            s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+            s.finish();
+            assert_eq!(s.out.len(), 1, "segment size {size}: {:?}", s.out);
+            assert_eq!(s.out[0].status(), Some(200), "segment size {size}");
+            assert_eq!(
+                s.out[0].outcome,
+                crate::http::exchange::Outcome::Complete,
+                "segment size {size}"
+            );
+            assert!(s.out[0].request.is_some(), "segment size {size}");
+        }
+    }
+
+    #[test]
+    fn mid_stream_pickup_finds_the_roles_by_content() {
+        // No handshake; the capture starts with a response tail, then a
+        // request and its response. Ports say nothing (8080 vs 40000).
+        let mut s = Script::new();
+        s.seg(false, TcpFlags::ACK, b"tail of an earlier body\r\n");
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        s.finish();
+        assert_eq!(s.out.len(), 1, "{:?}", s.out);
+        assert_eq!(s.out[0].client, C.parse().unwrap());
+        assert_eq!(s.out[0].status(), Some(200));
+    }
+
+    #[test]
+    fn tls_and_other_protocols_are_not_parsed() {
+        let mut s = Script::new();
+        s.handshake();
+        s.seg(
+            true,
+            TcpFlags::ACK | TcpFlags::PSH,
+            &[0x16, 0x03, 0x01, 0x00, 0x05, 1, 0, 0, 1, 0],
+        );
+        s.finish();
+        assert!(s.out.is_empty());
+        assert_eq!(s.table.stats().connections.get(&Protocol::Tls), Some(&1));
+        let mut s = Script::new();
+        s.handshake();
+        s.seg(
+            false,
+            TcpFlags::ACK | TcpFlags::PSH,
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+        );
+        s.finish();
+        assert!(s.out.is_empty());
+        assert_eq!(s.table.stats().connections.get(&Protocol::Other), Some(&1));
+    }
+
+    #[test]
+    fn reset_before_response_ends_the_exchange() {
+        let mut s = Script::new();
+        s.handshake();
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+        s.seg(false, TcpFlags::RST | TcpFlags::ACK, b"");
+        assert_eq!(s.out.len(), 1);
+        assert_eq!(
+            s.out[0].outcome,
+            crate::http::exchange::Outcome::ConnectionEnded
+        );
+        assert_eq!(s.table.active_flows(), 0);
+    }
+
+    #[test]
+    fn stray_acks_create_no_flow() {
+        let mut s = Script::new();
+        s.seg(true, TcpFlags::ACK, b"");
+        s.seg(false, TcpFlags::FIN | TcpFlags::ACK, b"");
+        assert_eq!(s.table.active_flows(), 0);
+    }
+
+    #[test]
+    fn symmetric_hash_is_direction_free() {
+        let a: SocketAddr = C.parse().unwrap();
+        let b: SocketAddr = S.parse().unwrap();
+        assert_eq!(
+            FlowKey::new(a, b).0.symmetric_hash(),
+            FlowKey::new(b, a).0.symmetric_hash()
+        );
+        assert_ne!(FlowKey::new(a, b).1, FlowKey::new(b, a).1);
+    }
 }
