@@ -22,7 +22,9 @@ const KNOWN: &[(&str, u64, &[(u16, u64)], &str)] = &[];
 fn tshark_counts(rec: &Value) -> (u64, Hist) {
     let non_tcp = &rec["non_tcp_http"];
     let n = |v: &Value| v.as_u64().unwrap_or(0);
-    let requests = n(&rec["http_request_pdus"]) - n(&non_tcp["requests"]);
+    let requests = n(&rec["http_request_pdus"])
+        - n(&non_tcp["requests"])
+        - n(&non_tcp["icmp_or_sflow_quoted_requests"]);
     let mut hist = Hist::new();
     for (k, v) in rec["status_counts"].as_object().expect("status_counts") {
         let code: u16 = k.parse().expect("numeric status");
@@ -32,7 +34,7 @@ fn tshark_counts(rec: &Value) -> (u64, Hist) {
     }
     // Responses that are not on TCP (SSDP over UDP, quoted in ICMP/sFlow)
     // are 200s in this corpus; a TCP monitor does not see them.
-    let skip = n(&non_tcp["responses"]);
+    let skip = n(&non_tcp["responses"]) + n(&non_tcp["icmp_or_sflow_quoted_responses"]);
     if skip > 0 {
         let e = hist.entry(200).or_default();
         *e = e.saturating_sub(skip);

@@ -19,7 +19,10 @@
 //!   Enhanced and Simple Packet Blocks are packets; every other block is
 //!   skipped. A packet naming an interface that was never described is
 //!   skipped and counted in [`FileSource::orphan_packets`].
-//! - Timestamps are converted to microseconds (truncating finer resolutions).
+//! - Legacy pcap: a record longer than the file's snaplen and than 256 KiB
+//!   (libpcap's bound) is corruption. pcapng: a block over 64 MiB is.
+//! - Timestamps are converted to microseconds (truncating finer resolutions);
+//!   a Simple Packet Block, which has none, gets the previous packet's.
 
 use super::{CaptureError, LinkType, PacketSource, RawPacket, SourceEvent, SourceStats};
 use crate::clock::Timestamp;
@@ -32,6 +35,8 @@ use std::io::{Cursor, Read};
 const INITIAL_BUFFER: usize = 1 << 20;
 /// A record bigger than this is treated as corruption.
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
+/// libpcap's largest snaplen.
+const LEGACY_MIN_MAX_CAPLEN: u32 = 256 << 10;
 
 const PCAPNG_SHB: u32 = 0x0A0D_0D0A;
 const PCAPNG_BOM: u32 = 0x1A2B_3C4D;
@@ -92,6 +97,11 @@ pub struct FileSource {
     pending: usize,
     capacity: usize,
     legacy_link: LinkType,
+    /// Legacy records above this captured length are corruption (libpcap's
+    /// rule: the file's snaplen, but at least 256 KiB).
+    legacy_max_caplen: u32,
+    /// Simple Packet Blocks carry no timestamp: they get the previous one.
+    last_ts: Timestamp,
     ng_big_endian: bool,
     interfaces: Vec<Interface>,
     stats: SourceStats,
@@ -217,6 +227,8 @@ impl FileSource {
             pending: 0,
             capacity: INITIAL_BUFFER,
             legacy_link: LinkType::ETHERNET,
+            legacy_max_caplen: LEGACY_MIN_MAX_CAPLEN,
+            last_ts: Timestamp::ZERO,
             ng_big_endian: false,
             interfaces: Vec::new(),
             stats: SourceStats::default(),
@@ -269,13 +281,18 @@ impl FileSource {
         match result {
             Ok((consumed, block)) => match block {
                 PcapBlockOwned::LegacyHeader(h) => {
-                    self.legacy_link = LinkType(h.network.0 as u32);
+                    // The upper 16 bits may carry FCS information.
+                    self.legacy_link = LinkType(h.network.0 as u32 & 0xFFFF);
+                    self.legacy_max_caplen = h.snaplen.max(LEGACY_MIN_MAX_CAPLEN);
                     Step::Skip(consumed)
                 }
                 PcapBlockOwned::Legacy(b) => {
                     let Format::Legacy { nanos, .. } = self.format else {
                         return Step::Corrupt("legacy record in a pcapng file".into());
                     };
+                    if b.caplen > self.legacy_max_caplen {
+                        return Step::Corrupt(format!("record length {}", b.caplen));
+                    }
                     let micros = if nanos {
                         i64::from(b.ts_usec) / 1000
                     } else {
@@ -341,8 +358,7 @@ impl FileSource {
                         consumed,
                         start: spb.data.as_ptr() as usize - base,
                         len: caplen,
-                        // SPBs carry no timestamp.
-                        ts: Timestamp::ZERO,
+                        ts: self.last_ts,
                         link: iface.link,
                         wire_len: spb.origlen.max(caplen as u32),
                     }
@@ -391,6 +407,7 @@ impl PacketSource for FileSource {
                     wire_len,
                 } => {
                     self.pending = consumed;
+                    self.last_ts = ts;
                     self.stats.packets += 1;
                     self.stats.bytes += len as u64;
                     let data = &self.reader.data()[start..start + len];
@@ -427,8 +444,14 @@ impl PacketSource for FileSource {
                 }
                 Step::NeedMore(declared) | Step::TooSmall(declared) => {
                     let have = self.reader.data().len();
+                    let limit = match self.format {
+                        Format::Legacy { modified, .. } => {
+                            self.legacy_max_caplen as usize + if modified { 24 } else { 16 }
+                        }
+                        Format::Ng => MAX_RECORD_BYTES,
+                    };
                     match declared {
-                        Some(n) if n > MAX_RECORD_BYTES => {
+                        Some(n) if n > limit => {
                             self.stop(&format!("corrupt record length {n}"));
                             return Ok(None);
                         }
@@ -652,12 +675,14 @@ mod tests {
     #[test]
     fn legacy_pcap_record_bigger_than_initial_buffer_grows() {
         let big = vec![7u8; INITIAL_BUFFER + 1000];
-        let bytes = pcap(
+        let mut bytes = pcap(
             false,
             false,
             1,
             &[(1, 0, &big, big.len() as u32), (2, 0, b"x", 1)],
         );
+        // The file's snaplen allows the big record.
+        bytes[16..20].copy_from_slice(&(big.len() as u32).to_le_bytes());
         let (pkts, trunc) = read_all(bytes);
         assert_eq!(trunc, None);
         assert_eq!(pkts.len(), 2);
@@ -695,10 +720,43 @@ mod tests {
                     (5_000_001, 1, b"one".to_vec(), 3),
                     (7_000_000, 113, b"two!".to_vec(), 60),
                     (3_500_000, 101, b"three".to_vec(), 5),
-                    (0, 1, b"simple".to_vec(), 6),
+                    (3_500_000, 1, b"simple".to_vec(), 6),
                 ],
                 "be={be}"
             );
+        }
+    }
+
+    /// A reader that hands out at most 7 bytes per read, like a slow pipe.
+    struct Trickle(Cursor<Vec<u8>>, usize);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1 = self.1 % 7 + 1;
+            let n = buf.len().min(self.1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    #[test]
+    fn slow_reader_delivers_every_record() {
+        let data = vec![3u8; 300];
+        let recs: Vec<_> = (0..50).map(|i| (i, 0, &data[..], 300)).collect();
+        let mut ng = shb(true);
+        ng.extend(idb(1, 0, None, true));
+        for i in 0..50 {
+            ng.extend(epb(0, i, &data, 300, true));
+        }
+        for bytes in [pcap(true, false, 1, &recs), ng] {
+            let trickle = Trickle(Cursor::new(bytes), 0);
+            let mut src = FileSource::from_reader("slow", Box::new(trickle)).unwrap();
+            let mut n = 0;
+            while let Some(SourceEvent::Packet(p)) = src.next_event().unwrap() {
+                assert_eq!(p.data, &data[..]);
+                n += 1;
+            }
+            assert_eq!(n, 50);
+            assert_eq!(src.truncation(), None);
         }
     }
 

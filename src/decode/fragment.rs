@@ -3,8 +3,10 @@
 //! Policy:
 //! - A datagram is keyed by (version, source, destination, protocol or
 //!   next header, identification).
-//! - Overlaps: the bytes already held win ("first copy wins"); a fragment
-//!   bringing no new byte (a duplicate) is counted as dropped. A fragment
+//! - Overlaps: the bytes already held win ("first copy wins"), for IPv6 too
+//!   (RFC 5722 tells hosts to drop such datagrams; a passive monitor prefers
+//!   to see what a lenient receiver would). A fragment bringing no new byte
+//!   (a duplicate) is counted as dropped. A fragment
 //!   that contradicts the datagram's end (a second, different last fragment,
 //!   or data beyond the end a last fragment set) drops the whole datagram.
 //! - A datagram larger than 65535 bytes, or a non-last fragment whose length

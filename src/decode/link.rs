@@ -1,5 +1,5 @@
 //! Link layers and the EtherType-keyed layers between them and IP (VLAN,
-//! MPLS, PPPoE, PPP, LLC/SNAP, ERSPAN).
+//! MPLS, PPPoE, PPP, LLC/SNAP, ERSPAN, Cisco FabricPath).
 //!
 //! Each function peels one header and says what comes next; none of them
 //! allocates or panics (every read is bounds-checked through `get`).
@@ -21,6 +21,7 @@ const ETH_PPP: u16 = 0x880B;
 const ETH_TEB: u16 = 0x6558;
 const ETH_ERSPAN2: u16 = 0x88BE;
 const ETH_ERSPAN3: u16 = 0x22EB;
+const ETH_FABRICPATH: u16 = 0x8903;
 
 /// The first layer of a frame of link type `link`.
 pub(super) fn start(link: LinkType, b: &[u8]) -> Next<'_> {
@@ -78,6 +79,12 @@ pub(super) fn ether_type(t: u16, b: &[u8]) -> Next<'_> {
         ETH_PPPOE_SESSION => pppoe(b),
         ETH_PPP => Next::Ppp(b),
         ETH_TEB => Next::Ethernet(b),
+        // Cisco FabricPath: FTag/TTL (2 bytes) after the outer addresses
+        // and EtherType, then the classical Ethernet frame.
+        ETH_FABRICPATH => match b.get(2..) {
+            Some(f) => Next::Ethernet(f),
+            None => skip(Skip::Malformed),
+        },
         // ERSPAN type II: 8-byte header, then the mirrored frame. (Type I,
         // without a header, is told apart by GRE; see `tunnel::gre`.)
         ETH_ERSPAN2 => match b.get(8..) {

@@ -9,7 +9,7 @@
 //!
 //! What it knows:
 //! - Link layers: Ethernet (802.3 LLC/SNAP, 802.1Q/802.1ad/QinQ at any
-//!   depth), Linux SLL and SLL2, raw IP, BSD null/loop (family in either
+//!   depth, Cisco FabricPath), Linux SLL and SLL2, raw IP, BSD null/loop (family in either
 //!   byte order), Cisco HDLC, PPP (and PPPoE sessions), NFLOG, IEEE 802.11
 //!   (with or without radiotap; data frames with LLC/SNAP; protected frames
 //!   are skipped) and MPLS label stacks.
@@ -43,7 +43,6 @@ mod link;
 mod tests;
 mod tunnel;
 
-#[allow(unused_imports)]
 use crate::capture::{LinkType, RawPacket};
 use crate::clock::Timestamp;
 use etherparse::{IpNumber, Ipv6ExtensionSlice, Ipv6ExtensionsSlice, LaxIpv4Slice, LaxIpv6Slice};

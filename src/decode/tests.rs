@@ -1058,3 +1058,31 @@ fn corpus_decodes_without_panic_and_finds_http_payload() {
         "no TCP payload decoded in {failures:?}"
     );
 }
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_bytes_on_any_link_never_panic(
+        link in proptest::sample::select(LINKS.to_vec()),
+        data in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+        extra in 0u32..2000,
+    ) {
+        let mut d = Decoder::default();
+        let p = RawPacket { ts: Timestamp::ZERO, link: LinkType(link), data: &data, wire_len: data.len() as u32 + extra };
+        let _ = d.decode(&p);
+    }
+
+    #[test]
+    fn arbitrary_bytes_after_ip_headers_never_panic(
+        proto in proptest::sample::select(vec![4u8, 6, 17, 41, 47, 51, 0, 43, 44, 60]),
+        tail in proptest::collection::vec(proptest::num::u8::ANY, 0..128),
+        v6 in proptest::bool::ANY,
+    ) {
+        let mut d = Decoder::default();
+        let data = if v6 { ip6(proto, &tail) } else { ip4(proto, &tail) };
+        let _ = d.decode(&pkt(101, &data));
+        let udp_tunnels = [udp(1, 4789, &tail), udp(1, 6081, &tail), udp(3544, 1, &tail), udp(2152, 2152, &tail)];
+        for u in &udp_tunnels {
+            let _ = d.decode(&pkt(101, &ip4(17, u)));
+        }
+    }
+}

@@ -13,14 +13,16 @@
 //! bounds refuse or evict is counted.
 
 pub mod reassembly;
+mod sniff;
 
 use crate::clock::Timestamp;
 use crate::decode::TcpSegment;
 use crate::http::exchange::Exchange;
-use crate::http::parser::{self, MessageParser, ParserLimits, Sniff};
+use crate::http::parser::{MessageParser, ParserLimits};
 use crate::http::session::{HttpSession, StreamEnd};
 use crate::http::Direction;
 use reassembly::{Chunk, Reassembler, StreamEvent, StreamLimits, StreamStats};
+use sniff::{Sniffer, Verdict};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -120,19 +122,6 @@ pub struct FlowStats {
     pub stream: StreamStats,
     /// Bytes skipped while looking for a message start.
     pub sniff_skipped_bytes: u64,
-}
-
-/// Per-direction sniffing state before the connection's nature is known.
-#[derive(Debug, Default)]
-struct Sniffer {
-    /// Tail of the previous chunk when it ended inside a possible start line.
-    carry: Vec<u8>,
-    /// The next byte is at the start of a line.
-    at_line_start: bool,
-    /// Bytes looked at so far.
-    seen: u32,
-    /// The stream is known from its first byte (SYN seen, nothing lost).
-    from_start: bool,
 }
 
 struct HttpConn {
@@ -401,9 +390,9 @@ impl FlowTable {
                     emit(ex);
                 }
             }
-            App::Undecided(_) => {
-                if streams.iter().any(|s| s.next_seq().is_some()) {
-                    *stats.connections.entry(Protocol::Other).or_default() += 0;
+            App::Undecided(sn) => {
+                if sn.iter().any(|s| s.seen > 0) {
+                    *stats.connections.entry(Protocol::Other).or_default() += 1;
                 }
             }
             App::Done => {}
@@ -417,6 +406,7 @@ fn add_stream_stats(total: &mut StreamStats, s: &StreamStats) {
     total.duplicate_bytes += s.duplicate_bytes;
     total.conflicting_overlap_bytes += s.conflicting_overlap_bytes;
     total.out_of_order_segments += s.out_of_order_segments;
+    total.garbage_segments += s.garbage_segments;
 }
 
 impl Connection {
@@ -471,11 +461,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
         match ev {
             StreamEvent::Data(chunk) => self.data(side, &chunk),
             StreamEvent::Gap { seq, len, ts } => match self.app {
-                App::Undecided(sn) => {
-                    sn[side].from_start = false;
-                    sn[side].at_line_start = false;
-                    sn[side].carry.clear();
-                }
+                App::Undecided(sn) => sn[side].gap_at(seq.wrapping_add(len)),
                 App::Http(h) => {
                     let dir = dir.expect("known once HTTP");
                     let HttpConn { req, resp, session } = &mut **h;
@@ -512,8 +498,8 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
 
     fn data(&mut self, side: Side, chunk: &Chunk<'_>) {
         let dir = self.direction(side);
-        let App::Undecided(sniffers) = self.app else {
-            if let App::Http(h) = self.app {
+        let sniffers = match self.app {
+            App::Http(h) => {
                 let dir = dir.expect("known once HTTP");
                 let HttpConn { req, resp, session } = &mut **h;
                 match dir {
@@ -521,71 +507,55 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                     Direction::ToClient => resp.feed(chunk, session),
                 }
                 self.after_parse();
+                return;
             }
-            return;
+            App::Done => return,
+            App::Undecided(s) => s,
         };
-        let sn = &mut sniffers[side];
-        if sn.seen == 0 && sn.carry.is_empty() {
-            sn.from_start = self.syn_seen[side];
-            sn.at_line_start = true;
-        }
-        match sniff_chunk(sn, chunk.data) {
-            SniffResult::Http { offset, is_request } => {
-                let skipped = offset.saturating_sub(sn.carry.len());
-                self.stats.sniff_skipped_bytes += skipped as u64;
-                let carry = std::mem::take(&mut sn.carry);
-                let from_start = sn.from_start && offset == 0;
-                let other_from_start = {
-                    let o = &sniffers[1 - side];
-                    o.seen == 0 && o.carry.is_empty() && self.syn_seen[1 - side]
-                };
-                let sender_is_client = is_request;
+        let stream_start = self.syn_seen[side] && sniffers[side].seen == 0;
+        match sniffers[side].push(chunk, stream_start) {
+            Verdict::Http { seq, is_request } => {
+                let [s0, s1] = std::mem::take(sniffers);
+                let (mut this, mut other) = if side == 0 { (s0, s1) } else { (s1, s0) };
+                self.stats.sniff_skipped_bytes +=
+                    u64::from(seq.wrapping_sub(chunk.seq).min(1 << 30));
                 let sender_is_lo = side == 0;
-                *self.client_is_lo = Some(sender_is_lo == sender_is_client);
-                let client = self.addr(if sender_is_client { side } else { 1 - side });
-                let server = self.addr(if sender_is_client { 1 - side } else { side });
+                *self.client_is_lo = Some(sender_is_lo == is_request);
+                let (client_side, server_side) = if is_request {
+                    (side, 1 - side)
+                } else {
+                    (1 - side, side)
+                };
+                let client = self.addr(client_side);
+                let server = self.addr(server_side);
+                // The other direction is in sync if it is known from its
+                // first byte: held from the start, or not begun after a SYN.
+                let other_sync = other.from_start() || (other.seen == 0 && self.syn_seen[1 - side]);
                 let limits = self.cfg.parser_limits;
                 let (req_sync, resp_sync) = if is_request {
-                    (true, other_from_start)
+                    (true, other_sync)
                 } else {
-                    (other_from_start, true)
+                    (other_sync, true)
                 };
-                let _ = from_start;
-                let conn = HttpConn {
+                *self.app = App::Http(Box::new(HttpConn {
                     req: MessageParser::new(Direction::ToServer, limits, req_sync),
                     resp: MessageParser::new(Direction::ToClient, limits, resp_sync),
                     session: HttpSession::new(client, server, self.cfg.transaction_timeout_micros),
-                };
-                *self.app = App::Http(Box::new(conn));
+                }));
                 *self.stats.connections.entry(Protocol::Http).or_default() += 1;
-                // Replay the start of the message: the carried bytes, then
-                // the rest of this chunk.
-                let start_in_chunk = offset.saturating_sub(carry.len());
-                let carried = &carry[carry.len().min(offset)..];
-                if !carried.is_empty() {
-                    let c = Chunk {
-                        seq: chunk.seq.wrapping_sub(carried.len() as u32),
-                        ack: chunk.ack,
-                        ts: chunk.ts,
-                        data: carried,
-                    };
-                    self.data(side, &c);
-                }
-                let rest = Chunk {
-                    seq: chunk.seq.wrapping_add(start_in_chunk as u32),
-                    ack: chunk.ack,
-                    ts: chunk.ts,
-                    data: &chunk.data[start_in_chunk..],
-                };
-                self.data(side, &rest);
+                // The other direction's held bytes come first: they were
+                // sent earlier (e.g. a malformed request before its 400).
+                let other_from = other.held_start_seq();
+                other.replay(other_from, |c| self.data(1 - side, c));
+                this.replay(seq, |c| self.data(side, c));
             }
-            SniffResult::NotHttp(p) => {
-                *self.stats.connections.entry(p).or_default() += 1;
+            Verdict::Tls => {
+                *self.stats.connections.entry(Protocol::Tls).or_default() += 1;
                 *self.app = App::Done;
             }
-            SniffResult::Undecided => {
-                if sn.seen > self.cfg.sniff_limit_bytes {
-                    self.stats.sniff_skipped_bytes += sn.seen as u64;
+            Verdict::Undecided => {
+                if sniffers[side].seen > u64::from(self.cfg.sniff_limit_bytes) {
+                    self.stats.sniff_skipped_bytes += sniffers.iter().map(|s| s.seen).sum::<u64>();
                     *self.stats.connections.entry(Protocol::Other).or_default() += 1;
                     *self.app = App::Done;
                 }
@@ -617,92 +587,6 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
         }
         self.after_parse();
     }
-}
-
-enum SniffResult {
-    /// An HTTP message starts at `offset` of (carry ++ chunk).
-    Http {
-        offset: usize,
-        is_request: bool,
-    },
-    NotHttp(Protocol),
-    Undecided,
-}
-
-/// Longest start line prefix worth carrying across chunks.
-const SNIFF_CARRY: usize = 8192;
-
-fn sniff_at(data: &[u8]) -> Option<Option<bool>> {
-    // Some(Some(true)) request, Some(Some(false)) response, Some(None) need
-    // more, None no.
-    let req = parser::sniff_request_start(data);
-    let resp = parser::sniff_response_start(data);
-    match (req, resp) {
-        (Sniff::Yes, _) => Some(Some(true)),
-        (_, Sniff::Yes) => Some(Some(false)),
-        (Sniff::NeedMore, _) | (_, Sniff::NeedMore) => Some(None),
-        _ => None,
-    }
-}
-
-fn looks_like_tls(data: &[u8]) -> bool {
-    data.len() >= 3 && data[0] == 0x16 && data[1] == 0x03 && data[2] <= 0x04
-}
-
-fn sniff_chunk(sn: &mut Sniffer, chunk: &[u8]) -> SniffResult {
-    let carry = std::mem::take(&mut sn.carry);
-    let buf: std::borrow::Cow<'_, [u8]> = if carry.is_empty() {
-        chunk.into()
-    } else {
-        let mut v = carry.clone();
-        v.extend_from_slice(chunk);
-        v.into()
-    };
-    let data: &[u8] = &buf;
-    let start_seen = sn.seen;
-    sn.seen = sn.seen.saturating_add(chunk.len() as u32);
-    if sn.from_start && start_seen == 0 && looks_like_tls(data) {
-        return SniffResult::NotHttp(Protocol::Tls);
-    }
-    let mut pos = if sn.at_line_start {
-        Some(0)
-    } else {
-        memchr::memchr(b'\n', data).map(|i| i + 1)
-    };
-    while let Some(p) = pos {
-        if p >= data.len() {
-            sn.at_line_start = true;
-            return SniffResult::Undecided;
-        }
-        match sniff_at(&data[p..]) {
-            Some(Some(is_request)) => {
-                // The caller replays the carried bytes from `p` on.
-                sn.carry = carry;
-                return SniffResult::Http {
-                    offset: p,
-                    is_request,
-                };
-            }
-            // Could be a start cut by the chunk end: carry it over.
-            Some(None) if data.len() - p <= SNIFF_CARRY => {
-                sn.carry = data[p..].to_vec();
-                sn.at_line_start = true;
-                return SniffResult::Undecided;
-            }
-            _ => {}
-        }
-        if sn.from_start && p == 0 {
-            // The stream's very first bytes are not HTTP: nor is the rest.
-            return SniffResult::NotHttp(if looks_like_tls(data) {
-                Protocol::Tls
-            } else {
-                Protocol::Other
-            });
-        }
-        pos = memchr::memchr(b'\n', &data[p..]).map(|i| p + i + 1);
-    }
-    sn.at_line_start = false;
-    SniffResult::Undecided
 }
 
 #[cfg(test)]

@@ -201,11 +201,26 @@ fn seq_near(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32).unsigned_abs() < SEQ_WINDOW
 }
 
-const STARTED: u8 = 1;
-/// `Fin` was emitted; data is ignored from now on.
-const FIN_DONE: u8 = 2;
-/// `Reset` was emitted; everything is ignored from now on.
-const RESET_DONE: u8 = 4;
+/// Where a direction is in its life. The whole transition table:
+///
+/// | from                      | on                                  | to         |
+/// |---------------------------|-------------------------------------|------------|
+/// | `Unstarted`               | SYN, or a segment with payload      | `Open`     |
+/// | `Open`                    | FIN position reached (in order, by a declared gap, or on flush) | `Finished` |
+/// | `Unstarted`, `Open`, `Finished` | RST (in the window once started) | `Reset` |
+///
+/// Anything else leaves the phase as it is. `Finished` ignores data,
+/// acknowledgements, ticks and flushes; `Reset` ignores everything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Unstarted,
+    Open,
+    /// `Fin` was emitted.
+    Finished,
+    /// `Reset` was emitted.
+    Reset,
+}
 
 /// One direction of one connection (see the module doc).
 #[derive(Debug, Default)]
@@ -213,9 +228,9 @@ pub struct Reassembler {
     stats: StreamStats,
     /// Out-of-line state, present only while something is pending.
     pending: Option<Box<Pending>>,
-    /// The next expected sequence number, valid once `STARTED`.
+    /// The next expected sequence number, valid once not `Unstarted`.
     next: u32,
-    flags: u8,
+    phase: Phase,
 }
 
 /// What waits for the stream to catch up.
@@ -370,26 +385,26 @@ impl Reassembler {
         limits: &StreamLimits,
         out: &mut impl FnMut(StreamEvent<'_>),
     ) {
-        if self.flags & RESET_DONE != 0 {
-            return;
-        }
-        let started = self.flags & STARTED != 0;
         if rst {
-            if started && !seq_near(seq, self.next) {
-                self.stats.garbage_segments += 1;
-                return;
-            }
-            if started && self.flags & FIN_DONE == 0 {
-                self.deliver_held_with_gaps(ts, out);
+            match self.phase {
+                Phase::Reset => return,
+                Phase::Open | Phase::Finished if !seq_near(seq, self.next) => {
+                    self.stats.garbage_segments += 1;
+                    return;
+                }
+                Phase::Open => self.deliver_held_with_gaps(ts, out),
+                Phase::Unstarted | Phase::Finished => {}
             }
             self.pending = None;
-            self.flags |= RESET_DONE;
+            self.phase = Phase::Reset;
             out(StreamEvent::Reset { ts });
             return;
         }
-        if self.flags & FIN_DONE != 0 {
-            return;
-        }
+        let started = match self.phase {
+            Phase::Unstarted => false,
+            Phase::Open => true,
+            Phase::Finished | Phase::Reset => return,
+        };
         let base = if syn { seq.wrapping_add(1) } else { seq };
         let span = u32::try_from(payload.len())
             .ok()
@@ -404,7 +419,7 @@ impl Reassembler {
                 return;
             }
             self.next = base;
-            self.flags |= STARTED;
+            self.phase = Phase::Open;
         } else if !seq_near(base, self.next) {
             self.stats.garbage_segments += 1;
             return;
@@ -430,6 +445,10 @@ impl Reassembler {
     /// The other direction acknowledged up to `ack` (call it for every
     /// segment of the other direction that has ACK set). Starts the reorder
     /// allowance for a hole the peer says it already received.
+    ///
+    /// It never emits today (the allowance runs out in [`Self::tick`]); it
+    /// takes `ts` and `out` so a policy that declares at once needs no new
+    /// signature.
     pub fn peer_ack(
         &mut self,
         ack: u32,
@@ -437,7 +456,7 @@ impl Reassembler {
         limits: &StreamLimits,
         _out: &mut impl FnMut(StreamEvent<'_>),
     ) {
-        if self.flags & STARTED == 0 || self.flags & (FIN_DONE | RESET_DONE) != 0 {
+        if self.phase != Phase::Open {
             return;
         }
         if !seq_lt(self.next, ack) {
@@ -485,7 +504,7 @@ impl Reassembler {
     /// deliver everything buffered, declaring the holes before it as gaps,
     /// then the acknowledged tail we never saw, then the FIN if one was seen.
     pub fn flush(&mut self, ts: Timestamp, out: &mut impl FnMut(StreamEvent<'_>)) {
-        if self.flags & STARTED == 0 || self.flags & (FIN_DONE | RESET_DONE) != 0 {
+        if self.phase != Phase::Open {
             return;
         }
         self.deliver_held_with_gaps(ts, out);
@@ -494,11 +513,13 @@ impl Reassembler {
             None => (None, None),
         };
         if let Some(acked) = acked {
-            let limit = fin_seq.map_or(acked, |f| seq_min(f, acked));
-            self.declare_up_to(limit, ts, out);
+            self.declare_up_to(acked, ts, out);
         }
         if let Some(f) = fin_seq {
-            if self.flags & FIN_DONE == 0 {
+            if self.phase == Phase::Open {
+                // INVARIANT: `next` never passes a known FIN (data is cut
+                // there, acknowledgements are clamped to it).
+                debug_assert!(seq_le(self.next, f));
                 let len = f.wrapping_sub(self.next);
                 emit_gap(&mut self.stats, self.next, len, ts, out);
                 self.next = f;
@@ -524,12 +545,12 @@ impl Reassembler {
 
     /// The next expected sequence number, once the stream start is known.
     pub fn next_seq(&self) -> Option<u32> {
-        (self.flags & STARTED != 0).then_some(self.next)
+        (self.phase != Phase::Unstarted).then_some(self.next)
     }
 
     /// FIN delivered in order, or RST seen.
     pub fn is_closed(&self) -> bool {
-        self.flags & (FIN_DONE | RESET_DONE) != 0
+        matches!(self.phase, Phase::Finished | Phase::Reset)
     }
 
     /// Place the stream positions of `inc`: deliver what is in order (and
@@ -654,13 +675,16 @@ impl Reassembler {
     /// Declare the hole(s) before `limit` (holes between held runs, then the
     /// tail), delivering held runs as they become contiguous.
     fn declare_up_to(&mut self, limit: u32, ts: Timestamp, out: &mut impl FnMut(StreamEvent<'_>)) {
-        while self.flags & FIN_DONE == 0 && seq_lt(self.next, limit) {
+        // The FIN takes a sequence number but is not data: an acknowledgement
+        // of it covers data only up to it.
+        let fin_seq = self.pending.as_deref().and_then(|p| p.fin_seq);
+        let limit = fin_seq.map_or(limit, |f| seq_min(f, limit));
+        while self.phase == Phase::Open && seq_lt(self.next, limit) {
             let first = self.pending.as_deref().and_then(|p| p.held.first());
             let gap_end = match first {
                 Some(h) => seq_min(h.seq, limit),
                 None => {
-                    let fin_known = self.pending.as_deref().is_some_and(|p| p.fin_seq.is_some());
-                    if !fin_known && limit.wrapping_sub(self.next) == 1 {
+                    if fin_seq.is_none() && limit.wrapping_sub(self.next) == 1 {
                         // The peer acknowledged a FIN we have not seen.
                         if let Some(p) = self.pending.as_deref_mut() {
                             p.watch = None;
@@ -695,7 +719,7 @@ impl Reassembler {
             );
             self.next = seq;
             self.advance(None, ts, out);
-            if self.flags & FIN_DONE != 0 {
+            if self.phase != Phase::Open {
                 break;
             }
         }
@@ -703,7 +727,7 @@ impl Reassembler {
 
     /// The segment had FIN at stream position `at`.
     fn note_fin(&mut self, at: u32, ts: Timestamp, out: &mut impl FnMut(StreamEvent<'_>)) {
-        if self.flags & FIN_DONE != 0 || seq_lt(at, self.next) {
+        if self.phase != Phase::Open || seq_lt(at, self.next) {
             // Already closed, or data was delivered past it: not believable.
             return;
         }
@@ -741,8 +765,8 @@ impl Reassembler {
     }
 
     fn finish(&mut self, ts: Timestamp, out: &mut impl FnMut(StreamEvent<'_>)) {
-        if self.flags & FIN_DONE == 0 {
-            self.flags |= FIN_DONE;
+        if self.phase == Phase::Open {
+            self.phase = Phase::Finished;
             self.pending = None;
             out(StreamEvent::Fin { ts });
         }

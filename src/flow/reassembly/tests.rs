@@ -200,6 +200,12 @@ fn scenarios_emit_expected_events() {
         ("ack_before_data_with_zero_allowance_is_a_gap", limits(0),
             vec![Syn(ISN, b""), Seg(1001, b"abc"), Ack(1007), Seg(1004, b"def")],
             vec![d(1001, b"abc"), g(1004, 3)]),
+        ("ack_of_fin_declares_only_the_data_hole", limits(2),
+            vec![Syn(ISN, b""), Seg(1001, b"abc"), Fin(1007, b"gh"), Ack(1010), Tick(2), Seg(1004, b"def"), Flush],
+            vec![d(1001, b"abc"), g(1004, 3), d(1007, b"gh"), fin.clone()]),
+        ("ack_of_bare_fin_declares_only_the_data_hole", limits(2),
+            vec![Syn(ISN, b""), Seg(1001, b"abc"), Fin(1006, b""), Ack(1007), Tick(2), Flush],
+            vec![d(1001, b"abc"), g(1004, 2), fin.clone()]),
         ("acked_tail_never_seen_is_a_gap", limits(2),
             vec![Syn(ISN, b""), Seg(1001, b"abc"), Ack(1010), Tick(1), Count(1), Tick(1)],
             vec![d(1001, b"abc"), g(1004, 6)]),
@@ -287,6 +293,30 @@ fn scenarios_emit_expected_events() {
         }
         assert_eq!(h.shapes(), want, "case {name}");
     }
+}
+
+#[test]
+fn acks_always_ahead_of_their_data_never_make_a_gap() {
+    // A mirror port that delivers every ACK one packet before its data.
+    let mut h = Harness::new(limits(1));
+    h.step(Step::Syn(ISN, b""));
+    let data = b"0123456789";
+    for (i, b) in data.iter().enumerate() {
+        let seq = 1001 + i as u32;
+        h.ack(seq + 1);
+        h.packet(seq, 0, false, false, false, std::slice::from_ref(b), 0);
+    }
+    h.flush();
+    let got: Vec<u8> = h
+        .events
+        .iter()
+        .flat_map(|e| match e {
+            OwnedEvent::Data { data, .. } => data.clone(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(got, data);
+    assert!(h.r.pending.is_none());
 }
 
 #[test]
@@ -521,6 +551,34 @@ fn buffer_never_exceeds_limits() {
     }
 }
 
+/// The invariants of [`Pending`] (see its doc), checked after every call in
+/// the property tests.
+fn assert_invariants(r: &Reassembler) {
+    let Some(p) = r.pending.as_deref() else {
+        return;
+    };
+    assert!(!r.is_closed(), "closed but holding");
+    let mut prev_end = r.next;
+    for h in &p.held {
+        assert!(h.len > 0 && h.data.len() <= h.len as usize, "{h:?}");
+        assert!(
+            seq_lt(r.next, h.seq),
+            "held {} not after next {}",
+            h.seq,
+            r.next
+        );
+        assert!(seq_le(prev_end, h.seq), "held {} overlaps", h.seq);
+        if let Some(f) = p.fin_seq {
+            assert!(seq_le(h.end(), f), "held {} past FIN {f}", h.seq);
+        }
+        prev_end = h.end();
+    }
+    assert_eq!(
+        p.held_bytes,
+        p.held.iter().map(|h| h.data.len()).sum::<usize>()
+    );
+}
+
 /// A segment of the generated stream: offset into the stream and length.
 #[derive(Clone, Copy, Debug)]
 struct Piece {
@@ -592,18 +650,21 @@ fn arb_plan(with_drop: bool) -> impl Strategy<Value = Plan> {
                     if stream.is_empty() {
                         break;
                     }
-                    let piece = if with_drop || k % 2 == 0 {
+                    let piece = if k % 2 == 0 {
                         // An exact duplicate of some segment.
-                        match dropped {
-                            Some(dr) if *a % cuts.len() == dr => continue,
-                            _ => cuts[*a % cuts.len()],
-                        }
+                        cuts[*a % cuts.len()]
                     } else {
                         // An overlapping retransmission of an arbitrary range.
                         let off = *a % stream.len();
                         let len = 1 + *b % (stream.len() - off).min(3000);
                         Piece { off, len }
                     };
+                    // Nothing may bring the dropped bytes back.
+                    if let Some(dr) = dropped.map(|i| cuts[i]) {
+                        if piece.off < dr.off + dr.len && dr.off < piece.off + piece.len {
+                            continue;
+                        }
+                    }
                     keyed.push((at % (cuts.len() + 8), piece));
                 }
                 keyed.sort_by_key(|(k, _)| *k);
@@ -619,7 +680,8 @@ fn arb_plan(with_drop: bool) -> impl Strategy<Value = Plan> {
 
 /// Feeds the plan (SYN first, a FIN at the end, the peer acknowledging
 /// everything sent so far after each segment) and returns what came out.
-fn run(plan: &Plan) -> (Vec<OwnedEvent>, Reassembler) {
+/// Also returns how many events came before the flush.
+fn run(plan: &Plan) -> (Vec<OwnedEvent>, Reassembler, usize) {
     let limits = StreamLimits {
         max_buffered_bytes: 1 << 20,
         max_buffered_segments: 1 << 16,
@@ -660,12 +722,15 @@ fn run(plan: &Plan) -> (Vec<OwnedEvent>, Reassembler) {
         let now = ts();
         r.peer_ack(highest, now, &limits, &mut out);
         r.tick(now, &limits, &mut out);
+        assert_invariants(&r);
     }
     let end = base.wrapping_add(plan.stream.len() as u32);
     r.segment(end, 0, ts(), false, true, false, &[], 0, &limits, &mut out);
-    r.flush(ts(), &mut out);
+    let flush_ts = ts();
     drop(out);
-    (ev, r)
+    let before_flush = ev.len();
+    r.flush(flush_ts, &mut collector(&mut ev));
+    (ev, r, before_flush)
 }
 
 proptest! {
@@ -673,7 +738,7 @@ proptest! {
 
     #[test]
     fn reordered_duplicated_stream_comes_out_whole(plan in arb_plan(false)) {
-        let (ev, r) = run(&plan);
+        let (ev, r, _) = run(&plan);
         let base = plan.isn.wrapping_add(1);
         let mut got = Vec::new();
         let mut pos = base;
@@ -696,7 +761,10 @@ proptest! {
 
     #[test]
     fn dropped_segment_is_exactly_one_gap(plan in arb_plan(true)) {
-        let (ev, r) = run(&plan);
+        let (ev, r, before_flush) = run(&plan);
+        // A large allowance never declares loss: only the flush does.
+        let early_gap = ev[..before_flush].iter().any(|e| matches!(e, OwnedEvent::Gap { .. }));
+        prop_assert!(!early_gap);
         let base = plan.isn.wrapping_add(1);
         let mut want = plan.stream.clone();
         let mut want_gap = None;
@@ -727,5 +795,218 @@ proptest! {
         prop_assert_eq!(got, want);
         prop_assert_eq!(gaps, want_gap.into_iter().collect::<Vec<_>>());
         prop_assert_eq!(r.buffered_bytes(), 0);
+    }
+}
+
+/// Feeds the plan under tight limits and a short allowance, with some
+/// segments cut by snaplen, acknowledging what was sent so far, asserting
+/// the buffer stays within its limits; returns the events.
+fn run_tight(plan: &Plan, limits: &StreamLimits, snap: &[u8]) -> Vec<OwnedEvent> {
+    let mut r = Reassembler::new();
+    let mut ev = Vec::new();
+    let mut out = collector(&mut ev);
+    let base = plan.isn.wrapping_add(1);
+    let ts = Timestamp::ZERO;
+    let mut highest = base;
+    r.segment(
+        plan.isn,
+        0,
+        ts,
+        true,
+        false,
+        false,
+        &[],
+        0,
+        limits,
+        &mut out,
+    );
+    for (i, p) in plan.order.iter().enumerate() {
+        let seq = base.wrapping_add(p.off as u32);
+        let cut = (snap[i % snap.len()] as usize).min(p.len);
+        let data = &plan.stream[p.off..p.off + p.len - cut];
+        r.segment(
+            seq, 0, ts, false, false, false, data, cut as u32, limits, &mut out,
+        );
+        r.tick(ts, limits, &mut out);
+        let end = seq.wrapping_add(p.len as u32);
+        if seq_lt(highest, end) {
+            highest = end;
+        }
+        r.peer_ack(highest, ts, limits, &mut out);
+        r.tick(ts, limits, &mut out);
+        assert_invariants(&r);
+        if let Some(p) = r.pending.as_deref() {
+            assert!(p.held_bytes <= limits.max_buffered_bytes);
+            assert!(p.held.len() <= limits.max_buffered_segments);
+        }
+    }
+    let end = base.wrapping_add(plan.stream.len() as u32);
+    r.segment(end, 0, ts, false, true, false, &[], 0, limits, &mut out);
+    assert_invariants(&r);
+    // The peer acknowledges the FIN; the holes before it run out of time.
+    r.peer_ack(end.wrapping_add(1), ts, limits, &mut out);
+    for _ in 0..5 {
+        r.tick(ts, limits, &mut out);
+        assert_invariants(&r);
+    }
+    r.flush(ts, &mut out);
+    drop(out);
+    ev
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever is lost or cut, every position is covered once, in order,
+    /// and every delivered byte is the true byte.
+    #[test]
+    fn any_loss_covers_each_position_once_with_true_bytes(
+        plan in arb_plan(true),
+        bytes in 0usize..4000,
+        segments in 0usize..6,
+        allowance in 0u32..4,
+        snap in prop::collection::vec(prop_oneof![4 => Just(0u8), 1 => 0u8..40], 1..16),
+    ) {
+        let limits = StreamLimits {
+            max_buffered_bytes: bytes,
+            max_buffered_segments: segments,
+            ack_reorder_allowance: allowance,
+        };
+        let ev = run_tight(&plan, &limits, &snap);
+        let base = plan.isn.wrapping_add(1);
+        let mut pos = base;
+        for e in &ev[..ev.len() - 1] {
+            match e {
+                OwnedEvent::Data { seq, data, .. } => {
+                    prop_assert_eq!(*seq, pos);
+                    let off = seq.wrapping_sub(base) as usize;
+                    prop_assert_eq!(&data[..], &plan.stream[off..off + data.len()]);
+                    pos = pos.wrapping_add(data.len() as u32);
+                }
+                OwnedEvent::Gap { seq, len, .. } => {
+                    prop_assert_eq!(*seq, pos);
+                    prop_assert!(*len > 0);
+                    pos = pos.wrapping_add(*len);
+                }
+                other => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+        prop_assert_eq!(pos, base.wrapping_add(plan.stream.len() as u32));
+        let ends_with_fin = matches!(ev.last(), Some(OwnedEvent::Fin { .. }));
+        prop_assert!(ends_with_fin);
+    }
+}
+
+/// One arbitrary call on a [`Reassembler`].
+#[derive(Clone, Debug)]
+enum Op {
+    /// Offset from the stream base (or a wild sequence number), length,
+    /// bytes cut off, flags.
+    Seg {
+        off: i32,
+        len: u16,
+        missing: u16,
+        fin: bool,
+        rst: bool,
+        wild: Option<u32>,
+    },
+    Ack(i32),
+    Tick,
+    Flush,
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (-500i32..3000, 0u16..300, prop_oneof![5 => Just(0u16), 1 => 0u16..200],
+              prop::bool::weighted(0.05), prop::bool::weighted(0.02),
+              prop::option::weighted(0.03, any::<u32>()))
+            .prop_map(|(off, len, missing, fin, rst, wild)| Op::Seg { off, len, missing, fin, rst, wild }),
+        2 => (-500i32..3500).prop_map(Op::Ack),
+        3 => Just(Op::Tick),
+        1 => Just(Op::Flush),
+    ]
+}
+
+/// The byte every copy of stream position `seq` carries.
+fn true_byte(seq: u32) -> u8 {
+    (seq ^ (seq >> 8) ^ (seq >> 16)) as u8
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Any sequence of calls keeps the invariants and the event contract:
+    /// positions covered once in order with the true bytes, at most one
+    /// `Fin`, at most one `Reset`, nothing after either but a `Reset`.
+    #[test]
+    fn arbitrary_calls_keep_the_contract(
+        isn in any::<u32>(),
+        syn_first in any::<bool>(),
+        ops in prop::collection::vec(arb_op(), 0..120),
+        bytes in 0usize..3000,
+        segments in 0usize..8,
+        allowance in 0u32..5,
+    ) {
+        let limits = StreamLimits {
+            max_buffered_bytes: bytes,
+            max_buffered_segments: segments,
+            ack_reorder_allowance: allowance,
+        };
+        let base = isn.wrapping_add(1);
+        let mut r = Reassembler::new();
+        let mut ev = Vec::new();
+        let ts = Timestamp::ZERO;
+        {
+            let mut out = collector(&mut ev);
+            if syn_first {
+                r.segment(isn, 0, ts, true, false, false, &[], 0, &limits, &mut out);
+            }
+            let mut buf = Vec::new();
+            for op in &ops {
+                match *op {
+                    Op::Seg { off, len, missing, fin, rst, wild } => {
+                        let seq = wild.unwrap_or(base.wrapping_add(off as u32));
+                        buf.clear();
+                        buf.extend((0..u32::from(len)).map(|i| true_byte(seq.wrapping_add(i))));
+                        r.segment(seq, 0, ts, false, fin, rst, &buf, u32::from(missing), &limits, &mut out);
+                    }
+                    Op::Ack(off) => r.peer_ack(base.wrapping_add(off as u32), ts, &limits, &mut out),
+                    Op::Tick => r.tick(ts, &limits, &mut out),
+                    Op::Flush => r.flush(ts, &mut out),
+                }
+                assert_invariants(&r);
+                if let Some(p) = r.pending.as_deref() {
+                    prop_assert!(p.held_bytes <= limits.max_buffered_bytes);
+                    prop_assert!(p.held.len() <= limits.max_buffered_segments);
+                }
+            }
+        }
+        let mut pos: Option<u32> = syn_first.then_some(base);
+        let (mut fins, mut resets) = (0, 0);
+        for e in &ev {
+            prop_assert_eq!(resets, 0, "event after Reset: {:?}", e);
+            match e {
+                OwnedEvent::Data { seq, data, .. } => {
+                    prop_assert_eq!(fins, 0);
+                    prop_assert!(pos.map_or(true, |p| p == *seq));
+                    for (i, b) in data.iter().enumerate() {
+                        prop_assert_eq!(*b, true_byte(seq.wrapping_add(i as u32)));
+                    }
+                    pos = Some(seq.wrapping_add(data.len() as u32));
+                }
+                OwnedEvent::Gap { seq, len, .. } => {
+                    prop_assert_eq!(fins, 0);
+                    prop_assert!(*len > 0 && *len < SEQ_WINDOW);
+                    prop_assert!(pos.map_or(true, |p| p == *seq));
+                    pos = Some(seq.wrapping_add(*len));
+                }
+                OwnedEvent::Fin { .. } => fins += 1,
+                OwnedEvent::Reset { .. } => resets += 1,
+            }
+        }
+        prop_assert!(fins <= 1);
+        if let (Some(p), Some(n)) = (pos, r.next_seq()) {
+            prop_assert_eq!(p, n);
+        }
     }
 }

@@ -1,0 +1,163 @@
+//! Telling what a connection carries before parsing it.
+//!
+//! Contract: a [`Sniffer`] watches one direction's in-order bytes until the
+//! connection is known to be HTTP/1.x (a request line or a status line at a
+//! plausible place: the stream start, a line start or a segment start), TLS
+//! (a handshake record at the stream start), or neither within a byte
+//! budget. It holds at most [`HOLD_BYTES`] of the latest bytes, so that when
+//! the *other* direction proves the connection is HTTP, this direction's
+//! parser still sees them (a malformed request answered by a 400 is then
+//! logged as malformed, not lost).
+
+use crate::clock::Timestamp;
+use crate::flow::reassembly::Chunk;
+use crate::http::parser::{sniff_request_start, sniff_response_start, Sniff};
+
+/// Most bytes held per undecided direction.
+pub const HOLD_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Default)]
+pub struct Sniffer {
+    /// The latest bytes of the direction, at most HOLD_BYTES.
+    held: Vec<u8>,
+    /// Sequence number of `held[0]`.
+    held_seq: u32,
+    /// `held` starts at the stream's first byte (SYN seen, nothing dropped).
+    from_start: bool,
+    started: bool,
+    /// Where in `held` scanning goes on (candidates before it were tried).
+    scan_from: usize,
+    /// Where each segment starts in `held`, with its ACK field and time
+    /// (ascending), so held bytes can be replayed as they came.
+    segments: Vec<(usize, u32, Timestamp)>,
+    /// Bytes seen in all.
+    pub seen: u64,
+}
+
+/// What a sniffer concluded from the bytes so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A request (`true`) or response starts at sequence number `seq`.
+    Http {
+        seq: u32,
+        is_request: bool,
+    },
+    Tls,
+    Undecided,
+}
+
+impl Sniffer {
+    /// Feed in-order bytes starting at `seq`; `stream_start`: the SYN of this
+    /// direction was seen and these are its first bytes.
+    pub fn push(&mut self, chunk: &Chunk<'_>, stream_start: bool) -> Verdict {
+        let (seq, data) = (chunk.seq, chunk.data);
+        if !self.started {
+            self.started = true;
+            self.from_start = stream_start;
+            self.held_seq = seq;
+            if stream_start && looks_like_tls(data) {
+                return Verdict::Tls;
+            }
+        }
+        self.seen += data.len() as u64;
+        let expected = self.held_seq.wrapping_add(self.held.len() as u32);
+        if expected != seq {
+            self.gap_at(seq);
+        }
+        self.segments.push((self.held.len(), chunk.ack, chunk.ts));
+        self.held.extend_from_slice(data);
+        let verdict = self.scan();
+        if self.held.len() > HOLD_BYTES {
+            let cut = self.held.len() - HOLD_BYTES;
+            self.held.drain(..cut);
+            self.held_seq = self.held_seq.wrapping_add(cut as u32);
+            self.scan_from = self.scan_from.saturating_sub(cut);
+            let first_kept = self
+                .segments
+                .partition_point(|s| s.0 <= cut)
+                .saturating_sub(1);
+            self.segments.drain(..first_kept);
+            for s in &mut self.segments {
+                s.0 = s.0.saturating_sub(cut);
+            }
+            self.from_start = false;
+        }
+        verdict
+    }
+
+    /// Bytes were lost: what is held no longer leads up to what comes next.
+    pub fn gap_at(&mut self, next_seq: u32) {
+        self.held.clear();
+        self.segments.clear();
+        self.scan_from = 0;
+        self.held_seq = next_seq;
+        self.from_start = false;
+        self.started = true;
+    }
+
+    /// Sequence number of the first held byte.
+    pub fn held_start_seq(&self) -> u32 {
+        self.held_seq
+    }
+
+    /// Do the held bytes begin at the stream's first byte?
+    pub fn from_start(&self) -> bool {
+        self.from_start
+    }
+
+    /// Hand the held bytes from sequence number `from` on to `feed`, segment
+    /// by segment as they came (same ACK and time), then forget them.
+    pub fn replay(&mut self, from: u32, mut feed: impl FnMut(&Chunk<'_>)) {
+        let skip = (from.wrapping_sub(self.held_seq) as usize).min(self.held.len());
+        for (i, &(start, ack, ts)) in self.segments.iter().enumerate() {
+            let end = self.segments.get(i + 1).map_or(self.held.len(), |s| s.0);
+            let start = start.max(skip);
+            if start >= end {
+                continue;
+            }
+            feed(&Chunk {
+                seq: self.held_seq.wrapping_add(start as u32),
+                ack,
+                ts,
+                data: &self.held[start..end],
+            });
+        }
+        self.held = Vec::new();
+        self.segments = Vec::new();
+    }
+
+    /// Try every line start and segment start from `scan_from` on.
+    fn scan(&mut self) -> Verdict {
+        let len = self.held.len();
+        let mut p = self.scan_from;
+        while p < len {
+            let rest = &self.held[p..];
+            let req = sniff_request_start(rest);
+            let resp = sniff_response_start(rest);
+            match (req, resp) {
+                (Sniff::Yes, _) | (_, Sniff::Yes) => {
+                    return Verdict::Http {
+                        seq: self.held_seq.wrapping_add(p as u32),
+                        is_request: req == Sniff::Yes,
+                    };
+                }
+                (Sniff::NeedMore, _) | (_, Sniff::NeedMore) if rest.len() < HOLD_BYTES / 2 => {
+                    // Wait for more bytes, then try here again.
+                    self.scan_from = p;
+                    return Verdict::Undecided;
+                }
+                _ => {}
+            }
+            let next_line = memchr::memchr(b'\n', rest).map_or(len, |i| p + i + 1);
+            let k = self.segments.partition_point(|s| s.0 <= p);
+            let next_segment = self.segments.get(k).map_or(len, |s| s.0);
+            p = next_line.min(next_segment);
+        }
+        self.scan_from = len;
+        Verdict::Undecided
+    }
+}
+
+fn looks_like_tls(data: &[u8]) -> bool {
+    data.len() >= 3 && data[0] == 0x16 && data[1] == 0x03 && data[2] <= 0x04
+}
