@@ -145,6 +145,8 @@ struct Connection {
     /// Some(true): `lo` is the client.
     client_is_lo: Option<bool>,
     syn_seen: [bool; 2],
+    /// Initial sequence number per side, from its SYN.
+    isn: [Option<u32>; 2],
     ended: [bool; 2],
     app: App,
     last_seen: Timestamp,
@@ -199,14 +201,14 @@ impl FlowTable {
         let flags = seg.flags;
         let syn_only = flags.syn() && !flags.ack();
 
-        // A new SYN on a finished or stale connection starts a new one.
+        // A SYN with a new initial sequence number on a known connection
+        // (port reuse) starts a new one; a repeated SYN is a retransmission.
         if syn_only {
             if let Some(c) = self.flows.get(&key) {
-                if c.ended.iter().any(|&e| e)
-                    || c.streams[side]
-                        .next_seq()
-                        .is_some_and(|n| n != seg.seq.wrapping_add(1))
-                {
+                let reused = c.isn[side].is_some_and(|isn| isn != seg.seq)
+                    || (c.isn[side].is_none() && c.had_data)
+                    || c.ended.iter().any(|&e| e);
+                if reused {
                     let c = self.flows.remove(&key).expect("just seen");
                     self.finish(c, now, StreamEnd::Closed, emit);
                     self.stats.flows_closed += 1;
@@ -233,6 +235,7 @@ impl FlowTable {
         conn.last_seen = now;
         if flags.syn() {
             conn.syn_seen[side] = true;
+            conn.isn[side].get_or_insert(seg.seq);
             if conn.client_is_lo.is_none() {
                 // SYN comes from the client, SYN+ACK from the server.
                 conn.client_is_lo = Some(src_is_lo == syn_only);
@@ -416,6 +419,7 @@ impl Connection {
             streams: [Reassembler::new(), Reassembler::new()],
             client_is_lo: None,
             syn_seen: [false; 2],
+            isn: [None; 2],
             ended: [false; 2],
             app: App::Undecided(Default::default()),
             last_seen: now,
@@ -528,9 +532,13 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 };
                 let client = self.addr(client_side);
                 let server = self.addr(server_side);
-                // The other direction is in sync if it is known from its
-                // first byte: held from the start, or not begun after a SYN.
-                let other_sync = other.from_start() || (other.seen == 0 && self.syn_seen[1 - side]);
+                // The other direction is parsed from its first byte when
+                // that is known (held from the start, or not begun after a
+                // SYN) and looks like text: a malformed request is then
+                // reported as such. A binary preamble (a SOCKS reply, say)
+                // is skipped by looking for the next message start instead.
+                let other_sync = (other.from_start() && other.starts_with_letter())
+                    || (other.seen == 0 && self.syn_seen[1 - side]);
                 let limits = self.cfg.parser_limits;
                 let (req_sync, resp_sync) = if is_request {
                     (true, other_sync)
@@ -545,8 +553,16 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 *self.stats.connections.entry(Protocol::Http).or_default() += 1;
                 // The other direction's held bytes come first: they were
                 // sent earlier (e.g. a malformed request before its 400).
-                let other_from = other.held_start_seq();
-                other.replay(other_from, |c| self.data(1 - side, c));
+                // Out of sync, only a start candidate still waiting for
+                // bytes is worth replaying: the rest was scanned already.
+                let other_from = if other_sync {
+                    Some(other.held_start_seq())
+                } else {
+                    other.pending_candidate_seq()
+                };
+                if let Some(from) = other_from {
+                    other.replay(from, |c| self.data(1 - side, c));
+                }
                 this.replay(seq, |c| self.data(side, c));
             }
             Verdict::Tls => {

@@ -95,6 +95,17 @@ impl Sniffer {
         self.started = true;
     }
 
+    /// Does the first held byte look like the start of a text protocol?
+    pub fn starts_with_letter(&self) -> bool {
+        self.held.first().is_some_and(u8::is_ascii_alphabetic)
+    }
+
+    /// Where a possible message start waits for more bytes, if anywhere.
+    pub fn pending_candidate_seq(&self) -> Option<u32> {
+        (self.scan_from < self.held.len())
+            .then(|| self.held_seq.wrapping_add(self.scan_from as u32))
+    }
+
     /// Sequence number of the first held byte.
     pub fn held_start_seq(&self) -> u32 {
         self.held_seq
