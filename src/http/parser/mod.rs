@@ -47,6 +47,12 @@ pub struct ParserLimits {
     pub max_headers: usize,
     /// How much of each de-chunked body is kept in `MessageEnd::body_prefix`.
     pub body_prefix_bytes: usize,
+    /// Out of sync, also try the first byte of each chunk as a message start,
+    /// not only line starts. Real traffic starts messages on segment
+    /// boundaries after binary bodies; this makes what resync finds depend
+    /// on segmentation, so the segmentation-invariance property is checked
+    /// with it off.
+    pub resync_at_chunk_starts: bool,
 }
 
 impl Default for ParserLimits {
@@ -55,6 +61,7 @@ impl Default for ParserLimits {
             max_head_bytes: 64 * 1024,
             max_headers: 128,
             body_prefix_bytes: 2048,
+            resync_at_chunk_starts: true,
         }
     }
 }
@@ -200,6 +207,8 @@ enum Body {
 pub struct MessageParser {
     dir: Direction,
     limits: ParserLimits,
+    /// This chunk's first byte was already tried as a resync candidate.
+    chunk_start_tried: bool,
     state: State,
     /// First byte of the message in progress (or of the candidate head).
     start: StreamPos,
@@ -235,6 +244,7 @@ impl MessageParser {
         MessageParser {
             dir,
             limits,
+            chunk_start_tried: false,
             state: if in_sync {
                 State::Idle
             } else {
@@ -298,12 +308,14 @@ impl MessageParser {
     }
 
     pub fn feed(&mut self, chunk: &Chunk<'_>, sink: &mut impl MessageSink) {
+        self.chunk_start_tried = false;
         let len = chunk.data.len();
         let mut i = 0;
         // INVARIANT: each step either consumes bytes or moves to a state
         // whose step will (Idle/Resync hand over at the same offset only
         // towards a state that consumes).
         while i < len {
+            let step_started_at_chunk_start = i == 0;
             i = match self.state {
                 State::Idle => self.step_idle(chunk, i, sink),
                 State::Resync { lost, line_start } => {
@@ -363,6 +375,10 @@ impl MessageParser {
                     len
                 }
             };
+            // Only the step that began the chunk may try its first byte.
+            if step_started_at_chunk_start {
+                self.chunk_start_tried = true;
+            }
         }
         if len > 0 {
             self.last = pos_in(chunk, len - 1);
@@ -408,7 +424,9 @@ impl MessageParser {
         chunk.data.len()
     }
 
-    /// Out of sync: try each line start for a message start.
+    /// Out of sync: try each line start, and the first byte of each chunk
+    /// (a new message usually begins a new segment, right after the end of a
+    /// binary body that has no line end), for a message start.
     fn step_resync(
         &mut self,
         chunk: &Chunk<'_>,
@@ -418,7 +436,9 @@ impl MessageParser {
         sink: &mut impl MessageSink,
     ) -> usize {
         let data = chunk.data;
-        let mut cand = if line_start {
+        // Once per chunk: a candidate that failed must not be tried again.
+        let chunk_start = i == 0 && self.limits.resync_at_chunk_starts && !self.chunk_start_tried;
+        let mut cand = if line_start || chunk_start {
             Some(i)
         } else {
             memchr(b'\n', &data[i..]).map(|p| i + p + 1)

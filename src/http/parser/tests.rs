@@ -996,7 +996,7 @@ proptest! {
         in_sync in any::<bool>(),
     ) {
         let dir = if resp_dir { Direction::ToClient } else { Direction::ToServer };
-        let limits = ParserLimits { max_head_bytes: 128, max_headers: 4, body_prefix_bytes: 8 };
+        let limits = ParserLimits { max_head_bytes: 128, max_headers: 4, body_prefix_bytes: 8, ..ParserLimits::default() };
         let mut p = MessageParser::new(dir, limits, in_sync);
         let mut rec = Rec::default();
         let mut seq = 0u32;
@@ -1079,7 +1079,7 @@ proptest! {
                 cuts.push(at);
             }
             cuts.sort_unstable();
-            let mut p = MessageParser::new(dir, ParserLimits { max_head_bytes: 4096, ..ParserLimits::default() }, in_sync);
+            let mut p = MessageParser::new(dir, ParserLimits { max_head_bytes: 4096, resync_at_chunk_starts: false, ..ParserLimits::default() }, in_sync);
             let mut rec = Rec::default();
             let (mut from, mut shift) = (0usize, 0u32);
             for cut in cuts.into_iter().chain([stream.len()]) {
@@ -1113,4 +1113,39 @@ fn head_fed_one_byte_at_a_time_is_one_request() {
         let parts = feed_segments(Direction::ToServer, stream, &cuts);
         assert_eq!(parts, whole, "chunks of {size}");
     }
+}
+
+#[test]
+fn resync_finds_a_response_at_a_chunk_start_after_a_binary_body() {
+    // Mid-stream: the tail of a binary body without any line end, then the
+    // next response in a new segment.
+    let mut p = MessageParser::new(Direction::ToClient, ParserLimits::default(), false);
+    let mut rec = Rec::default();
+    p.feed(&chunk(BASE, b"\x89PNG\x00\x01binary"), &mut rec);
+    p.feed(
+        &chunk(BASE + 12, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        &mut rec,
+    );
+    assert!(
+        rec.events.iter().any(|e| format!("{e:?}").contains("200")),
+        "{:?}",
+        rec.events
+    );
+    // With the heuristic off only line starts count: nothing is found.
+    let limits = ParserLimits {
+        resync_at_chunk_starts: false,
+        ..ParserLimits::default()
+    };
+    let mut p = MessageParser::new(Direction::ToClient, limits, false);
+    let mut rec = Rec::default();
+    p.feed(&chunk(BASE, b"\x89PNG\x00\x01binary"), &mut rec);
+    p.feed(
+        &chunk(BASE + 12, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        &mut rec,
+    );
+    assert!(
+        !rec.events.iter().any(|e| format!("{e:?}").contains("200")),
+        "{:?}",
+        rec.events
+    );
 }
