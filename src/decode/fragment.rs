@@ -147,7 +147,7 @@ impl FragmentPool {
     ) -> Option<&[u8]> {
         self.expire(now, stats);
         let end = offset + data.len() as u32;
-        if end > MAX_DATAGRAM || (more && (data.is_empty() || data.len() % 8 != 0)) {
+        if end > MAX_DATAGRAM || (more && (data.is_empty() || !data.len().is_multiple_of(8))) {
             stats.fragments_dropped += 1;
             self.drop_datagram(&key, stats);
             return None;

@@ -537,7 +537,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 // SYN) and looks like text: a malformed request is then
                 // reported as such. A binary preamble (a SOCKS reply, say)
                 // is skipped by looking for the next message start instead.
-                let other_sync = (other.from_start() && other.starts_with_letter())
+                let other_sync = (other.is_from_start() && other.starts_with_letter())
                     || (other.seen == 0 && self.syn_seen[1 - side]);
                 let limits = self.cfg.parser_limits;
                 let (req_sync, resp_sync) = if is_request {

@@ -112,7 +112,7 @@ impl Sniffer {
     }
 
     /// Do the held bytes begin at the stream's first byte?
-    pub fn from_start(&self) -> bool {
+    pub fn is_from_start(&self) -> bool {
         self.from_start
     }
 

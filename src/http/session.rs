@@ -145,23 +145,24 @@ impl HttpSession {
     pub fn expire(&mut self, now: Timestamp) {
         let timeout = self.timeout_micros;
         let mut expired = Vec::new();
-        let in_flight_req = self.in_flight.as_mut().and_then(|f| {
-            let st = f.head.status;
-            f.request.as_mut().map(|r| (r, st))
-        });
-        if let Some((p, _)) = in_flight_req {
-            if !p.logged && !p.placeholder && p.start.ts.saturating_add_micros(timeout) <= now {
-                p.logged = true;
-                expired.push(snapshot(p));
+        // A response whose head came but whose end did not: the status was
+        // seen on the wire and is kept; the failure is still the timeout.
+        if let Some(f) = self.in_flight.as_mut().filter(|f| !f.interim) {
+            let head = f.head.clone();
+            if let Some(p) = f.request.as_mut() {
+                if !p.logged && !p.placeholder && p.start.ts.saturating_add_micros(timeout) <= now {
+                    p.logged = true;
+                    expired.push((snapshot(p), Some(head)));
+                }
             }
         }
         for p in self.pending.iter_mut() {
             if !p.logged && !p.placeholder && p.start.ts.saturating_add_micros(timeout) <= now {
                 p.logged = true;
-                expired.push(snapshot(p));
+                expired.push((snapshot(p), None));
             }
         }
-        for (head, start, body, prefix, loss, malformed) in expired {
+        for ((head, start, body, prefix, loss, malformed), response) in expired {
             let deadline = start.ts.saturating_add_micros(timeout);
             let outcome = if malformed {
                 Outcome::Malformed
@@ -173,7 +174,7 @@ impl HttpSession {
                 start,
                 body,
                 prefix,
-                None,
+                response,
                 Some(deadline),
                 0,
                 Vec::new(),

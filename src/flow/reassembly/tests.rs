@@ -988,7 +988,7 @@ proptest! {
             match e {
                 OwnedEvent::Data { seq, data, .. } => {
                     prop_assert_eq!(fins, 0);
-                    prop_assert!(pos.map_or(true, |p| p == *seq));
+                    prop_assert!(pos.is_none_or(|p| p == *seq));
                     for (i, b) in data.iter().enumerate() {
                         prop_assert_eq!(*b, true_byte(seq.wrapping_add(i as u32)));
                     }
@@ -997,7 +997,7 @@ proptest! {
                 OwnedEvent::Gap { seq, len, .. } => {
                     prop_assert_eq!(fins, 0);
                     prop_assert!(*len > 0 && *len < SEQ_WINDOW);
-                    prop_assert!(pos.map_or(true, |p| p == *seq));
+                    prop_assert!(pos.is_none_or(|p| p == *seq));
                     pos = Some(seq.wrapping_add(*len));
                 }
                 OwnedEvent::Fin { .. } => fins += 1,
