@@ -95,7 +95,7 @@ fn run_file(cfg: &Config, path: &str) -> Result<(), RunError> {
         print!("{}", s.render(&pipeline.stats(), source.truncation()));
     }
     if let Some(t) = source.truncation() {
-        tracing::warn!("{path}: {t}; everything before it was processed");
+        tracing::warn!("{t}; everything before it was processed");
     }
     Ok(())
 }

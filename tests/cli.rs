@@ -1,0 +1,101 @@
+//! The command line's contract: exit codes and one-line errors (SPEC).
+
+mod common;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = common::apitap().args(args).output().expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sample() -> String {
+    format!(
+        "{}/samples/http-mix-sample.pcap",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    for args in [
+        &["--bogus"][..],
+        &[][..],
+        &["-r", "x", "-i", "lo"][..],
+        &["-r", "x", "--log.level", "loud"][..],
+    ] {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn bad_config_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("apitap.toml");
+    std::fs::write(&cfg, "[flow]\nmax-flows = 0\n").unwrap();
+    let (code, _, err) = run(&["-r", &sample(), "--config.file", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("flow.max-flows"), "{err}");
+}
+
+#[test]
+fn runtime_errors_exit_1_with_one_line() {
+    let (code, _, err) = run(&["-r", "/nonexistent/capture.pcap"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/capture.pcap"), "{err}");
+    let (code, _, err) = run(&["-r", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a pcap or pcapng"), "{err}");
+}
+
+#[test]
+fn truncated_file_is_processed_then_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.pcap");
+    let bytes = std::fs::read(sample()).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2 + 7]).unwrap();
+    let (code, out, err) = run(&["-r", cut.to_str().unwrap(), "--exchanges", "-"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().count() > 100,
+        "exchanges before the cut are logged"
+    );
+    assert!(err.contains("middle of a record"), "{err}");
+}
+
+#[test]
+fn sample_matches_nginx_ground_truth() {
+    // samples/http-mix-sample.pcap.stats.txt holds nginx's own access-log
+    // counts for the traffic in the sample (written by the generator).
+    let truth = std::fs::read_to_string(format!("{}.stats.txt", sample())).unwrap();
+    let mut want = std::collections::BTreeMap::new();
+    let mut in_status = false;
+    for line in truth.lines() {
+        if line.starts_with("status_histogram") {
+            in_status = true;
+            continue;
+        }
+        if in_status {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            match parts.as_slice() {
+                [code, n] if code.parse::<u16>().is_ok() => {
+                    want.insert(code.parse::<u16>().unwrap(), n.parse::<u64>().unwrap());
+                }
+                _ => in_status = false,
+            }
+        }
+    }
+    assert!(want.len() > 5);
+    let (records, _) = common::exchanges_of(std::path::Path::new(&sample()), &[]);
+    let mut got = std::collections::BTreeMap::new();
+    for r in &records {
+        *got.entry(r["status"].as_u64().unwrap() as u16)
+            .or_insert(0u64) += 1;
+    }
+    assert_eq!(got, want);
+}
