@@ -24,6 +24,17 @@ impl<F: FnMut(&Exchange)> ExchangeSink for F {
     }
 }
 
+/// Classify each finished exchange, then hand it to the sink.
+fn deliver<'a>(
+    classifier: &'a mut Classifier,
+    sink: &'a mut impl ExchangeSink,
+) -> impl FnMut(Exchange) + 'a {
+    move |mut ex| {
+        classifier.classify(&mut ex);
+        sink.exchange(&ex);
+    }
+}
+
 pub struct Pipeline {
     clock: Clock,
     decoder: Decoder,
@@ -41,7 +52,6 @@ pub struct PipelineStats {
     pub decode: DecodeStats,
     pub flows: FlowStats,
     pub active_flows: usize,
-    pub first_ts: Option<Timestamp>,
     pub last_ts: Option<Timestamp>,
 }
 
@@ -61,41 +71,25 @@ impl Pipeline {
         self.packets += 1;
         self.bytes += pkt.data.len() as u64;
         let now = self.clock.observe(pkt.ts);
-        let classifier = &mut self.classifier;
+        let mut deliver = deliver(&mut self.classifier, sink);
         match self.decoder.decode(pkt) {
-            Decoded::Tcp(seg) => {
-                self.flows.segment(&seg, now, &mut |mut ex: Exchange| {
-                    classifier.classify(&mut ex);
-                    sink.exchange(&ex);
-                });
-            }
-            Decoded::Skipped(_) => {
-                self.flows.tick(now, &mut |mut ex: Exchange| {
-                    classifier.classify(&mut ex);
-                    sink.exchange(&ex);
-                });
-            }
+            Decoded::Tcp(seg) => self.flows.segment(&seg, now, &mut deliver),
+            Decoded::Skipped(_) => self.flows.tick(now, &mut deliver),
         }
     }
 
     /// Live mode: the wall clock, when no packet came for a while.
     pub fn tick(&mut self, wall: Timestamp, sink: &mut impl ExchangeSink) {
         let now = self.clock.observe(wall);
-        let classifier = &mut self.classifier;
-        self.flows.tick(now, &mut |mut ex: Exchange| {
-            classifier.classify(&mut ex);
-            sink.exchange(&ex);
-        });
+        self.flows
+            .tick(now, &mut deliver(&mut self.classifier, sink));
     }
 
     /// End of input: every open exchange is logged.
     pub fn finish(&mut self, sink: &mut impl ExchangeSink) {
         let now = self.clock.now().unwrap_or_default();
-        let classifier = &mut self.classifier;
-        self.flows.finish_all(now, &mut |mut ex: Exchange| {
-            classifier.classify(&mut ex);
-            sink.exchange(&ex);
-        });
+        self.flows
+            .finish_all(now, &mut deliver(&mut self.classifier, sink));
     }
 
     pub fn stats(&self) -> PipelineStats {
@@ -105,7 +99,6 @@ impl Pipeline {
             decode: self.decoder.stats().clone(),
             flows: self.flows.stats().clone(),
             active_flows: self.flows.active_flows(),
-            first_ts: None,
             last_ts: self.clock.now(),
         }
     }

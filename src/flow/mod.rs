@@ -23,6 +23,7 @@ use crate::http::session::{HttpSession, StreamEnd};
 use crate::http::Direction;
 use reassembly::{Chunk, Reassembler, StreamEvent, StreamLimits, StreamStats};
 use sniff::{Sniffer, Verdict};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -183,11 +184,6 @@ impl FlowTable {
         self.flows.len()
     }
 
-    /// Replace the configuration (limits and timeouts apply to new work).
-    pub fn set_config(&mut self, cfg: FlowConfig) {
-        self.cfg = cfg;
-    }
-
     /// One segment, in capture order. `now` is the pipeline's monotonic time.
     pub fn segment(
         &mut self,
@@ -216,22 +212,25 @@ impl FlowTable {
             }
         }
 
-        if !self.flows.contains_key(&key) {
-            // Only a handshake or data starts tracking; stray ACKs, FINs and
-            // RSTs of connections we never saw cost nothing.
-            if !flags.syn() && seg.payload.is_empty() && seg.missing == 0 {
-                return;
+        let flows_len = self.flows.len();
+        let conn = match self.flows.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                // Only a handshake or data starts tracking; stray ACKs, FINs
+                // and RSTs of connections we never saw cost nothing.
+                if !flags.syn() && seg.payload.is_empty() && seg.missing == 0 {
+                    return;
+                }
+                if flows_len >= self.cfg.max_flows {
+                    self.stats.flows_refused += 1;
+                    return;
+                }
+                self.stats.flows_created += 1;
+                e.insert(Connection::new(key, now))
             }
-            if self.flows.len() >= self.cfg.max_flows {
-                self.stats.flows_refused += 1;
-                return;
-            }
-            self.stats.flows_created += 1;
-            self.flows.insert(key, Connection::new(key, now));
-        }
+        };
         let cfg = &self.cfg;
         let stats = &mut self.stats;
-        let conn = self.flows.get_mut(&key).expect("inserted above");
         conn.last_seen = now;
         if flags.syn() {
             conn.syn_seen[side] = true;
@@ -304,7 +303,7 @@ impl FlowTable {
     /// End of capture: every connection ends, every open exchange is logged.
     pub fn finish_all(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
         let mut all: Vec<Connection> = self.flows.drain().map(|(_, c)| c).collect();
-        // Deterministic output order: by first address, then last activity.
+        // Deterministic output order: by last activity, then addresses.
         all.sort_by_key(|c| (c.last_seen, c.key.lo, c.key.hi));
         for c in all {
             self.finish(c, now, StreamEnd::CaptureEnded, emit);
@@ -521,8 +520,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
             Verdict::Http { seq, is_request } => {
                 let [s0, s1] = std::mem::take(sniffers);
                 let (mut this, mut other) = if side == 0 { (s0, s1) } else { (s1, s0) };
-                self.stats.sniff_skipped_bytes +=
-                    u64::from(seq.wrapping_sub(chunk.seq).min(1 << 30));
+                self.stats.sniff_skipped_bytes += this.seen_before(seq);
                 let sender_is_lo = side == 0;
                 *self.client_is_lo = Some(sender_is_lo == is_request);
                 let (client_side, server_side) = if is_request {

@@ -106,6 +106,16 @@ impl Sniffer {
             .then(|| self.held_seq.wrapping_add(self.scan_from as u32))
     }
 
+    /// Bytes this direction carried before `seq` (a held position): what
+    /// sniffing skipped before the message start found there.
+    pub fn seen_before(&self, seq: u32) -> u64 {
+        let from_seq_on = self
+            .held
+            .len()
+            .saturating_sub(seq.wrapping_sub(self.held_seq) as usize);
+        self.seen.saturating_sub(from_seq_on as u64)
+    }
+
     /// Sequence number of the first held byte.
     pub fn held_start_seq(&self) -> u32 {
         self.held_seq
@@ -171,4 +181,73 @@ impl Sniffer {
 
 fn looks_like_tls(data: &[u8]) -> bool {
     data.len() >= 3 && data[0] == 0x16 && data[1] == 0x03 && data[2] <= 0x04
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(seq: u32, data: &[u8]) -> Chunk<'_> {
+        Chunk {
+            seq,
+            ack: 7,
+            ts: Timestamp::from_micros(1),
+            data,
+        }
+    }
+
+    #[test]
+    fn finds_a_request_at_a_segment_start_after_a_binary_preamble() {
+        let mut s = Sniffer::default();
+        assert_eq!(
+            s.push(&chunk(100, b"\x05\x01\x00"), true),
+            Verdict::Undecided
+        );
+        let v = s.push(&chunk(103, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), false);
+        assert_eq!(
+            v,
+            Verdict::Http {
+                seq: 103,
+                is_request: true
+            }
+        );
+        assert_eq!(s.seen_before(103), 3);
+    }
+
+    #[test]
+    fn tls_at_the_stream_start() {
+        let mut s = Sniffer::default();
+        assert_eq!(s.push(&chunk(1, &[0x16, 3, 1, 0, 5]), true), Verdict::Tls);
+    }
+
+    #[test]
+    fn a_start_split_over_segments_is_found_and_replayed_whole() {
+        let mut s = Sniffer::default();
+        assert_eq!(
+            s.push(&chunk(10, b"tail\nHTTP/1.1 2"), false),
+            Verdict::Undecided
+        );
+        let v = s.push(&chunk(25, b"00 OK\r\n\r\n"), false);
+        assert_eq!(
+            v,
+            Verdict::Http {
+                seq: 15,
+                is_request: false
+            }
+        );
+        let mut got = Vec::new();
+        s.replay(15, |c| got.extend_from_slice(c.data));
+        assert_eq!(got, b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    #[test]
+    fn held_bytes_stay_bounded() {
+        let mut s = Sniffer::default();
+        let junk = [b'x'; 1000];
+        for i in 0..100u32 {
+            s.push(&chunk(i * 1000, &junk), false);
+        }
+        assert!(s.held.len() <= HOLD_BYTES);
+        assert_eq!(s.seen, 100_000);
+    }
 }

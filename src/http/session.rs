@@ -50,7 +50,7 @@ pub struct ParserCommands {
     pub request_resume: bool,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Pending {
     /// None: a request we know was there but could not read (malformed), or
     /// a placeholder for one lost in a capture gap (`placeholder`).
@@ -65,6 +65,38 @@ struct Pending {
     malformed: bool,
     placeholder: bool,
     id: u64,
+}
+
+impl Pending {
+    /// Still owed a record: neither written as timed out nor a placeholder.
+    fn waits(&self) -> bool {
+        !self.logged && !self.placeholder
+    }
+}
+
+/// What came back for a request, as far as it is known.
+#[derive(Debug)]
+struct Answer {
+    response: Option<ResponseHead>,
+    end_ts: Option<Timestamp>,
+    body_bytes: u64,
+    body_prefix: Vec<u8>,
+    outcome: Outcome,
+    capture_loss: bool,
+}
+
+impl Answer {
+    /// No (complete) response: only how and when the exchange ended.
+    fn nothing(outcome: Outcome, end_ts: Option<Timestamp>, capture_loss: bool) -> Self {
+        Answer {
+            response: None,
+            end_ts,
+            body_bytes: 0,
+            body_prefix: Vec::new(),
+            outcome,
+            capture_loss,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -134,7 +166,7 @@ impl HttpSession {
             .pending
             .iter()
             .chain(self.in_flight.iter().filter_map(|f| f.request.as_ref()))
-            .filter(|p| !p.logged && !p.placeholder)
+            .filter(|p| p.waits())
             .map(|p| p.start.ts);
         waiting
             .min()
@@ -150,37 +182,25 @@ impl HttpSession {
         if let Some(f) = self.in_flight.as_mut().filter(|f| !f.interim) {
             let head = f.head.clone();
             if let Some(p) = f.request.as_mut() {
-                if !p.logged && !p.placeholder && p.start.ts.saturating_add_micros(timeout) <= now {
+                if p.waits() && p.start.ts.saturating_add_micros(timeout) <= now {
+                    expired.push((p.clone(), Some(head)));
                     p.logged = true;
-                    expired.push((snapshot(p), Some(head)));
                 }
             }
         }
         for p in self.pending.iter_mut() {
-            if !p.logged && !p.placeholder && p.start.ts.saturating_add_micros(timeout) <= now {
+            if p.waits() && p.start.ts.saturating_add_micros(timeout) <= now {
+                expired.push((p.clone(), None));
                 p.logged = true;
-                expired.push((snapshot(p), None));
             }
         }
-        for ((head, start, body, prefix, loss, malformed), response) in expired {
-            let deadline = start.ts.saturating_add_micros(timeout);
-            let outcome = if malformed {
-                Outcome::Malformed
-            } else {
-                Outcome::TimedOut
-            };
-            self.emit(
-                head,
-                start,
-                body,
-                prefix,
+        for (p, response) in expired {
+            let deadline = p.start.ts.saturating_add_micros(timeout);
+            let answer = Answer {
                 response,
-                Some(deadline),
-                0,
-                Vec::new(),
-                outcome,
-                loss,
-            );
+                ..Answer::nothing(Outcome::TimedOut, Some(deadline), false)
+            };
+            self.emit(Ok(p), answer);
         }
     }
 
@@ -205,27 +225,11 @@ impl HttpSession {
             }
         }
         while let Some(p) = self.pending.pop_front() {
-            if p.logged || p.placeholder {
+            if !p.waits() {
                 continue;
             }
-            let outcome = if p.malformed {
-                Outcome::Malformed
-            } else {
-                self.end_outcome()
-            };
             let end = (self.ending == StreamEnd::Closed).then_some(now);
-            self.emit(
-                p.head,
-                p.start,
-                p.body_bytes,
-                p.body_prefix,
-                None,
-                end,
-                0,
-                Vec::new(),
-                outcome,
-                p.capture_loss,
-            );
+            self.emit(Ok(p), Answer::nothing(self.end_outcome(), end, false));
         }
     }
 
@@ -242,33 +246,35 @@ impl HttpSession {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn emit(
-        &mut self,
-        request: Option<RequestHead>,
-        start: StreamPos,
-        req_body: u64,
-        req_prefix: Vec<u8>,
-        response: Option<ResponseHead>,
-        end_ts: Option<Timestamp>,
-        resp_body: u64,
-        resp_prefix: Vec<u8>,
-        outcome: Outcome,
-        capture_loss: bool,
-    ) {
+    /// Write one record: a request (or, for `Err`, a response whose
+    /// request was not seen, starting at the position given) and its answer.
+    /// A request already written as timed out gets no second record; a
+    /// malformed request makes the exchange malformed whatever came back.
+    fn emit(&mut self, request: Result<Pending, StreamPos>, mut answer: Answer) {
+        let (head, start, body_bytes, body_prefix) = match request {
+            Ok(p) if p.logged => return,
+            Ok(p) => {
+                if p.malformed {
+                    answer.outcome = Outcome::Malformed;
+                }
+                answer.capture_loss |= p.capture_loss;
+                (p.head, p.start, p.body_bytes, p.body_prefix)
+            }
+            Err(at) => (None, at, 0, Vec::new()),
+        };
         self.out.push(Exchange {
             ts: start.ts,
             client: self.client,
             server: self.server,
-            request,
-            response,
-            end_ts,
-            request_body_bytes: req_body,
-            response_body_bytes: resp_body,
-            request_body_prefix: req_prefix,
-            response_body_prefix: resp_prefix,
-            outcome,
-            capture_loss,
+            request: head,
+            response: answer.response,
+            end_ts: answer.end_ts,
+            request_body_bytes: body_bytes,
+            response_body_bytes: answer.body_bytes,
+            request_body_prefix: body_prefix,
+            response_body_prefix: answer.body_prefix,
+            outcome: answer.outcome,
+            capture_loss: answer.capture_loss,
             failure: None,
             route: None,
             host: None,
@@ -334,76 +340,21 @@ impl HttpSession {
 
     /// A request whose response was lost in a capture gap.
     fn log_lost(&mut self, p: Pending) {
-        if p.logged || p.placeholder {
-            return;
+        if p.waits() {
+            self.emit(Ok(p), Answer::nothing(Outcome::Unknown, None, true));
         }
-        let outcome = if p.malformed {
-            Outcome::Malformed
-        } else {
-            Outcome::Unknown
-        };
-        self.emit(
-            p.head,
-            p.start,
-            p.body_bytes,
-            p.body_prefix,
-            None,
-            None,
-            0,
-            Vec::new(),
-            outcome,
-            true,
-        );
     }
 
     fn finish_response(&mut self, f: InFlight, end: Option<&MessageEnd>, outcome: Outcome) {
-        let (resp_body, resp_prefix, end_ts, missing) = match end {
-            Some(e) => (
-                e.body_bytes,
-                e.body_prefix.clone(),
-                Some(e.end.ts),
-                e.body_missing > 0,
-            ),
-            None => (0, Vec::new(), None, false),
-        };
-        let loss = f.capture_loss || missing;
-        match f.request {
-            Some(p) if p.logged => {} // timed out earlier: slot taken, no second record
-            Some(p) => {
-                let outcome = if p.malformed {
-                    Outcome::Malformed
-                } else {
-                    outcome
-                };
-                let loss = loss || p.capture_loss;
-                self.emit(
-                    p.head,
-                    p.start,
-                    p.body_bytes,
-                    p.body_prefix,
-                    Some(f.head),
-                    end_ts,
-                    resp_body,
-                    resp_prefix,
-                    outcome,
-                    loss,
-                );
-            }
-            None => {
-                self.emit(
-                    None,
-                    f.start,
-                    0,
-                    Vec::new(),
-                    Some(f.head),
-                    end_ts,
-                    resp_body,
-                    resp_prefix,
-                    outcome,
-                    loss,
-                );
-            }
+        let mut answer = Answer::nothing(outcome, None, f.capture_loss);
+        answer.response = Some(f.head);
+        if let Some(e) = end {
+            answer.end_ts = Some(e.end.ts);
+            answer.body_bytes = e.body_bytes;
+            answer.body_prefix = e.body_prefix.clone();
+            answer.capture_loss |= e.body_missing > 0;
         }
+        self.emit(f.request.ok_or(f.start), answer);
     }
 
     fn push_pending(&mut self, p: Pending) {
@@ -441,17 +392,6 @@ impl HttpSession {
             .and_then(|f| f.request.as_mut())
             .filter(|p| p.id == id)
     }
-}
-
-fn snapshot(p: &Pending) -> (Option<RequestHead>, StreamPos, u64, Vec<u8>, bool, bool) {
-    (
-        p.head.clone(),
-        p.start,
-        p.body_bytes,
-        p.body_prefix.clone(),
-        p.capture_loss,
-        p.malformed,
-    )
 }
 
 impl MessageSink for HttpSession {
@@ -562,33 +502,8 @@ impl MessageSink for HttpSession {
                     }
                 }
                 let (req, loss) = self.select_request(&at);
-                match req {
-                    Some(p) if p.logged => {}
-                    Some(p) => self.emit(
-                        p.head,
-                        p.start,
-                        p.body_bytes,
-                        p.body_prefix,
-                        None,
-                        Some(at.ts),
-                        0,
-                        Vec::new(),
-                        Outcome::Malformed,
-                        loss || p.capture_loss,
-                    ),
-                    None => self.emit(
-                        None,
-                        at,
-                        0,
-                        Vec::new(),
-                        None,
-                        Some(at.ts),
-                        0,
-                        Vec::new(),
-                        Outcome::Malformed,
-                        loss,
-                    ),
-                }
+                let answer = Answer::nothing(Outcome::Malformed, Some(at.ts), loss);
+                self.emit(req.ok_or(at), answer);
             }
         }
     }
@@ -818,27 +733,21 @@ mod tests {
     }
 
     #[test]
-    fn close_before_response_is_connection_ended() {
-        let mut s = session();
-        send(&mut s, "/a", 1000, 5000, 0);
-        s.set_ending(StreamEnd::Closed);
-        s.close(Timestamp::from_micros(1000));
-        assert_eq!(
-            summary(&mut s),
-            vec![("/a".into(), None, Outcome::ConnectionEnded, false)]
-        );
-    }
-
-    #[test]
-    fn capture_end_before_response_is_unknown() {
-        let mut s = session();
-        send(&mut s, "/a", 1000, 5000, 0);
-        s.set_ending(StreamEnd::CaptureEnded);
-        s.close(Timestamp::from_micros(1000));
-        assert_eq!(
-            summary(&mut s),
-            vec![("/a".into(), None, Outcome::Unknown, false)]
-        );
+    fn unanswered_request_at_the_end_fails_by_why_it_ended() {
+        for (why, want) in [
+            (StreamEnd::Closed, Outcome::ConnectionEnded),
+            (StreamEnd::CaptureEnded, Outcome::Unknown),
+        ] {
+            let mut s = session();
+            send(&mut s, "/a", 1000, 5000, 0);
+            s.set_ending(why);
+            s.close(Timestamp::from_micros(1000));
+            assert_eq!(
+                summary(&mut s),
+                vec![("/a".into(), None, want, false)],
+                "{why:?}"
+            );
+        }
     }
 
     #[test]

@@ -33,7 +33,6 @@ pub struct ExchangeLog {
     credential_params: Vec<String>,
     /// The first write error; later writes are skipped.
     error: Option<io::Error>,
-    pub written: u64,
 }
 
 impl ExchangeLog {
@@ -42,7 +41,6 @@ impl ExchangeLog {
             out,
             credential_params,
             error: None,
-            written: 0,
         }
     }
 
@@ -66,7 +64,6 @@ impl ExchangeLog {
         };
         serde_json::to_writer(&mut self.out, &rec)?;
         self.out.write_all(b"\n")?;
-        self.written += 1;
         Ok(())
     }
 
