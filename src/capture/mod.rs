@@ -8,6 +8,7 @@
 //! above the link layer: that is `decode`'s job.
 
 pub mod file;
+pub mod live;
 
 use crate::clock::Timestamp;
 

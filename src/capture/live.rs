@@ -1,0 +1,757 @@
+//! Live capture from a network interface through libpcap.
+//!
+//! Contract:
+//! - [`LiveSource::open`] checks the interface name against libpcap's device
+//!   list *before* anything needs privileges, activates the handle (snaplen,
+//!   kernel buffer, promiscuous and immediate mode) and installs the BPF
+//!   filter. Every failure is one line in [`CaptureError::Live`] that says
+//!   what to do: the missing capability, the interfaces that do exist, or the
+//!   filter and libpcap's reason.
+//! - [`PacketSource::next_event`] yields each frame as a [`RawPacket`]
+//!   borrowing libpcap's buffer until the next call (no copy here), stamped
+//!   with the pcap header's time in microseconds and the link type libpcap
+//!   reports for the handle (Linux `any` gives SLL or SLL2; whatever it is
+//!   passes through untranslated). When no frame arrives within
+//!   `tick_micros` it yields [`SourceEvent::Tick`] with the wall clock, so
+//!   timeouts fire on a quiet link. Under continuous traffic no tick is
+//!   promised: the packets carry the time.
+//! - A [`Stopper`] (from [`LiveSource::stopper`]) ends the capture from
+//!   another thread: a `next_event` waiting for traffic wakes at once and
+//!   returns `Ok(None)`, and so does every later call.
+//! - [`PacketSource::stats`] counts frames and their wire bytes as they are
+//!   yielded. Kernel and interface drops come from `pcap_stats` (`ps_drop`,
+//!   `ps_ifdrop`), widened to 64 bits across wraps. The trait's `stats`
+//!   takes `&self` but `pcap_stats` needs the handle mutably, so `next_event`
+//!   re-reads them when about a second has passed (by packet or tick time):
+//!   drops may lag by that much. [`LiveSource::refresh_stats`] reads them
+//!   now (e.g. before the final report).
+//! - Read errors after opening (the interface went away) are one line too;
+//!   what to do about them is the caller's choice.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{CaptureError, LinkType, PacketSource, RawPacket, SourceEvent, SourceStats};
+use crate::clock::Timestamp;
+
+/// How often (in capture/wall time) libpcap's drop counters are re-read.
+const STATS_REFRESH_MICROS: i64 = 1_000_000;
+
+/// How a live capture is opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveOptions {
+    /// Interface name as libpcap knows it (`any` works on Linux).
+    pub interface: String,
+    /// BPF capture filter (tcpdump syntax); empty captures everything.
+    pub filter: String,
+    /// Bytes kept per frame.
+    pub snaplen: i32,
+    /// Kernel capture buffer in bytes; bigger absorbs longer bursts.
+    pub buffer_size: i32,
+    pub promiscuous: bool,
+    /// Deliver frames as they arrive instead of when a kernel block fills
+    /// (without it, frames may wait up to one tick in the kernel).
+    pub immediate: bool,
+    /// After this long without a frame, `next_event` yields a wall-clock
+    /// tick. Rounded up to whole milliseconds, at least 1 ms.
+    pub tick_micros: i64,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        LiveOptions {
+            interface: String::new(),
+            filter: "tcp".to_string(),
+            snaplen: 262_144,
+            buffer_size: 32 * 1024 * 1024,
+            promiscuous: true,
+            immediate: true,
+            tick_micros: 250_000,
+        }
+    }
+}
+
+/// Stops a [`LiveSource`] from another thread (e.g. the one that receives
+/// SIGINT/SIGTERM through `signal-hook`).
+///
+/// Call [`Stopper::stop`] from an ordinary thread, not from inside a raw
+/// signal handler.
+#[derive(Clone, Debug)]
+pub struct Stopper {
+    stopped: Arc<AtomicBool>,
+    /// Write end of the source's wake-up socket pair.
+    wake: Arc<UnixDatagram>,
+}
+
+impl Stopper {
+    /// Ask the source to end. Idempotent; harmless after the source is gone
+    /// (a datagram to a closed peer fails quietly, with no SIGPIPE).
+    pub fn stop(&self) {
+        // INVARIANT: the flag is set before the wake-up is sent, so the
+        // woken `next_event` (and every later one) sees it.
+        self.stopped.store(true, Ordering::SeqCst);
+        // A full socket buffer means a wake-up is already pending.
+        let _ = self.wake.send(&[1]);
+    }
+}
+
+/// libpcap's cumulative counters are 32-bit on most platforms and wrap; this
+/// keeps a 64-bit running total from successive readings.
+#[derive(Clone, Copy, Debug, Default)]
+struct WrappingCounter {
+    last_raw: u32,
+    total: u64,
+}
+
+impl WrappingCounter {
+    fn update(&mut self, raw: u32) {
+        self.total += u64::from(raw.wrapping_sub(self.last_raw));
+        self.last_raw = raw;
+    }
+}
+
+/// One frame read from libpcap, detached from the borrow of the handle (see
+/// the SAFETY note in `next_event`).
+struct Frame {
+    ts: Timestamp,
+    wire_len: u32,
+    data: *const u8,
+    len: usize,
+}
+
+/// What ended a wait for the capture socket.
+enum Wake {
+    /// The capture socket has something (frames or an error) or poll was
+    /// interrupted: read again.
+    Ready,
+    Stop,
+    Timeout,
+}
+
+/// A live libpcap capture; see the module doc for the contract.
+///
+/// The handle is non-blocking: libpcap's own read timeout does not expire on
+/// Linux while no frame arrives (its poll loop restarts), so the waiting is
+/// done here with `poll(2)` on the capture socket and on a wake-up socket
+/// that the [`Stopper`] writes to.
+pub struct LiveSource {
+    capture: pcap::Capture<pcap::Active>,
+    pcap_fd: RawFd,
+    wake_rx: UnixDatagram,
+    wake_tx: Arc<UnixDatagram>,
+    stopped: Arc<AtomicBool>,
+    interface: String,
+    link: LinkType,
+    tick: Duration,
+    packets: u64,
+    bytes: u64,
+    dropped: WrappingCounter,
+    if_dropped: WrappingCounter,
+    /// Time of the latest packet or tick, and of the latest stats reading.
+    last_seen: Timestamp,
+    last_refresh: Timestamp,
+}
+
+impl std::fmt::Debug for LiveSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSource")
+            .field("interface", &self.interface)
+            .field("link", &self.link)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveSource {
+    /// Open and activate a capture on `opts.interface` with `opts.filter`.
+    pub fn open(opts: &LiveOptions) -> Result<LiveSource, CaptureError> {
+        let iface = opts.interface.as_str();
+        // The device list needs no privileges, so a typo is reported as a
+        // typo even when the caller could not capture anyway. When the list
+        // itself fails, activation below still reports a missing device.
+        if let Ok(devices) = pcap::Device::list() {
+            if !devices.iter().any(|d| d.name == iface) {
+                let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+                return Err(CaptureError::Live(no_such_interface(iface, &names)));
+            }
+        }
+        let tick_ms = tick_millis(opts.tick_micros);
+        let open_err = |e: pcap::Error| CaptureError::Live(open_error(iface, &e));
+        let mut capture = pcap::Capture::from_device(iface)
+            .map_err(open_err)?
+            .snaplen(opts.snaplen)
+            .buffer_size(opts.buffer_size)
+            .promisc(opts.promiscuous)
+            .immediate_mode(opts.immediate)
+            // Without immediate mode this is how long the kernel holds a
+            // partly filled block before handing it over.
+            .timeout(tick_ms)
+            .open()
+            .map_err(open_err)?
+            .setnonblock()
+            .map_err(open_err)?;
+        capture
+            .filter(&opts.filter, true)
+            .map_err(|e| CaptureError::Live(filter_error(&opts.filter, &e)))?;
+        let link = LinkType(u32::try_from(capture.get_datalink().0).unwrap_or(u32::MAX));
+        let (wake_tx, wake_rx) = UnixDatagram::pair()
+            .and_then(|(tx, rx)| tx.set_nonblocking(true).map(|()| (tx, rx)))
+            .map_err(|e| CaptureError::Live(format!("cannot capture on {iface}: {e}")))?;
+        let now = Timestamp::now_wall();
+        Ok(LiveSource {
+            pcap_fd: capture.as_raw_fd(),
+            capture,
+            wake_rx,
+            wake_tx: Arc::new(wake_tx),
+            stopped: Arc::new(AtomicBool::new(false)),
+            interface: iface.to_string(),
+            link,
+            tick: Duration::from_millis(u64::from(tick_ms.unsigned_abs())),
+            packets: 0,
+            bytes: 0,
+            dropped: WrappingCounter::default(),
+            if_dropped: WrappingCounter::default(),
+            last_seen: now,
+            last_refresh: now,
+        })
+    }
+
+    /// A handle other threads can use to stop the capture: `next_event`
+    /// then returns `Ok(None)` promptly (within about one tick at worst).
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            stopped: Arc::clone(&self.stopped),
+            wake: Arc::clone(&self.wake_tx),
+        }
+    }
+
+    /// The link type libpcap reports for this handle (every packet has it).
+    pub fn link_type(&self) -> LinkType {
+        self.link
+    }
+
+    /// Read libpcap's drop counters now (e.g. once more before exiting).
+    /// A failing `pcap_stats` keeps the previous values: drops are
+    /// diagnostics, not a reason to stop capturing.
+    pub fn refresh_stats(&mut self) {
+        if let Ok(s) = self.capture.stats() {
+            self.dropped.update(s.dropped);
+            self.if_dropped.update(s.if_dropped);
+        }
+        self.last_refresh = self.last_seen;
+    }
+
+    fn stats_due(&self) -> bool {
+        let since = self.last_seen.as_micros() - self.last_refresh.as_micros();
+        // A clock stepped back by more than the period also re-arms it.
+        !(-STATS_REFRESH_MICROS..STATS_REFRESH_MICROS).contains(&since)
+    }
+
+    /// One non-blocking read: a frame, or `None` when libpcap has none now.
+    fn read_frame(&mut self) -> Result<Option<Frame>, CaptureError> {
+        match self.capture.next_packet() {
+            Ok(p) => Ok(Some(Frame {
+                ts: timeval_timestamp(&p.header.ts),
+                wire_len: p.header.len,
+                data: p.data.as_ptr(),
+                len: p.data.len(),
+            })),
+            // Non-blocking mode: nothing buffered right now.
+            Err(pcap::Error::TimeoutExpired) => Ok(None),
+            Err(e) => Err(CaptureError::Live(format!(
+                "capture on {} failed: {}",
+                self.interface,
+                one_line(&pcap_text(&e))
+            ))),
+        }
+    }
+
+    /// Wait until the capture socket is readable, the stopper writes, or
+    /// `timeout` passes.
+    fn wait(&self, timeout: Duration) -> Result<Wake, CaptureError> {
+        let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        let mut fds = [
+            libc::pollfd {
+                fd: self.pcap_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake_rx.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a live array of two initialised `pollfd`s and
+        // its length is passed with it; both descriptors are owned by
+        // `self` and stay open for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(Wake::Ready);
+            }
+            return Err(CaptureError::Live(format!(
+                "capture on {} failed: poll: {err}",
+                self.interface
+            )));
+        }
+        if fds[1].revents != 0 || self.stopped.load(Ordering::SeqCst) {
+            return Ok(Wake::Stop);
+        }
+        if fds[0].revents & libc::POLLNVAL != 0 {
+            return Err(CaptureError::Live(format!(
+                "capture on {} failed: the capture socket was closed",
+                self.interface
+            )));
+        }
+        // POLLIN, POLLERR or POLLHUP: libpcap's next read reports it.
+        Ok(if n == 0 { Wake::Timeout } else { Wake::Ready })
+    }
+}
+
+/// Microsecond precision is libpcap's default, which `open` keeps.
+// `timeval`'s fields are `i64` on 64-bit Linux but narrower on other
+// targets, so the conversions are only useless here.
+#[allow(clippy::useless_conversion)]
+fn timeval_timestamp(tv: &libc::timeval) -> Timestamp {
+    Timestamp::from_secs_micros(i64::from(tv.tv_sec), i64::from(tv.tv_usec))
+}
+
+fn tick_millis(tick_micros: i64) -> i32 {
+    let ms = tick_micros.saturating_add(999) / 1000;
+    i32::try_from(ms.max(1)).unwrap_or(i32::MAX)
+}
+
+impl PacketSource for LiveSource {
+    fn next_event(&mut self) -> Result<Option<SourceEvent<'_>>, CaptureError> {
+        if self.stats_due() {
+            self.refresh_stats();
+        }
+        // Set at the first empty read, so the packet path reads no clock.
+        let mut deadline: Option<Instant> = None;
+        let frame = loop {
+            if self.stopped.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            if let Some(frame) = self.read_frame()? {
+                break frame;
+            }
+            let now = Instant::now();
+            let left = deadline
+                .get_or_insert(now + self.tick)
+                .saturating_duration_since(now);
+            let wake = if left.is_zero() {
+                Wake::Timeout
+            } else {
+                self.wait(left)?
+            };
+            match wake {
+                Wake::Ready => {}
+                Wake::Stop => {
+                    self.stopped.store(true, Ordering::SeqCst);
+                    return Ok(None);
+                }
+                Wake::Timeout => {
+                    let now = Timestamp::now_wall();
+                    self.last_seen = now;
+                    return Ok(Some(SourceEvent::Tick(now)));
+                }
+            }
+        };
+        self.packets += 1;
+        self.bytes += u64::from(frame.wire_len);
+        self.last_seen = frame.ts;
+        // SAFETY: `frame.data` points at `frame.len` bytes that libpcap keeps
+        // valid until the next read on this handle. The slice gets the
+        // lifetime of this `&mut self` borrow, and every read on
+        // `self.capture` needs `&mut self`, so none can happen while the
+        // slice lives; nothing else here touches the handle after
+        // `read_frame`. (Returning `next_packet`'s borrow straight out of
+        // the retry loop is what this means; today's borrow checker rejects
+        // that form, "NLL problem case #3".)
+        let data: &[u8] = unsafe { std::slice::from_raw_parts(frame.data, frame.len) };
+        Ok(Some(SourceEvent::Packet(RawPacket {
+            ts: frame.ts,
+            link: self.link,
+            data,
+            wire_len: frame.wire_len,
+        })))
+    }
+
+    fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    fn stats(&self) -> SourceStats {
+        SourceStats {
+            packets: self.packets,
+            bytes: self.bytes,
+            dropped: self.dropped.total,
+            if_dropped: self.if_dropped.total,
+        }
+    }
+}
+
+/// libpcap's own words, without the crate's "libpcap error: " prefix or a
+/// trailing newline.
+fn pcap_text(e: &pcap::Error) -> String {
+    match e {
+        pcap::Error::PcapError(s) => s.trim().to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn no_such_interface(iface: &str, names: &[&str]) -> String {
+    if names.is_empty() {
+        format!("no interface named {iface}; libpcap lists no interfaces")
+    } else {
+        format!(
+            "no interface named {iface}; interfaces: {}",
+            names.join(", ")
+        )
+    }
+}
+
+/// One line for a failure to create or activate the handle, recognised from
+/// libpcap's text (the crate drops the status code).
+fn open_error(iface: &str, e: &pcap::Error) -> String {
+    let text = pcap_text(e);
+    let lower = text.to_ascii_lowercase();
+    let permission = [
+        "permission",
+        "operation not permitted",
+        "cap_net_raw",
+        "cap_net_admin",
+    ];
+    if permission.iter().any(|p| lower.contains(p)) {
+        return format!(
+            "capturing on {iface} needs CAP_NET_RAW (run as root, or: \
+             setcap cap_net_raw,cap_net_admin=eip /path/to/apitap)"
+        );
+    }
+    if lower.contains("no such device") {
+        let names: Vec<String> = pcap::Device::list()
+            .map(|ds| ds.into_iter().map(|d| d.name).collect())
+            .unwrap_or_default();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        return no_such_interface(iface, &names);
+    }
+    let text = text
+        .strip_prefix(iface)
+        .and_then(|t| t.strip_prefix(": "))
+        .unwrap_or(&text);
+    format!("cannot capture on {iface}: {}", one_line(text))
+}
+
+fn filter_error(filter: &str, e: &pcap::Error) -> String {
+    let reason = match e {
+        pcap::Error::InvalidInputString => "contains a NUL byte".to_string(),
+        other => pcap_text(other),
+    };
+    format!(
+        "invalid capture filter {:?}: {}",
+        filter,
+        one_line(
+            reason
+                .strip_prefix("can't parse filter expression: ")
+                .unwrap_or(&reason)
+        )
+    )
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    fn lo_options(filter: &str) -> LiveOptions {
+        LiveOptions {
+            interface: "lo".to_string(),
+            filter: filter.to_string(),
+            tick_micros: 100_000,
+            ..LiveOptions::default()
+        }
+    }
+
+    /// Opens `lo`, or `None` (test skipped) when this user may not capture.
+    fn open_lo_or_skip(filter: &str) -> Option<LiveSource> {
+        match LiveSource::open(&lo_options(filter)) {
+            Ok(s) => Some(s),
+            Err(CaptureError::Live(m)) if m.contains("needs CAP_NET_RAW") => {
+                eprintln!("skipped: {m}");
+                None
+            }
+            Err(e) => panic!("opening lo: {e}"),
+        }
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        memchr::memmem::find(hay, needle).is_some()
+    }
+
+    #[test]
+    fn options_default_match_documented_values() {
+        let o = LiveOptions::default();
+        assert_eq!(o.filter, "tcp");
+        assert_eq!(o.snaplen, 262_144);
+        assert_eq!(o.buffer_size, 33_554_432);
+        assert!(o.promiscuous && o.immediate);
+        assert_eq!(o.tick_micros, 250_000);
+    }
+
+    #[test]
+    fn open_unknown_interface_lists_interfaces() {
+        let opts = LiveOptions {
+            interface: "apitap-nosuch0".to_string(),
+            ..LiveOptions::default()
+        };
+        let err = LiveSource::open(&opts).unwrap_err().to_string();
+        assert!(
+            err.starts_with("no interface named apitap-nosuch0; interfaces: "),
+            "{err}"
+        );
+        assert!(err.contains("lo"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn open_error_texts_table() {
+        let perm = "capturing on eth0 needs CAP_NET_RAW (run as root, or: \
+                    setcap cap_net_raw,cap_net_admin=eip /path/to/apitap)";
+        let cases = [
+            (
+                "eth0: You don't have permission to perform this capture on that device \
+                 (socket: Operation not permitted)",
+                perm.to_string(),
+            ),
+            (
+                "Attempt to create packet socket failed - CAP_NET_RAW may be required",
+                perm.to_string(),
+            ),
+            (
+                "You don't have permission to capture on that device",
+                perm.to_string(),
+            ),
+            (
+                "eth0: That device is not up\n",
+                "cannot capture on eth0: That device is not up".to_string(),
+            ),
+        ];
+        for (pcap_says, want) in cases {
+            let got = open_error("eth0", &pcap::Error::PcapError(pcap_says.to_string()));
+            assert_eq!(got, want, "for {pcap_says:?}");
+        }
+        let gone = open_error(
+            "eth9",
+            &pcap::Error::PcapError("No such device exists".to_string()),
+        );
+        assert!(gone.starts_with("no interface named eth9; "), "{gone}");
+    }
+
+    #[test]
+    fn filter_error_texts_table() {
+        let cases = [
+            (
+                "tcp port",
+                pcap::Error::PcapError("can't parse filter expression: syntax error".into()),
+                "invalid capture filter \"tcp port\": syntax error",
+            ),
+            (
+                "tcp\0",
+                pcap::Error::InvalidInputString,
+                "invalid capture filter \"tcp\\0\": contains a NUL byte",
+            ),
+        ];
+        for (filter, e, want) in cases {
+            assert_eq!(filter_error(filter, &e), want);
+        }
+    }
+
+    #[test]
+    fn tick_millis_rounds_up_and_clamps() {
+        let cases = [
+            (250_000, 250),
+            (1, 1),
+            (0, 1),
+            (-5, 1),
+            (1_500, 2),
+            (i64::MAX, i32::MAX),
+        ];
+        for (us, ms) in cases {
+            assert_eq!(tick_millis(us), ms, "{us}");
+        }
+    }
+
+    #[test]
+    fn wrapping_counter_survives_u32_wrap() {
+        let mut c = WrappingCounter::default();
+        for raw in [10, u32::MAX - 5, 4, 4] {
+            c.update(raw);
+        }
+        assert_eq!(c.total, u64::from(u32::MAX) + 5);
+    }
+
+    #[test]
+    fn open_bad_filter_on_lo_names_the_filter() {
+        let err = match LiveSource::open(&lo_options("tcp port ((")) {
+            Ok(_) => panic!("a bad filter was accepted"),
+            Err(CaptureError::Live(m)) if m.contains("needs CAP_NET_RAW") => {
+                eprintln!("skipped: {m}");
+                return;
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.starts_with("invalid capture filter \"tcp port ((\": "),
+            "{err}"
+        );
+        assert!(err.len() > "invalid capture filter \"tcp port ((\": ".len());
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn live_lo_sees_request_then_ticks_when_idle() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let Some(mut src) = open_lo_or_skip(&format!("tcp port {port}")) else {
+            return;
+        };
+        assert_eq!(src.interface(), "lo");
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 256];
+            let _ = conn.read(&mut buf);
+        });
+        let client = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        });
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen_request = false;
+        let mut seen_tick_after = false;
+        let started = Timestamp::now_wall();
+        let link = src.link_type();
+        assert_eq!(link, LinkType::ETHERNET, "lo is ethernet-framed on Linux");
+        while Instant::now() < deadline && !seen_tick_after {
+            match src.next_event().unwrap() {
+                Some(SourceEvent::Packet(p)) => {
+                    assert_eq!(p.link, link);
+                    assert!(p.data.len() <= p.wire_len as usize);
+                    assert!(p.ts.micros_since(started) < 10_000_000, "{}", p.ts);
+                    if contains(p.data, b"GET / HTTP/1.1\r\n") {
+                        seen_request = true;
+                    }
+                }
+                Some(SourceEvent::Tick(t)) => {
+                    assert!(t >= started);
+                    seen_tick_after = seen_request;
+                }
+                None => panic!("source ended without a stop"),
+            }
+        }
+        client.join().unwrap();
+        server.join().unwrap();
+        assert!(seen_request, "request line not captured within 5 s");
+        assert!(seen_tick_after, "no tick while idle");
+        let stats = src.stats();
+        assert!(stats.packets >= 3, "{stats:?}");
+        assert!(stats.bytes >= stats.packets * 40, "{stats:?}");
+        src.refresh_stats();
+        assert_eq!(src.stats().dropped, 0);
+    }
+
+    #[test]
+    fn idle_capture_ticks_then_stopper_wakes_it() {
+        // A port held by an idle listener keeps the capture idle.
+        let idle = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = idle.local_addr().unwrap().port();
+        let Some(mut src) = open_lo_or_skip(&format!("tcp port {port}")) else {
+            return;
+        };
+        let before = Timestamp::now_wall();
+        let begun = Instant::now();
+        match src.next_event().unwrap() {
+            Some(SourceEvent::Tick(t)) => assert!(t >= before),
+            other => panic!("want a tick on an idle link, got {other:?}"),
+        }
+        let waited = begun.elapsed();
+        assert!(
+            waited >= Duration::from_millis(90) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+
+        // With a 10 s tick only the stopper's wake-up can end the wait soon.
+        let mut src = LiveSource::open(&LiveOptions {
+            tick_micros: 10_000_000,
+            ..lo_options(&format!("tcp port {port}"))
+        })
+        .unwrap();
+        let stopper = src.stopper();
+        let stopping = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            stopper.stop();
+        });
+        let begun = Instant::now();
+        assert!(src.next_event().unwrap().is_none());
+        assert!(
+            begun.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            begun.elapsed()
+        );
+        stopping.join().unwrap();
+        assert!(src.next_event().unwrap().is_none(), "stop is sticky");
+    }
+
+    #[test]
+    fn stopper_before_first_call_ends_immediately() {
+        let Some(mut src) = open_lo_or_skip("tcp") else {
+            return;
+        };
+        let stopper = src.stopper();
+        let also = stopper.clone();
+        stopper.stop();
+        also.stop();
+        assert!(src.next_event().unwrap().is_none());
+        drop(src);
+        also.stop(); // after the source is gone: no panic, no SIGPIPE
+    }
+
+    #[test]
+    fn any_interface_passes_cooked_link_type_through() {
+        let opts = LiveOptions {
+            interface: "any".to_string(),
+            ..lo_options("tcp")
+        };
+        match LiveSource::open(&opts) {
+            Ok(src) => assert!(
+                [LinkType::LINUX_SLL, LinkType::LINUX_SLL2].contains(&src.link_type()),
+                "{:?}",
+                src.link_type()
+            ),
+            Err(CaptureError::Live(m)) if m.contains("needs CAP_NET_RAW") => {
+                eprintln!("skipped: {m}")
+            }
+            Err(CaptureError::Live(m)) if m.starts_with("no interface named any") => {
+                eprintln!("skipped: this libpcap has no `any` device")
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn stopper_is_send_and_sync() {
+        fn check<T: Clone + Send + Sync + 'static>() {}
+        check::<Stopper>();
+    }
+}
