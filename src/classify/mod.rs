@@ -6,6 +6,7 @@
 //! or streams. Secrets are only ever looked at, never copied out: what leaves
 //! this module (targets, evidence) is redacted.
 
+pub mod findings;
 pub mod redact;
 pub mod route;
 

@@ -47,6 +47,8 @@ pub struct Exchange {
     pub route: Option<String>,
     /// Filled by classification: Host (lower-cased, default port stripped).
     pub host: Option<String>,
+    /// Filled by classification: the finding kinds this exchange raised.
+    pub findings: Vec<crate::classify::findings::FindingKind>,
 }
 
 impl Exchange {

@@ -278,6 +278,7 @@ impl HttpSession {
             failure: None,
             route: None,
             host: None,
+            findings: Vec::new(),
         });
     }
 
