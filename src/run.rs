@@ -4,7 +4,8 @@
 //! signal) and a [`RunError`] that `main` turns into exit code 1 with a
 //! one-line message; nothing here panics on bad input.
 
-use crate::capture::file::FileSource;
+use crate::capture::live::{LiveOptions, LiveSource};
+use crate::capture::replay::{ReplaySource, StopFlag};
 use crate::capture::{CaptureError, PacketSource, SourceEvent};
 use crate::classify::Classifier;
 use crate::config::{Config, Input};
@@ -48,18 +49,52 @@ impl ExchangeSink for Sinks {
 }
 
 pub fn run(cfg: &Config) -> Result<(), RunError> {
+    let stop = StopFlag::default();
     match &cfg.input {
-        Input::File(path) => run_file(cfg, path),
-        Input::Interface(iface) => Err(RunError::Setup(format!(
-            "live capture on {iface} is not available in this build yet; use -r FILE"
-        ))),
+        Input::File(path) => {
+            let source = ReplaySource::open(path, cfg.replay_speed, cfg.replay_loop, stop.clone())?;
+            // Only pacing or looping runs long enough to need stopping.
+            if cfg.replay_speed.is_some() || cfg.replay_loop {
+                on_stop_signal(move || stop.stop())?;
+            }
+            run_source(cfg, source)
+        }
+        Input::Interface(iface) => {
+            let opts = LiveOptions {
+                interface: iface.clone(),
+                filter: cfg.filter.clone(),
+                ..LiveOptions::default()
+            };
+            let source = LiveSource::open(&opts)?;
+            let stopper = source.stopper();
+            on_stop_signal(move || stopper.stop())?;
+            tracing::info!(interface = %iface, filter = %cfg.filter, "capturing");
+            run_source(cfg, source)
+        }
     }
 }
 
-fn run_file(cfg: &Config, path: &str) -> Result<(), RunError> {
-    let mut source = FileSource::open(path)?;
-    let classifier =
-        Classifier::new(cfg.classify.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
+/// Call `stop` on SIGINT or SIGTERM (from a thread of its own: the capture
+/// loop then ends cleanly and every open exchange is flushed).
+fn on_stop_signal(stop: impl Fn() + Send + 'static) -> Result<(), RunError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("apitap-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "stopping: flushing open exchanges");
+                stop();
+            }
+        })
+        .map_err(|e| RunError::Setup(format!("cannot start the signal thread: {e}")))?;
+    Ok(())
+}
+
+/// The capture loop, the same for files and interfaces.
+fn run_source(cfg: &Config, mut source: impl PacketSource) -> Result<(), RunError> {
+    let classifier = Classifier::new(cfg.classify.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
     let mut pipeline = Pipeline::new(DecoderConfig::default(), cfg.flow.clone(), classifier);
     let log = match &cfg.exchanges {
         Some(p) => Some(ExchangeLog::new(
@@ -72,7 +107,10 @@ fn run_file(cfg: &Config, path: &str) -> Result<(), RunError> {
         )),
         None => None,
     };
-    let report = cfg.exchanges.is_none() && cfg.findings.is_none() && cfg.metrics_out.is_none();
+    let report = matches!(cfg.input, Input::File(_))
+        && cfg.exchanges.is_none()
+        && cfg.findings.is_none()
+        && cfg.metrics_out.is_none();
     let mut sinks = Sinks {
         log,
         summary: report.then(Summary::default),
@@ -96,6 +134,14 @@ fn run_file(cfg: &Config, path: &str) -> Result<(), RunError> {
     }
     if let Some(t) = source.truncation() {
         tracing::warn!("{t}; everything before it was processed");
+    }
+    let st = source.stats();
+    if st.dropped > 0 || st.if_dropped > 0 {
+        tracing::warn!(
+            dropped = st.dropped,
+            if_dropped = st.if_dropped,
+            "the kernel or interface dropped packets: some exchanges are missing"
+        );
     }
     Ok(())
 }

@@ -95,6 +95,8 @@ pub struct FileSource {
     format: Format,
     /// Bytes of the block returned last time, consumed at the next call.
     pending: usize,
+    /// Where the packet last returned lies in the buffer (until the next call).
+    current: Option<(usize, usize, Timestamp, LinkType, u32)>,
     capacity: usize,
     legacy_link: LinkType,
     /// Legacy records above this captured length are corruption (libpcap's
@@ -225,6 +227,7 @@ impl FileSource {
             reader,
             format,
             pending: 0,
+            current: None,
             capacity: INITIAL_BUFFER,
             legacy_link: LinkType::ETHERNET,
             legacy_max_caplen: LEGACY_MIN_MAX_CAPLEN,
@@ -239,6 +242,18 @@ impl FileSource {
     }
 
     /// Packets skipped because their pcapng interface was never described.
+    /// The packet the last `next_event` returned, again (None after the
+    /// end). Lets a wrapper inspect a packet before handing it on.
+    pub fn current(&self) -> Option<RawPacket<'_>> {
+        let (start, len, ts, link, wire_len) = self.current?;
+        Some(RawPacket {
+            ts,
+            link,
+            data: &self.reader.data()[start..start + len],
+            wire_len,
+        })
+    }
+
     pub fn orphan_packets(&self) -> u64 {
         self.orphans
     }
@@ -394,6 +409,7 @@ impl PacketSource for FileSource {
             self.reader.consume(self.pending);
             self.pending = 0;
         }
+        self.current = None;
         // Each refill must make progress; a parse that asks for more bytes
         // than its record declares is corruption, not a short read.
         loop {
@@ -407,6 +423,7 @@ impl PacketSource for FileSource {
                     wire_len,
                 } => {
                     self.pending = consumed;
+                    self.current = Some((start, len, ts, link, wire_len));
                     self.last_ts = ts;
                     self.stats.packets += 1;
                     self.stats.bytes += len as u64;

@@ -9,6 +9,7 @@
 
 pub mod file;
 pub mod live;
+pub mod replay;
 
 use crate::clock::Timestamp;
 

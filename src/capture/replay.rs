@@ -1,0 +1,155 @@
+//! Replaying a capture file for demos and dashboard tests.
+//!
+//! Contract: [`ReplaySource`] yields the packets of a file like
+//! [`FileSource`], but paced by their timestamps at `speed` times real time
+//! (when given), and, with `looping`, starts the file again at its end with
+//! timestamps shifted forward so time keeps going on (the shift is the
+//! file's span plus one millisecond). It stops at the end (not looping) or
+//! when its [`StopFlag`] is raised. Pacing is the only place here that reads
+//! the wall clock and sleeps; the pipeline still sees packet time only.
+
+use super::file::FileSource;
+use super::{CaptureError, PacketSource, SourceEvent, SourceStats};
+use crate::clock::Timestamp;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Raised from another thread (a signal handler's thread) to stop.
+#[derive(Clone, Debug, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+pub struct ReplaySource {
+    path: String,
+    file: FileSource,
+    speed: Option<f64>,
+    looping: bool,
+    stop: StopFlag,
+    /// Added to every timestamp of the current pass.
+    shift: i64,
+    /// First and last timestamps of the file (known after the first pass).
+    first: Option<Timestamp>,
+    last: Option<Timestamp>,
+    /// Wall time at which the pacing started, and the packet time it maps to.
+    origin: Option<(Instant, Timestamp)>,
+    /// Stats of the passes before this one.
+    done: SourceStats,
+    passes: u64,
+}
+
+impl ReplaySource {
+    pub fn open(path: &str, speed: Option<f64>, looping: bool, stop: StopFlag) -> Result<Self, CaptureError> {
+        if looping && path == "-" {
+            return Err(CaptureError::Read {
+                path: path.into(),
+                reason: "--replay-loop needs a file that can be read again, not stdin".into(),
+            });
+        }
+        Ok(ReplaySource {
+            path: path.to_string(),
+            file: FileSource::open(path)?,
+            speed,
+            looping,
+            stop,
+            shift: 0,
+            first: None,
+            last: None,
+            origin: None,
+            done: SourceStats::default(),
+            passes: 0,
+        })
+    }
+
+    /// How many times the file was read to its end.
+    pub fn passes(&self) -> u64 {
+        self.passes
+    }
+
+    /// Sleep until packet time `ts` is due at the replay speed; false when
+    /// stopped meanwhile.
+    fn pace(&mut self, ts: Timestamp) -> bool {
+        let Some(speed) = self.speed else {
+            return true;
+        };
+        let (start, t0) = *self.origin.get_or_insert((Instant::now(), ts));
+        let due = Duration::from_secs_f64(ts.micros_since(t0) as f64 / 1e6 / speed);
+        loop {
+            if self.stop.is_stopped() {
+                return false;
+            }
+            let elapsed = start.elapsed();
+            if elapsed >= due {
+                return true;
+            }
+            // Sleep in short steps so a stop is seen quickly.
+            std::thread::sleep((due - elapsed).min(Duration::from_millis(100)));
+        }
+    }
+}
+
+impl PacketSource for ReplaySource {
+    fn next_event(&mut self) -> Result<Option<SourceEvent<'_>>, CaptureError> {
+        loop {
+            if self.stop.is_stopped() {
+                return Ok(None);
+            }
+            // Peek the timestamp first: pacing needs `&mut self`, the packet
+            // borrows the file.
+            let ts = match self.file.next_event()? {
+                Some(SourceEvent::Packet(p)) => Some(p.ts),
+                Some(SourceEvent::Tick(_)) | None => None,
+            };
+            let Some(ts) = ts else {
+                self.passes += 1;
+                if !self.looping || self.file.truncation().is_some() || self.last.is_none() {
+                    return Ok(None);
+                }
+                let span = self.last.unwrap_or_default().micros_since(self.first.unwrap_or_default());
+                self.shift += span + 1_000;
+                let stats = self.file.stats();
+                self.done.packets += stats.packets;
+                self.done.bytes += stats.bytes;
+                self.file = FileSource::open(&self.path)?;
+                continue;
+            };
+            if self.passes == 0 {
+                self.first.get_or_insert(ts);
+                self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
+            }
+            let shifted = ts.saturating_add_micros(self.shift);
+            if !self.pace(shifted) {
+                return Ok(None);
+            }
+            return Ok(self.file.current().map(|mut p| {
+                p.ts = shifted;
+                SourceEvent::Packet(p)
+            }));
+        }
+    }
+
+    fn interface(&self) -> &str {
+        "file"
+    }
+
+    fn stats(&self) -> SourceStats {
+        let s = self.file.stats();
+        SourceStats {
+            packets: self.done.packets + s.packets,
+            bytes: self.done.bytes + s.bytes,
+            ..SourceStats::default()
+        }
+    }
+
+    fn truncation(&self) -> Option<&str> {
+        self.file.truncation()
+    }
+}
