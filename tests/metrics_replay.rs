@@ -76,14 +76,19 @@ fn replay_scrape_matches_exchanges_and_passes_promtool() {
         .filter_map(|e| e.duration_micros())
         .map(|us| us as f64 / 1e6)
         .sum();
-    let got_sum = sum(&samples, &format!("{HIST}_sum"), |s| s.label("error_type").is_empty());
+    let got_sum = sum(&samples, &format!("{HIST}_sum"), |s| {
+        s.label("error_type").is_empty()
+    });
     let success_sum: f64 = exchanges
         .iter()
         .filter(|e| e.failure.is_none())
         .filter_map(|e| e.duration_micros())
         .map(|us| us as f64 / 1e6)
         .sum();
-    assert!((got_sum - success_sum).abs() < 1e-6, "{got_sum} vs {success_sum}");
+    assert!(
+        (got_sum - success_sum).abs() < 1e-6,
+        "{got_sum} vs {success_sum}"
+    );
     assert!(want_sum >= success_sum);
 
     // Status codes per exchange.
@@ -107,7 +112,10 @@ fn replay_scrape_matches_exchanges_and_passes_promtool() {
         *want_fail.entry(c.as_str().to_string()).or_default() += 1.0;
     }
     let mut got_fail: BTreeMap<String, f64> = BTreeMap::new();
-    for s in samples.iter().filter(|s| s.name == "apitap_api_failures_total") {
+    for s in samples
+        .iter()
+        .filter(|s| s.name == "apitap_api_failures_total")
+    {
         *got_fail.entry(s.label("cause").to_string()).or_default() += s.value;
     }
     assert_eq!(got_fail, want_fail, "failures by cause");
@@ -133,7 +141,9 @@ fn replay_scrape_matches_exchanges_and_passes_promtool() {
     assert_eq!(packets, 6733.0, "the sample's packet count (capinfos)");
     assert_eq!(sum(&samples, "apitap_label_overflow_total", |_| true), 0.0);
     assert_eq!(sum(&samples, "apitap_build_info", |_| true), 1.0);
-    assert!(samples.iter().any(|s| s.name == "process_resident_memory_bytes"));
+    assert!(samples
+        .iter()
+        .any(|s| s.name == "process_resident_memory_bytes"));
 
     // --metrics-out renders the same registry.
     let out = metrics.render();

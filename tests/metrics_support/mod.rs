@@ -5,7 +5,7 @@
 
 use apitap::capture::file::FileSource;
 use apitap::capture::{PacketSource, SourceEvent};
-use apitap::classify::{ClassifyConfig, Classifier};
+use apitap::classify::{Classifier, ClassifyConfig};
 use apitap::decode::DecoderConfig;
 use apitap::flow::FlowConfig;
 use apitap::http::exchange::Exchange;
@@ -29,8 +29,19 @@ pub fn replay(
     path: &Path,
     metrics: &mut Metrics,
     publish_every: u64,
-    mut each_publish: impl FnMut(&mut Metrics),
+    each_publish: impl FnMut(&mut Metrics),
 ) -> Vec<Exchange> {
+    replay_timed(path, metrics, publish_every, each_publish).0
+}
+
+/// [`replay`], also returning the slowest `publish` call.
+pub fn replay_timed(
+    path: &Path,
+    metrics: &mut Metrics,
+    publish_every: u64,
+    mut each_publish: impl FnMut(&mut Metrics),
+) -> (Vec<Exchange>, std::time::Duration) {
+    let mut slowest = std::time::Duration::ZERO;
     let mut source = FileSource::open(path.to_str().unwrap()).expect("capture opens");
     let classifier = Classifier::new(ClassifyConfig::default()).unwrap();
     let mut pipeline = Pipeline::new(DecoderConfig::default(), FlowConfig::default(), classifier);
@@ -47,10 +58,12 @@ pub fn replay(
             None => break,
         }
         n += 1;
-        if n % publish_every == 0 {
+        if n.is_multiple_of(publish_every) {
             metrics.pipeline(&pipeline.stats(), &source.stats());
             let now = pipeline.stats().last_ts.unwrap_or_default();
+            let t = std::time::Instant::now();
             metrics.publish(now);
+            slowest = slowest.max(t.elapsed());
             each_publish(metrics);
         }
     }
@@ -60,7 +73,7 @@ pub fn replay(
     });
     metrics.pipeline(&pipeline.stats(), &source.stats());
     metrics.publish(pipeline.stats().last_ts.unwrap_or_default());
-    exchanges
+    (exchanges, slowest)
 }
 
 /// GET `path` over HTTP/1.1; (status, content-type, body).
@@ -81,7 +94,8 @@ pub fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
         .lines()
         .find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-type").then(|| v.trim().to_string())
+            n.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
         })
         .unwrap_or_default();
     (status, ctype, body.to_string())
