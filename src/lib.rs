@@ -7,6 +7,7 @@
 //! - [`flow`]: TCP connections and per-direction stream reassembly.
 //! - [`http`]: HTTP/1.x parsing, body framing, request/response pairing.
 //! - [`clock`]: capture time, the only time the pipeline knows.
+//! - [`metrics`]: metric families, bounded labels, the `/metrics` server.
 
 pub mod capture;
 pub mod classify;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod decode;
 pub mod flow;
 pub mod http;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod run;

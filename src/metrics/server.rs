@@ -1,0 +1,300 @@
+//! The listener: `/metrics`, `/-/healthy`, `/-/ready` and a landing page.
+//!
+//! Contract:
+//! - [`serve`] binds synchronously (so a busy port or a bad address is an
+//!   error the caller turns into exit code 1 before capture starts), then
+//!   serves on its own thread with a single-threaded tokio runtime. Nothing
+//!   here runs on, or waits for, the packet thread.
+//! - `/metrics` renders on tokio's blocking pool from a [`SharedMetrics`]
+//!   (text format 0.0.4). A slow client holds only its own connection; at
+//!   most [`MAX_CONNECTIONS`] are served at once (more are closed at once),
+//!   a request head must arrive within [`HEADER_TIMEOUT`], and no connection
+//!   lives longer than [`CONNECTION_LIFETIME`].
+//! - `/-/healthy` is 200 while the server runs; `/-/ready` is 200 once
+//!   [`SharedMetrics::set_ready`] was called with `true`, else 503.
+//! - Address forms as Prometheus exporters take them: `:PORT` (all
+//!   interfaces, IPv6 and IPv4), `HOST:PORT`, `[V6]:PORT`.
+//! - [`ServerHandle::shutdown`] (or dropping the handle) stops accepting,
+//!   drops open connections and joins the thread.
+
+use super::SharedMetrics;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request head must arrive within this.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// No connection (keep-alive or slow reader) lives longer than this.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+
+/// The Prometheus text format's content type.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `--web.config.file` (TLS, basic auth): not supported yet. Given one,
+/// [`serve`] refuses to start rather than serve without the protection
+/// the operator asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("--web.listen-address {addr}: {reason}")]
+    Address { addr: String, reason: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--web.config.file {}: TLS and basic auth are not supported by this build yet", .0.display())]
+    WebConfigUnsupported(PathBuf),
+    #[error("cannot start the metrics server: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// The running server (see the module doc).
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The address actually bound (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop serving and wait for the server thread.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// The socket addresses a listen address names, in bind order.
+pub fn listen_addrs(addr: &str) -> Result<Vec<SocketAddr>, ServerError> {
+    let bad = |reason: String| ServerError::Address {
+        addr: addr.to_string(),
+        reason,
+    };
+    if let Some(port) = addr.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad(format!("{port:?} is not a port number")))?;
+        return Ok(vec![
+            SocketAddr::from(([0u16; 8], port)),
+            SocketAddr::from(([0u8; 4], port)),
+        ]);
+    }
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| bad(format!("expected HOST:PORT or :PORT ({e})")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(bad("names no address".into()));
+    }
+    Ok(addrs)
+}
+
+/// Bind `addr` and serve `shared` until the handle is shut down.
+pub fn serve(
+    addr: &str,
+    shared: SharedMetrics,
+    web: Option<WebConfig>,
+) -> Result<ServerHandle, ServerError> {
+    if let Some(w) = web {
+        return Err(ServerError::WebConfigUnsupported(w.path));
+    }
+    let mut last_err = None;
+    let mut listener = None;
+    for a in listen_addrs(addr)? {
+        match TcpListener::bind(a) {
+            Ok(l) => {
+                listener = Some(l);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let listener = match (listener, last_err) {
+        (Some(l), _) => l,
+        (None, e) => {
+            return Err(ServerError::Bind {
+                addr: addr.to_string(),
+                source: e.unwrap_or_else(|| std::io::Error::other("no address to bind")),
+            })
+        }
+    };
+    let local = listener.local_addr().map_err(ServerError::Runtime)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(ServerError::Runtime)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(4)
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("apitap-metrics".into())
+        .spawn(move || rt.block_on(accept_loop(listener, shared, rx)))
+        .map_err(ServerError::Runtime)?;
+    tracing::info!(address = %local, "serving metrics");
+    Ok(ServerHandle {
+        addr: local,
+        stop: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: SharedMetrics,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("metrics server cannot use its socket: {e}");
+            return;
+        }
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => return,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors and the like: wait instead of spinning.
+                tracing::warn!("metrics server accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| respond(req, shared.clone()));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            drop(permit);
+        });
+    }
+}
+
+const LANDING: &str = "<!DOCTYPE html>
+<html><head><meta charset=\"utf-8\"><title>apitap</title></head>
+<body><h1>apitap</h1>
+<p>Passive HTTP API monitor: which API calls fail, why, and which endpoints are exposed.</p>
+<ul>
+<li><a href=\"/metrics\">Metrics</a></li>
+<li><a href=\"/-/healthy\">Health</a></li>
+<li><a href=\"/-/ready\">Readiness</a></li>
+</ul></body></html>
+";
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    shared: SharedMetrics,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "method not allowed\n",
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Ok(r);
+    }
+    Ok(match req.uri().path() {
+        "/metrics" => match tokio::task::spawn_blocking(move || shared.render()).await {
+            Ok(text) => reply(StatusCode::OK, TEXT_FORMAT, text),
+            Err(_) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                PLAIN,
+                "rendering failed\n",
+            ),
+        },
+        "/-/healthy" => reply(StatusCode::OK, PLAIN, "apitap is healthy.\n"),
+        "/-/ready" if shared.is_ready() => reply(StatusCode::OK, PLAIN, "apitap is ready.\n"),
+        "/-/ready" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PLAIN,
+            "apitap is not ready.\n",
+        ),
+        "/" => reply(StatusCode::OK, "text/html; charset=utf-8", LANDING),
+        _ => reply(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse_like_exporters() {
+        let a = listen_addrs(":10190").unwrap();
+        assert_eq!(a[0].to_string(), "[::]:10190");
+        assert_eq!(a[1].to_string(), "0.0.0.0:10190");
+        assert_eq!(
+            listen_addrs("127.0.0.1:9").unwrap()[0].to_string(),
+            "127.0.0.1:9"
+        );
+        assert_eq!(listen_addrs("[::1]:9").unwrap()[0].to_string(), "[::1]:9");
+        for bad in [":x", ":99999", "nope", "1.2.3.4"] {
+            assert!(listen_addrs(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Replay the sample capture through the library with the metrics as a
+//! sink, scrape `/metrics` over HTTP during and after it, lint the scrape
+//! with `promtool check metrics` (when installed), and check the values
+//! against the exchanges of the same replay.
+
+mod metrics_support;
+
+use apitap::http::exchange::{Exchange, Outcome};
+use apitap::metrics::{serve, Metrics, MetricsConfig};
+use metrics_support::*;
+use std::collections::BTreeMap;
+
+const HIST: &str = "http_server_request_duration_seconds";
+
+/// The rule `Metrics::exchange` documents for the histogram.
+fn observed(ex: &Exchange) -> bool {
+    ex.duration_micros().is_some()
+        || (ex.failure.is_some()
+            && ex.outcome != Outcome::Complete
+            && ex.time_to_outcome_micros().is_some())
+}
+
+#[test]
+fn replay_scrape_matches_exchanges_and_passes_promtool() {
+    let mut metrics = Metrics::new(MetricsConfig::default(), "file");
+    let shared = metrics.shared();
+    let server = serve("127.0.0.1:0", shared.clone(), None).expect("server starts");
+    let addr = server.local_addr();
+
+    // Not ready until the capture is open.
+    assert_eq!(get(addr, "/-/ready").0, 503);
+    shared.set_ready(true);
+    assert_eq!(get(addr, "/-/ready").0, 200);
+    assert_eq!(get(addr, "/-/healthy").0, 200);
+    let (status, ctype, body) = get(addr, "/");
+    assert_eq!((status, ctype.as_str()), (200, "text/html; charset=utf-8"));
+    assert!(body.contains("/metrics"));
+    assert_eq!(get(addr, "/nope").0, 404);
+
+    let mut mid_scrapes = 0;
+    let exchanges = replay(&sample(), &mut metrics, 2_000, |_| {
+        let (status, ctype, body) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
+        assert_histograms_whole(&parse(&body), HIST);
+        mid_scrapes += 1;
+    });
+    assert!(mid_scrapes >= 3, "scraped during the replay");
+    assert!(exchanges.len() > 100, "the sample has exchanges");
+
+    let (status, _, body) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    match promtool_check(&body) {
+        Some((clean, msg)) => assert!(clean, "promtool check metrics: {msg}"),
+        None => eprintln!("promtool not installed: lint skipped"),
+    }
+    let samples = parse(&body);
+    assert_histograms_whole(&samples, HIST);
+
+    // Histogram: one observation per observed exchange, per error_type.
+    let mut want: BTreeMap<String, f64> = BTreeMap::new();
+    for ex in exchanges.iter().filter(|e| observed(e)) {
+        *want
+            .entry(ex.failure.map_or("", |c| c.as_str()).to_string())
+            .or_default() += 1.0;
+    }
+    let mut got: BTreeMap<String, f64> = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.name == format!("{HIST}_count")) {
+        *got.entry(s.label("error_type").to_string()).or_default() += s.value;
+    }
+    assert_eq!(got, want, "histogram counts by error_type");
+
+    // Durations: the sum is the exchanges' durations.
+    let want_sum: f64 = exchanges
+        .iter()
+        .filter_map(|e| e.duration_micros())
+        .map(|us| us as f64 / 1e6)
+        .sum();
+    let got_sum = sum(&samples, &format!("{HIST}_sum"), |s| {
+        s.label("error_type").is_empty()
+    });
+    let success_sum: f64 = exchanges
+        .iter()
+        .filter(|e| e.failure.is_none())
+        .filter_map(|e| e.duration_micros())
+        .map(|us| us as f64 / 1e6)
+        .sum();
+    assert!(
+        (got_sum - success_sum).abs() < 1e-6,
+        "{got_sum} vs {success_sum}"
+    );
+    assert!(want_sum >= success_sum);
+
+    // Status codes per exchange.
+    let mut want_status: BTreeMap<String, f64> = BTreeMap::new();
+    for ex in exchanges.iter().filter(|e| observed(e)) {
+        *want_status
+            .entry(ex.status().map_or(String::new(), |s| s.to_string()))
+            .or_default() += 1.0;
+    }
+    let mut got_status: BTreeMap<String, f64> = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.name == format!("{HIST}_count")) {
+        *got_status
+            .entry(s.label("http_response_status_code").to_string())
+            .or_default() += s.value;
+    }
+    assert_eq!(got_status, want_status);
+
+    // Failures by cause.
+    let mut want_fail: BTreeMap<String, f64> = BTreeMap::new();
+    for c in exchanges.iter().filter_map(|e| e.failure) {
+        *want_fail.entry(c.as_str().to_string()).or_default() += 1.0;
+    }
+    let mut got_fail: BTreeMap<String, f64> = BTreeMap::new();
+    for s in samples
+        .iter()
+        .filter(|s| s.name == "apitap_api_failures_total")
+    {
+        *got_fail.entry(s.label("cause").to_string()).or_default() += s.value;
+    }
+    assert_eq!(got_fail, want_fail, "failures by cause");
+
+    // Findings by kind.
+    let mut want_find: BTreeMap<String, f64> = BTreeMap::new();
+    for k in exchanges.iter().flat_map(|e| e.findings.iter()) {
+        *want_find.entry(k.as_str().to_string()).or_default() += 1.0;
+    }
+    let mut got_find: BTreeMap<String, f64> = BTreeMap::new();
+    for s in samples
+        .iter()
+        .filter(|s| s.name == "apitap_exposure_findings_total")
+    {
+        *got_find.entry(s.label("kind").to_string()).or_default() += s.value;
+    }
+    assert_eq!(got_find, want_find, "findings by kind");
+
+    // Capture counters: the file's packets.
+    let packets = sum(&samples, "apitap_capture_packets_total", |s| {
+        s.label("interface") == "file"
+    });
+    assert_eq!(packets, 6733.0, "the sample's packet count (capinfos)");
+    assert_eq!(sum(&samples, "apitap_label_overflow_total", |_| true), 0.0);
+    assert_eq!(sum(&samples, "apitap_build_info", |_| true), 1.0);
+    assert!(samples
+        .iter()
+        .any(|s| s.name == "process_resident_memory_bytes"));
+
+    // --metrics-out renders the same registry.
+    let out = metrics.render();
+    assert_eq!(
+        parse(&out)
+            .iter()
+            .filter(|s| s.name.starts_with("http_") || s.name.starts_with("apitap_api"))
+            .count(),
+        samples
+            .iter()
+            .filter(|s| s.name.starts_with("http_") || s.name.starts_with("apitap_api"))
+            .count()
+    );
+    server.shutdown();
+}
+
+#[test]
+fn serve_refuses_web_config_until_supported() {
+    let m = Metrics::new(MetricsConfig::default(), "file");
+    let err = serve(
+        "127.0.0.1:0",
+        m.shared(),
+        Some(apitap::metrics::WebConfig {
+            path: "web.yml".into(),
+        }),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("web.yml"), "{err}");
+}
+
+#[test]
+fn serve_reports_a_busy_port() {
+    let m = Metrics::new(MetricsConfig::default(), "file");
+    let first = serve("127.0.0.1:0", m.shared(), None).unwrap();
+    let busy = first.local_addr().to_string();
+    let err = serve(&busy, m.shared(), None).err().expect("port in use");
+    assert!(err.to_string().contains(&busy), "{err}");
+    first.shutdown();
+}
