@@ -11,10 +11,13 @@ use crate::classify::Classifier;
 use crate::config::{Config, Input};
 use crate::decode::DecoderConfig;
 use crate::http::exchange::Exchange;
+use crate::metrics::{self, Metrics, MetricsConfig};
 use crate::output::exchange_log::ExchangeLog;
 use crate::output::open_output;
 use crate::output::summary::Summary;
 use crate::pipeline::{ExchangeSink, Pipeline};
+use std::io::Write;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -27,6 +30,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::ServerError),
     #[error("{0}")]
     Setup(String),
 }
@@ -35,6 +40,7 @@ pub enum RunError {
 struct Sinks {
     log: Option<ExchangeLog>,
     summary: Option<Summary>,
+    metrics: Metrics,
 }
 
 impl ExchangeSink for Sinks {
@@ -45,6 +51,7 @@ impl ExchangeSink for Sinks {
         if let Some(s) = &mut self.summary {
             s.exchange(ex);
         }
+        self.metrics.exchange(ex);
     }
 }
 
@@ -53,11 +60,9 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
     match &cfg.input {
         Input::File(path) => {
             let source = ReplaySource::open(path, cfg.replay_speed, cfg.replay_loop, stop.clone())?;
-            // Only pacing or looping runs long enough to need stopping.
-            if cfg.replay_speed.is_some() || cfg.replay_loop {
-                on_stop_signal(move || stop.stop())?;
-            }
-            run_source(cfg, source)
+            let flag = stop.clone();
+            on_stop_signal(move || flag.stop())?;
+            run_source(cfg, source, &stop)
         }
         Input::Interface(iface) => {
             let opts = LiveOptions {
@@ -67,9 +72,13 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
             };
             let source = LiveSource::open(&opts)?;
             let stopper = source.stopper();
-            on_stop_signal(move || stopper.stop())?;
+            let flag = stop.clone();
+            on_stop_signal(move || {
+                flag.stop();
+                stopper.stop();
+            })?;
             tracing::info!(interface = %iface, filter = %cfg.filter, "capturing");
-            run_source(cfg, source)
+            run_source(cfg, source, &stop)
         }
     }
 }
@@ -92,9 +101,17 @@ fn on_stop_signal(stop: impl Fn() + Send + 'static) -> Result<(), RunError> {
     Ok(())
 }
 
+/// How often (wall time) batched metric updates are pushed to the registry.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
 /// The capture loop, the same for files and interfaces.
-fn run_source(cfg: &Config, mut source: impl PacketSource) -> Result<(), RunError> {
-    let classifier = Classifier::new(cfg.classify.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
+fn run_source(
+    cfg: &Config,
+    mut source: impl PacketSource,
+    stop: &StopFlag,
+) -> Result<(), RunError> {
+    let classifier =
+        Classifier::new(cfg.classify.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
     let mut pipeline = Pipeline::new(DecoderConfig::default(), cfg.flow.clone(), classifier);
     let log = match &cfg.exchanges {
         Some(p) => Some(ExchangeLog::new(
@@ -114,14 +131,47 @@ fn run_source(cfg: &Config, mut source: impl PacketSource) -> Result<(), RunErro
     let mut sinks = Sinks {
         log,
         summary: report.then(Summary::default),
+        metrics: Metrics::new(MetricsConfig::default(), source.interface()),
     };
+    let shared = sinks.metrics.shared();
+    let server = match &cfg.listen_address {
+        Some(addr) => {
+            let web = cfg
+                .web_config_file
+                .clone()
+                .map(|path| metrics::WebConfig { path });
+            Some(metrics::serve(addr, shared.clone(), web)?)
+        }
+        None => None,
+    };
+    shared.set_ready(true);
+    // The wall clock only paces publishing; the pipeline sees packet time.
+    let mut last_publish = Instant::now();
+    let mut events = 0u32;
     while let Some(ev) = source.next_event()? {
         match ev {
             SourceEvent::Packet(pkt) => pipeline.packet(&pkt, &mut sinks),
             SourceEvent::Tick(t) => pipeline.tick(t, &mut sinks),
         }
+        events = events.wrapping_add(1);
+        if events.is_multiple_of(1024) && last_publish.elapsed() >= PUBLISH_EVERY {
+            publish(&mut sinks.metrics, &pipeline, &source);
+            last_publish = Instant::now();
+        }
     }
     pipeline.finish(&mut sinks);
+    publish(&mut sinks.metrics, &pipeline, &source);
+    if let Some(p) = &cfg.metrics_out {
+        let err = |source| RunError::Output {
+            what: "the metrics",
+            path: p.clone(),
+            source,
+        };
+        let mut w = open_output(p).map_err(err)?;
+        w.write_all(sinks.metrics.render().as_bytes())
+            .map_err(err)?;
+        w.flush().map_err(err)?;
+    }
     if let Some(l) = &mut sinks.log {
         l.finish().map_err(|source| RunError::Output {
             what: "the exchange log",
@@ -143,5 +193,18 @@ fn run_source(cfg: &Config, mut source: impl PacketSource) -> Result<(), RunErro
             "the kernel or interface dropped packets: some exchanges are missing"
         );
     }
+    if let Some(server) = server {
+        // Read mode: the final metrics stay up until interrupted.
+        while !stop.is_stopped() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server.shutdown();
+    }
     Ok(())
+}
+
+fn publish(metrics: &mut Metrics, pipeline: &Pipeline, source: &impl PacketSource) {
+    let stats = pipeline.stats();
+    metrics.pipeline(&stats, &source.stats());
+    metrics.publish(stats.last_ts.unwrap_or_default());
 }

@@ -47,7 +47,12 @@ pub struct ReplaySource {
 }
 
 impl ReplaySource {
-    pub fn open(path: &str, speed: Option<f64>, looping: bool, stop: StopFlag) -> Result<Self, CaptureError> {
+    pub fn open(
+        path: &str,
+        speed: Option<f64>,
+        looping: bool,
+        stop: StopFlag,
+    ) -> Result<Self, CaptureError> {
         if looping && path == "-" {
             return Err(CaptureError::Read {
                 path: path.into(),
@@ -113,7 +118,10 @@ impl PacketSource for ReplaySource {
                 if !self.looping || self.file.truncation().is_some() || self.last.is_none() {
                     return Ok(None);
                 }
-                let span = self.last.unwrap_or_default().micros_since(self.first.unwrap_or_default());
+                let span = self
+                    .last
+                    .unwrap_or_default()
+                    .micros_since(self.first.unwrap_or_default());
                 self.shift += span + 1_000;
                 let stats = self.file.stats();
                 self.done.packets += stats.packets;
