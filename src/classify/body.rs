@@ -181,7 +181,8 @@ mod tests {
         let mut d = DeflateEncoder::new(Vec::new(), Compression::default());
         d.write_all(text).unwrap();
         let raw = d.finish().unwrap();
-        let cases: Vec<(Option<&str>, Vec<u8>, Option<&[u8]>)> = vec![
+        type Case<'a> = (Option<&'a str>, Vec<u8>, Option<&'a [u8]>);
+        let cases: Vec<Case<'_>> = vec![
             (None, text.to_vec(), Some(text)),
             (Some("identity"), text.to_vec(), Some(text)),
             (Some("gzip"), gzip(text), Some(text)),

@@ -147,9 +147,7 @@ fn cookie_list(values: &mut dyn Iterator<Item = &[u8]>) -> Option<String> {
 
 /// `cleartext_session_cookie`: a Cookie header on plaintext HTTP.
 pub fn cleartext_session_cookie(req: &RequestHead) -> Option<String> {
-    if req.headers.get("cookie").is_none() {
-        return None;
-    }
+    req.headers.get("cookie")?;
     let list = cookie_list(&mut req.headers.get_all("cookie")).unwrap_or_else(|| redacted(0));
     Some(format!("Cookie: {list}"))
 }

@@ -154,7 +154,11 @@ pub fn find_jwts(text: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
     let mut next_free = 0usize;
     finder
         .filter_map(move |start| {
-            if start < next_free || (start > 0 && is_token_byte(text[start - 1])) {
+            if start < next_free
+                || (start > 0
+                    && (text[start - 1].is_ascii_alphanumeric()
+                        || matches!(text[start - 1], b'-' | b'_')))
+            {
                 return None;
             }
             let len = text[start..]

@@ -14,6 +14,8 @@ pub mod inventory;
 pub mod jwt;
 pub mod redact;
 pub mod route;
+#[cfg(test)]
+mod rules_tests;
 pub mod settings;
 pub mod tls;
 

@@ -356,7 +356,8 @@ pub(crate) mod tests {
 
     #[test]
     fn client_hello_table() {
-        let cases: Vec<(Vec<u8>, Option<(u16, Option<&str>)>)> = vec![
+        type Case<'a> = (Vec<u8>, Option<(u16, Option<&'a str>)>);
+        let cases: Vec<Case<'_>> = vec![
             (
                 client_hello(0x0303, &[0x0304, 0x0303], Some("API.example.com"), 1 << 14),
                 Some((0x0304, Some("api.example.com"))),
