@@ -191,7 +191,10 @@ pub fn insecure_cookie(headers: &Headers) -> Option<String> {
     first.map(|f| f + &more(count - 1))
 }
 
-/// Parse a Host value as an IP literal (with or without port).
+/// Parse a Host value as an IP literal (with or without port). IPv4 is
+/// read as browsers read it: one to four dot-separated decimal, octal-ish
+/// (leading zeros) or `0x` hex parts, so `10.000.000.001` and `0x7f.1` are
+/// literals too.
 pub fn host_ip_literal(host: &str) -> Option<IpAddr> {
     if let Some(rest) = host.strip_prefix('[') {
         let end = rest.find(']')?;
@@ -201,10 +204,69 @@ pub fn host_ip_literal(host: &str) -> Option<IpAddr> {
         Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
     };
-    if let Ok(v4) = h.parse::<Ipv4Addr>() {
+    if let Some(v4) = lenient_ipv4(h.strip_suffix('.').unwrap_or(h)) {
         return Some(IpAddr::V4(v4));
     }
     host.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+}
+
+fn lenient_ipv4(h: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = h.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut nums = Vec::with_capacity(4);
+    for p in &parts {
+        let n = if let Some(x) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+            if x.is_empty() {
+                0
+            } else if x.len() <= 8 && x.bytes().all(|b| b.is_ascii_hexdigit()) {
+                u64::from_str_radix(x, 16).ok()?
+            } else {
+                return None;
+            }
+        } else if !p.is_empty() && p.len() <= 12 && p.bytes().all(|b| b.is_ascii_digit()) {
+            p.parse::<u64>().ok()?
+        } else {
+            return None;
+        };
+        nums.push(n);
+    }
+    let (last, init) = nums.split_last()?;
+    if init.iter().any(|&n| n > 255) || *last >= 1u64 << (8 * (5 - nums.len())) {
+        return None;
+    }
+    let mut v: u64 = *last;
+    for (i, n) in init.iter().enumerate() {
+        v |= n << (8 * (3 - i));
+    }
+    Some(Ipv4Addr::from(v as u32))
+}
+
+#[cfg(test)]
+#[test]
+fn host_ip_literal_table() {
+    let cases: &[(&str, Option<&str>)] = &[
+        ("10.0.0.9", Some("10.0.0.9")),
+        ("10.0.0.9:8080", Some("10.0.0.9")),
+        ("10.000.000.001:1234", Some("10.0.0.1")),
+        ("0x7f.1", Some("127.0.0.1")),
+        ("2130706433", Some("127.0.0.1")),
+        ("[::1]:80", Some("::1")),
+        ("::1", Some("::1")),
+        ("api.example.com", None),
+        ("10.0.0.9.nip.example", None),
+        ("256.1.1.1", None),
+        ("1.2.3.4.5", None),
+        ("v1.example", None),
+    ];
+    for (h, want) in cases {
+        assert_eq!(
+            host_ip_literal(h).map(|a| a.to_string()).as_deref(),
+            *want,
+            "{h}"
+        );
+    }
 }
 
 /// `ip_literal_host`: Host is an IP literal, or missing.
