@@ -60,8 +60,10 @@ struct Replay {
 /// findings out yet, so a second classifier, fed the same exchanges in the
 /// same order (hence in the same state), returns them.
 fn replay(path: &Path, timeout_s: f64) -> Replay {
-    let mut flow = FlowConfig::default();
-    flow.transaction_timeout_micros = (timeout_s * 1e6) as i64;
+    let flow = FlowConfig {
+        transaction_timeout_micros: (timeout_s * 1e6) as i64,
+        ..FlowConfig::default()
+    };
     let cfg = ClassifyConfig::default();
     let mut pipeline = Pipeline::new(
         DecoderConfig::default(),
