@@ -279,6 +279,142 @@ pub fn legacy_tls_finding(
     })
 }
 
+/// One TLS connection's handshake as far as it was seen: what the flow
+/// layer reports once per connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsHandshake {
+    /// The connection's first byte.
+    pub ts: Timestamp,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub client_hello: Option<ClientHelloInfo>,
+    pub server_hello: Option<ServerHelloInfo>,
+}
+
+impl TlsHandshake {
+    /// The negotiated version, else the highest the client offered.
+    pub fn version(&self) -> Option<u16> {
+        self.server_hello
+            .as_ref()
+            .map(|s| s.version)
+            .or(self.client_hello.as_ref().map(|c| c.highest_version))
+    }
+
+    pub fn sni(&self) -> Option<&str> {
+        self.client_hello.as_ref().and_then(|c| c.sni.as_deref())
+    }
+
+    /// SPEC `legacy_tls` for this connection (`severity` None: turned off).
+    pub fn legacy_tls(&self, severity: Option<Severity>) -> Option<Finding> {
+        legacy_tls_finding(
+            self.client_hello.as_ref(),
+            self.server_hello.as_ref(),
+            self.ts,
+            self.client,
+            self.server,
+            severity,
+        )
+    }
+}
+
+/// One direction's hello, being read.
+#[derive(Debug)]
+enum Side<T> {
+    Reading(Vec<u8>),
+    Done(Option<T>),
+}
+
+impl<T> Default for Side<T> {
+    fn default() -> Self {
+        Side::Reading(Vec::new())
+    }
+}
+
+impl<T> Side<T> {
+    fn push(&mut self, bytes: &[u8], parse: fn(&[u8]) -> Hello<T>) {
+        let Side::Reading(buf) = self else {
+            return;
+        };
+        let room = MAX_HELLO_BYTES + 5 * 8 - buf.len();
+        buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        match parse(buf) {
+            Hello::Parsed(t) => *self = Side::Done(Some(t)),
+            Hello::NotHello => *self = Side::Done(None),
+            Hello::NeedMore if buf.len() >= MAX_HELLO_BYTES + 5 * 8 => *self = Side::Done(None),
+            Hello::NeedMore => {}
+        }
+    }
+    fn take(&mut self) -> Option<T> {
+        match std::mem::replace(self, Side::Done(None)) {
+            Side::Done(t) => t,
+            Side::Reading(_) => None,
+        }
+    }
+    fn done(&self) -> bool {
+        matches!(self, Side::Done(_))
+    }
+}
+
+/// Reads both hellos of one connection from its in-order bytes, keeping at
+/// most [`MAX_HELLO_BYTES`] (plus record headers) per direction until each
+/// is parsed or refused; afterwards it keeps nothing and ignores input.
+/// Feed it the stream bytes of each direction from the start (after a gap,
+/// call [`HandshakeReader::gap`]).
+#[derive(Debug, Default)]
+pub struct HandshakeReader {
+    client: Side<ClientHelloInfo>,
+    server: Side<ServerHelloInfo>,
+}
+
+impl HandshakeReader {
+    /// In-order bytes of one direction. Returns true once both hellos are
+    /// decided (call [`HandshakeReader::finish`] then, or at connection end).
+    pub fn push(&mut self, to_server: bool, bytes: &[u8]) -> bool {
+        if to_server {
+            self.client.push(bytes, parse_client_hello);
+        } else {
+            self.server.push(bytes, parse_server_hello);
+        }
+        self.is_done()
+    }
+
+    /// Bytes of one direction were lost: its hello can no longer be read.
+    pub fn gap(&mut self, to_server: bool) {
+        let side_done = if to_server {
+            self.client.done()
+        } else {
+            self.server.done()
+        };
+        if !side_done {
+            if to_server {
+                self.client = Side::Done(None);
+            } else {
+                self.server = Side::Done(None);
+            }
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.client.done() && self.server.done()
+    }
+
+    /// What was learnt; the reader is left empty.
+    pub fn finish(
+        &mut self,
+        ts: Timestamp,
+        client: SocketAddr,
+        server: SocketAddr,
+    ) -> TlsHandshake {
+        TlsHandshake {
+            ts,
+            client,
+            server,
+            client_hello: self.client.take(),
+            server_hello: self.server.take(),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -424,6 +560,43 @@ pub(crate) mod tests {
                 Some(want)
             );
         }
+    }
+
+    #[test]
+    fn handshake_reader_reads_both_sides_in_pieces() {
+        let ch = client_hello(0x0303, &[0x0304, 0x0303], Some("h.example"), 100);
+        let sh = server_hello(0x0303, Some(0x0304));
+        let mut r = HandshakeReader::default();
+        for piece in ch.chunks(7) {
+            assert!(!r.push(true, piece));
+        }
+        let (a, b) = sh.split_at(10);
+        assert!(!r.push(false, a));
+        assert!(r.push(false, b));
+        let a: SocketAddr = "10.0.0.1:5".parse().unwrap();
+        let hs = r.finish(Timestamp::ZERO, a, a);
+        assert_eq!(hs.version(), Some(0x0304));
+        assert_eq!(hs.sni(), Some("h.example"));
+        assert!(hs.legacy_tls(Some(Severity::Medium)).is_none());
+
+        // a one-sided legacy client, a server hello lost in a gap
+        let mut r = HandshakeReader::default();
+        r.push(true, &client_hello(0x0301, &[], None, 1 << 14));
+        r.gap(false);
+        assert!(r.is_done());
+        let hs = r.finish(Timestamp::ZERO, a, a);
+        assert!(hs.legacy_tls(Some(Severity::Medium)).is_some());
+
+        // garbage is refused at once, a never-ending hello is bounded
+        let mut r = HandshakeReader::default();
+        r.push(true, b"\x16\x03\x01\xff\xff");
+        let mut big = vec![22u8, 3, 1, 0x40, 0];
+        big.extend([1u8, 0xff, 0xff, 0xff]);
+        r.push(false, &big);
+        for _ in 0..100 {
+            r.push(false, &[0u8; 1000]);
+        }
+        assert!(r.is_done());
     }
 
     #[test]
