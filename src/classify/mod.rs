@@ -6,9 +6,18 @@
 //! or streams. Secrets are only ever looked at, never copied out: what leaves
 //! this module (targets, evidence) is redacted.
 
+pub mod addr;
+pub mod body;
+pub mod exposure;
 pub mod findings;
+pub mod inventory;
+pub mod jwt;
 pub mod redact;
 pub mod route;
+#[cfg(test)]
+mod rules_tests;
+pub mod settings;
+pub mod tls;
 
 use serde::Serialize;
 
@@ -72,60 +81,42 @@ impl FailureCause {
 
 use crate::http::exchange::{Exchange, Outcome};
 use crate::http::Headers;
+use findings::{Finding, FindingKind};
+use inventory::{EndpointEvent, OkPaths, RouteInventory, ServerKey};
 use route::RouteTemplater;
-use std::collections::HashSet;
-use std::net::SocketAddr;
-
-/// SPEC's default API-key header names (configurable).
-pub const DEFAULT_API_KEY_HEADERS: &[&str] =
-    &["x-api-key", "api-key", "x-auth-token", "x-access-token"];
-
-/// Most (server, path) pairs remembered as having answered 2xx, for
-/// `endpoint_gone`; past it no new path is remembered (and it is counted).
-pub const DEFAULT_MAX_OK_PATHS: usize = 100_000;
-
-#[derive(Clone, Debug)]
-pub struct ClassifyConfig {
-    pub credential_params: Vec<String>,
-    pub api_key_headers: Vec<String>,
-    pub route_patterns: Vec<String>,
-    pub max_ok_paths: usize,
-}
-
-impl Default for ClassifyConfig {
-    fn default() -> Self {
-        ClassifyConfig {
-            credential_params: redact::DEFAULT_CREDENTIAL_PARAMS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            api_key_headers: DEFAULT_API_KEY_HEADERS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            route_patterns: Vec::new(),
-            max_ok_paths: DEFAULT_MAX_OK_PATHS,
-        }
-    }
-}
+pub use settings::{ClassifyConfig, DEFAULT_API_KEY_HEADERS, DEFAULT_MAX_OK_PATHS};
 
 /// Classification state: the configuration plus what the run has learnt.
 pub struct Classifier {
     cfg: ClassifyConfig,
     routes: RouteTemplater,
     /// (server, exact path) that answered 2xx in this run.
-    ok_paths: HashSet<(SocketAddr, Box<[u8]>), ahash::RandomState>,
-    pub ok_paths_refused: u64,
+    ok_paths: OkPaths,
+    inventory: RouteInventory,
+}
+
+/// Counters of classification's bounded memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassifyStats {
+    pub ok_paths: usize,
+    pub ok_path_rotations: u64,
+    pub inventory_servers: usize,
+    pub inventory_servers_evicted: u64,
+    pub inventory_routes_refused: u64,
 }
 
 impl Classifier {
     pub fn new(cfg: ClassifyConfig) -> Result<Self, route::PatternError> {
         let routes = RouteTemplater::new(&cfg.route_patterns)?;
         Ok(Classifier {
+            ok_paths: OkPaths::new(cfg.max_ok_paths),
+            inventory: RouteInventory::new(
+                cfg.inventory_max_servers,
+                cfg.inventory_max_routes,
+                cfg.sprawl_limit,
+            ),
             cfg,
             routes,
-            ok_paths: HashSet::with_hasher(ahash::RandomState::new()),
-            ok_paths_refused: 0,
         })
     }
 
@@ -133,17 +124,172 @@ impl Classifier {
         &self.cfg
     }
 
-    /// Fill in route, host and failure cause.
-    pub fn classify(&mut self, ex: &mut Exchange) {
+    pub fn stats(&self) -> ClassifyStats {
+        ClassifyStats {
+            ok_paths: self.ok_paths.len(),
+            ok_path_rotations: self.ok_paths.rotations,
+            inventory_servers: self.inventory.servers(),
+            inventory_servers_evicted: self.inventory.servers_evicted,
+            inventory_routes_refused: self.inventory.routes_refused,
+        }
+    }
+
+    /// Fill in route, host, failure cause and the exchange's finding kinds;
+    /// return the findings for the findings log: the per-exchange ones (one
+    /// per kind) and any endpoint-level ones this exchange revealed. An
+    /// exchange without findings costs no allocation here.
+    pub fn classify(&mut self, ex: &mut Exchange) -> Vec<Finding> {
         if let Some(req) = &ex.request {
             ex.route = Some(self.routes.route(&req.target));
             ex.host = host_of(&req.target, &req.headers);
         }
-        ex.failure = self.cause(ex);
+        let limit = self.cfg.body_decode_bytes;
+        let req_body = match &ex.request {
+            Some(r) if !ex.request_body_prefix.is_empty() => {
+                body::decoded_prefix(&r.headers, &ex.request_body_prefix, limit)
+            }
+            _ => None,
+        };
+        let resp_body = match &ex.response {
+            Some(r) if !ex.response_body_prefix.is_empty() => {
+                body::decoded_prefix(&r.headers, &ex.response_body_prefix, limit)
+            }
+            _ => None,
+        };
+        let jwts = exposure::scan_jwts(
+            &self.cfg,
+            ex,
+            req_body.as_deref().unwrap_or_default(),
+            resp_body.as_deref().unwrap_or_default(),
+        );
+        let server = server_key(ex);
+        ex.failure = self.cause(ex, &server, jwts.expired_in_request, resp_body.as_deref());
+
+        let mut found: Vec<(FindingKind, String)> = Vec::new();
+        self.exchange_findings(ex, jwts, resp_body.as_deref(), &mut found);
+        ex.findings.clear();
+        ex.findings.extend(found.iter().map(|(k, _)| *k));
+
+        let mut out: Vec<Finding> = Vec::with_capacity(found.len());
+        for (kind, evidence) in found {
+            if let Some(f) = self.finding(ex, kind, ex.route.clone(), evidence) {
+                out.push(f);
+            }
+        }
+        let answered = ex.status().is_some_and(|s| (200..400).contains(&s));
+        if let (true, Some(route)) = (answered, ex.route.as_deref()) {
+            for ev in self.inventory.observe(&server, route, ex.ts.as_micros()) {
+                let (kind, r, evidence) = match ev {
+                    EndpointEvent::Sprawl { routes, limit } => (
+                        FindingKind::EndpointSprawl,
+                        None,
+                        format!("{routes} distinct routes answered 2xx/3xx (limit {limit})"),
+                    ),
+                    EndpointEvent::Variants { earlier, how } => (
+                        FindingKind::RouteVariants,
+                        Some(route.to_string()),
+                        format!("routes {earlier} and {route} differ only by {how}"),
+                    ),
+                };
+                if let Some(f) = self.finding(ex, kind, r, evidence) {
+                    out.push(f);
+                }
+            }
+        }
+        out
+    }
+
+    fn finding(
+        &self,
+        ex: &Exchange,
+        kind: FindingKind,
+        route: Option<String>,
+        evidence: String,
+    ) -> Option<Finding> {
+        Some(Finding {
+            ts: ex.ts,
+            kind,
+            severity: self.cfg.severities.get(kind)?,
+            client: ex.client,
+            server: ex.server,
+            host: ex.host.clone(),
+            route,
+            evidence,
+        })
+    }
+
+    /// The per-exchange finding kinds that fire and are not turned off, in
+    /// [`FindingKind`] order.
+    fn exchange_findings(
+        &self,
+        ex: &Exchange,
+        jwts: exposure::JwtScan,
+        resp_body: Option<&[u8]>,
+        out: &mut Vec<(FindingKind, String)>,
+    ) {
+        let cfg = &self.cfg;
+        let on = |k: FindingKind| cfg.severities.get(k).is_some();
+        let mut push = |k: FindingKind, e: Option<String>| {
+            if let Some(e) = e {
+                if on(k) {
+                    out.push((k, e));
+                }
+            }
+        };
+        let req = ex.request.as_ref();
+        let resp = ex.response.as_ref();
+        push(
+            FindingKind::CleartextCredentials,
+            req.and_then(|r| exposure::cleartext_credentials(cfg, r)),
+        );
+        push(
+            FindingKind::CredentialsInUrl,
+            req.and_then(|r| exposure::credentials_in_url(cfg, &r.target)),
+        );
+        push(
+            FindingKind::CleartextSessionCookie,
+            req.and_then(exposure::cleartext_session_cookie),
+        );
+        push(
+            FindingKind::InsecureCookie,
+            resp.and_then(|r| exposure::insecure_cookie(&r.headers)),
+        );
+        push(FindingKind::WeakJwt, jwts.weak);
+        push(
+            FindingKind::IpLiteralHost,
+            req.and_then(|_| exposure::ip_literal_host(ex.host.as_deref())),
+        );
+        push(
+            FindingKind::PublicPlaintextEndpoint,
+            exposure::public_plaintext_endpoint(cfg, ex),
+        );
+        push(
+            FindingKind::UnsafeUrl,
+            req.and_then(|r| exposure::unsafe_url(cfg, &r.target)),
+        );
+        push(
+            FindingKind::DeprecatedEndpoint,
+            resp.and_then(|r| exposure::deprecated_endpoint(&r.headers)),
+        );
+        let status = ex.status().unwrap_or(0);
+        if (500..600).contains(&status) {
+            push(
+                FindingKind::VerboseError,
+                resp_body
+                    .and_then(|b| body::verbose_error_marker(b, &cfg.verbose_error_markers))
+                    .map(|m| format!("{status} body reveals internals: {m:?}")),
+            );
+        }
     }
 
     /// SPEC's failure causes, first match wins.
-    fn cause(&mut self, ex: &Exchange) -> Option<FailureCause> {
+    fn cause(
+        &mut self,
+        ex: &Exchange,
+        server: &ServerKey,
+        expired_jwt: bool,
+        resp_body: Option<&[u8]>,
+    ) -> Option<FailureCause> {
         match ex.outcome {
             Outcome::Malformed => return Some(FailureCause::Malformed),
             Outcome::TimedOut => return Some(FailureCause::Timeout),
@@ -163,9 +309,7 @@ impl Classifier {
         let req = ex.request.as_ref();
         let path = req.and_then(|r| route::path_of(&r.target));
         Some(match status {
-            401 | 403 if req.is_some_and(|r| self.has_expired_jwt(r, ex.ts)) => {
-                FailureCause::SessionExpired
-            }
+            401 | 403 if req.is_some() && expired_jwt => FailureCause::SessionExpired,
             401 => match req {
                 Some(r) if self.has_credentials(r) => FailureCause::AuthRejected,
                 _ => FailureCause::AuthMissing,
@@ -173,9 +317,7 @@ impl Classifier {
             403 => FailureCause::Forbidden,
             410 => FailureCause::EndpointGone,
             404 => match path {
-                Some(p) if self.ok_paths.contains(&(ex.server, p.into())) => {
-                    FailureCause::EndpointGone
-                }
+                Some(p) if self.ok_paths.contains(server, p) => FailureCause::EndpointGone,
                 _ => FailureCause::NotFound,
             },
             429 => FailureCause::RateLimited,
@@ -184,10 +326,14 @@ impl Classifier {
             500..=599 => FailureCause::ServerError,
             200..=299 => {
                 if let Some(p) = path {
-                    self.remember_ok(ex.server, p);
+                    self.ok_paths.remember(server, p);
                 }
                 let get = req.is_some_and(|r| r.method == crate::http::Method::Get);
-                if status == 200 && get && ex.outcome == Outcome::Complete && is_empty_body(ex) {
+                if status == 200
+                    && get
+                    && ex.outcome == Outcome::Complete
+                    && is_empty_body(ex, resp_body)
+                {
                     FailureCause::EmptyResponse
                 } else {
                     return None;
@@ -195,18 +341,6 @@ impl Classifier {
             }
             _ => return None,
         })
-    }
-
-    fn remember_ok(&mut self, server: SocketAddr, path: &[u8]) {
-        let key = (server, Box::<[u8]>::from(path));
-        if self.ok_paths.contains(&key) {
-            return;
-        }
-        if self.ok_paths.len() >= self.cfg.max_ok_paths {
-            self.ok_paths_refused += 1;
-            return;
-        }
-        self.ok_paths.insert(key);
     }
 
     /// Authorization, an API-key header, a credential query parameter or a
@@ -221,14 +355,23 @@ impl Classifier {
         }
         query_names(&r.target).any(|n| redact::is_credential_name(n, &self.cfg.credential_params))
     }
+}
 
-    fn has_expired_jwt(
-        &self,
-        _r: &crate::http::RequestHead,
-        _now: crate::clock::Timestamp,
-    ) -> bool {
-        false
-    }
+/// SPEC's server identity: `server_address` (the Host name when it is a
+/// name, else the server's IP address) and the server's port.
+pub fn server_key(ex: &Exchange) -> ServerKey {
+    let name = ex
+        .host
+        .as_deref()
+        .filter(|h| exposure::host_ip_literal(h).is_none())
+        .map(|h| match h.rsplit_once(':') {
+            Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) => n.to_string(),
+            _ => h.to_string(),
+        });
+    (
+        name.unwrap_or_else(|| ex.server.ip().to_string()),
+        ex.server.port(),
+    )
 }
 
 /// Names of the query parameters of a target.
@@ -249,16 +392,16 @@ pub fn query_names(target: &[u8]) -> impl Iterator<Item = &[u8]> {
         })
 }
 
-/// 200 with an empty body, or JSON `{}`, `[]` or `null`.
-fn is_empty_body(ex: &Exchange) -> bool {
+/// 200 with an empty body, or JSON `{}`, `[]` or `null` (after content
+/// decoding, when the whole body is in the prefix).
+fn is_empty_body(ex: &Exchange, decoded: Option<&[u8]>) -> bool {
     if ex.response_body_bytes == 0 {
         return true;
     }
-    if ex.response_body_bytes > 16 || ex.capture_loss {
+    if ex.capture_loss || ex.response_body_prefix.len() as u64 != ex.response_body_bytes {
         return false;
     }
-    let t = ex.response_body_prefix.trim_ascii();
-    matches!(t, b"{}" | b"[]" | b"null")
+    decoded.is_some_and(body::is_empty_json)
 }
 
 /// The Host of a request: the authority of an absolute-form target when

@@ -22,7 +22,7 @@ struct Record<'a> {
     request_bytes: u64,
     response_bytes: u64,
     failure: Option<&'static str>,
-    findings: &'a [&'static str],
+    findings: &'a [crate::classify::findings::FindingKind],
     /// Bytes of this exchange were lost in the capture, or its pairing could
     /// not be proven: its numbers are uncertain (an addition to SPEC).
     capture_loss: bool,
@@ -59,7 +59,7 @@ impl ExchangeLog {
             request_bytes: ex.request_body_bytes,
             response_bytes: ex.response_body_bytes,
             failure: ex.failure.map(|f| f.as_str()),
-            findings: &[],
+            findings: &ex.findings,
             capture_loss: ex.capture_loss,
         };
         serde_json::to_writer(&mut self.out, &rec)?;

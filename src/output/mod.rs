@@ -1,4 +1,5 @@
-//! Outputs: the exchange log (NDJSON) and the read-mode summary report.
+//! Outputs: the exchange and findings logs (NDJSON) and the read-mode
+//! summary report.
 //!
 //! Contract: outputs see only classified exchanges and counters; whatever
 //! they write is already redacted (targets through
@@ -6,6 +7,7 @@
 //! can reach a file or a terminal from here.
 
 pub mod exchange_log;
+pub mod findings_log;
 pub mod summary;
 
 use std::fs::File;

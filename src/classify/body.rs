@@ -1,0 +1,240 @@
+//! The first bytes of a body, as a person would read them.
+//!
+//! Contract: [`decoded_prefix`] takes the de-chunked body prefix the parser
+//! kept and undoes a `gzip`, `x-gzip` or `deflate` content coding, producing
+//! at most `limit` bytes; a truncated stream yields what could be decoded
+//! (the prefix is usually cut mid-stream). Cost is bounded by the prefix
+//! (input) and `limit` (output), so a decompression bomb costs nothing. Other
+//! codings (br, zstd, …) are left alone: the body is then not looked into.
+//! [`verbose_error_marker`] and [`is_empty_json`] read that decoded text.
+
+use crate::http::Headers;
+use std::borrow::Cow;
+use std::io::Read;
+
+/// Default most decoded bytes looked at.
+pub const DEFAULT_DECODE_LIMIT: usize = 8 * 1024;
+
+/// Text in a 5xx body that reveals internals (case-sensitive).
+pub const DEFAULT_VERBOSE_MARKERS: &[&str] = &[
+    "Traceback (most recent call last)",
+    "at java.",
+    "at javax.",
+    "at org.springframework.",
+    "Exception in thread",
+    "panicked at",
+    "goroutine 1 [running]",
+    "[running]:\ngoroutine",
+    "Stack trace:\n#0",
+    "Fatal error: Uncaught",
+    "System.NullReferenceException",
+    "   at System.",
+    "Microsoft.AspNetCore.",
+    "    at Object.<anonymous>",
+    "    at Module._compile",
+    "node:internal/",
+    "NullPointerException",
+    "SQLSTATE[",
+    "ORA-0",
+    "PG::",
+    "psycopg2.errors.",
+    "sqlalchemy.exc.",
+    "django.core.exceptions",
+    "Werkzeug Debugger",
+    "ActionController::",
+    // Ruby backtrace lines: "app/models/x.rb:12:in `show'"
+    ".rb:1",
+    ".rb:2",
+    ".rb:3",
+    ".rb:4",
+    ".rb:5",
+    ".rb:6",
+    ".rb:7",
+    ".rb:8",
+    ".rb:9",
+];
+
+/// How the body is encoded, as far as we can undo it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Coding {
+    Identity,
+    Gzip,
+    Deflate,
+    /// A coding we do not decode: the body is opaque.
+    Other,
+}
+
+fn coding(headers: &Headers) -> Coding {
+    let mut c = Coding::Identity;
+    for v in headers.get_all("content-encoding") {
+        for tok in v.split(|&b| b == b',') {
+            let t = tok.trim_ascii();
+            if t.is_empty() || t.eq_ignore_ascii_case(b"identity") {
+                continue;
+            }
+            if c != Coding::Identity {
+                // Stacked codings: not worth undoing.
+                return Coding::Other;
+            }
+            c = if t.eq_ignore_ascii_case(b"gzip") || t.eq_ignore_ascii_case(b"x-gzip") {
+                Coding::Gzip
+            } else if t.eq_ignore_ascii_case(b"deflate") {
+                Coding::Deflate
+            } else {
+                Coding::Other
+            };
+        }
+    }
+    c
+}
+
+/// Read from `r` until end, error or `limit` bytes.
+fn read_bounded(mut r: impl Read, limit: usize) -> Vec<u8> {
+    let mut out = vec![0u8; limit];
+    let mut n = 0;
+    while n < limit {
+        match r.read(&mut out[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+/// The body prefix with its content coding undone (see module doc).
+/// `None` when the coding is one we do not decode.
+pub fn decoded_prefix<'a>(
+    headers: &Headers,
+    prefix: &'a [u8],
+    limit: usize,
+) -> Option<Cow<'a, [u8]>> {
+    match coding(headers) {
+        Coding::Identity => Some(Cow::Borrowed(&prefix[..prefix.len().min(limit)])),
+        Coding::Gzip => Some(Cow::Owned(read_bounded(
+            flate2::bufread::GzDecoder::new(prefix),
+            limit,
+        ))),
+        Coding::Deflate => {
+            // "deflate" is zlib-wrapped by the RFC, raw deflate in practice
+            // too often: the zlib header tells them apart.
+            let zlib = prefix.len() >= 2
+                && prefix[0] & 0x0f == 8
+                && (u16::from(prefix[0]) << 8 | u16::from(prefix[1])) % 31 == 0;
+            Some(Cow::Owned(if zlib {
+                read_bounded(flate2::bufread::ZlibDecoder::new(prefix), limit)
+            } else {
+                read_bounded(flate2::bufread::DeflateDecoder::new(prefix), limit)
+            }))
+        }
+        Coding::Other => None,
+    }
+}
+
+/// The first marker of internals found in `text`, if any.
+pub fn verbose_error_marker<'m>(text: &[u8], markers: &'m [String]) -> Option<&'m str> {
+    markers
+        .iter()
+        .find(|m| !m.is_empty() && memchr::memmem::find(text, m.as_bytes()).is_some())
+        .map(|m| m.as_str())
+}
+
+/// Empty, or JSON `{}`, `[]` or `null` (whitespace allowed).
+pub fn is_empty_json(text: &[u8]) -> bool {
+    let t = text.trim_ascii();
+    if t.is_empty() || t == b"null" {
+        return true;
+    }
+    if t.len() >= 2 && matches!((t[0], t[t.len() - 1]), (b'{', b'}') | (b'[', b']')) {
+        return t[1..t.len() - 1].trim_ascii().is_empty();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
+    use flate2::Compression;
+    use std::io::Write;
+
+    fn headers(ce: Option<&str>) -> Headers {
+        let mut h = Headers::default();
+        if let Some(v) = ce {
+            h.push(b"Content-Encoding", v.as_bytes());
+        }
+        h
+    }
+
+    fn gzip(b: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn decoding_table() {
+        let text = b"Traceback (most recent call last):\n  File x";
+        let mut z = ZlibEncoder::new(Vec::new(), Compression::default());
+        z.write_all(text).unwrap();
+        let zlib = z.finish().unwrap();
+        let mut d = DeflateEncoder::new(Vec::new(), Compression::default());
+        d.write_all(text).unwrap();
+        let raw = d.finish().unwrap();
+        type Case<'a> = (Option<&'a str>, Vec<u8>, Option<&'a [u8]>);
+        let cases: Vec<Case<'_>> = vec![
+            (None, text.to_vec(), Some(text)),
+            (Some("identity"), text.to_vec(), Some(text)),
+            (Some("gzip"), gzip(text), Some(text)),
+            (Some("x-gzip"), gzip(text), Some(text)),
+            (Some("deflate"), zlib, Some(text)),
+            (Some("deflate"), raw, Some(text)),
+            (Some("br"), text.to_vec(), None),
+            (Some("gzip, br"), gzip(text), None),
+        ];
+        for (ce, body, want) in cases {
+            let got = decoded_prefix(&headers(ce), &body, 4096);
+            assert_eq!(got.as_deref(), want, "{ce:?}");
+        }
+    }
+
+    #[test]
+    fn truncated_gzip_yields_what_it_can() {
+        let text: Vec<u8> = (0..5000u32)
+            .flat_map(|i| i.to_string().into_bytes())
+            .collect();
+        let gz = gzip(&text);
+        let cut = &gz[..gz.len() / 2];
+        let got = decoded_prefix(&headers(Some("gzip")), cut, 1 << 20).unwrap();
+        assert!(!got.is_empty());
+        assert!(text.starts_with(&got));
+    }
+
+    #[test]
+    fn decompression_bomb_is_bounded() {
+        let zeros = vec![0u8; 50 << 20];
+        let gz = gzip(&zeros);
+        let prefix = &gz[..gz.len().min(2048)];
+        let got = decoded_prefix(&headers(Some("gzip")), prefix, 8192).unwrap();
+        assert_eq!(got.len(), 8192);
+    }
+
+    #[test]
+    fn empty_json_table() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"", true),
+            (b"{}", true),
+            (b" [ ] \n", true),
+            (b"null", true),
+            (b"{ }", true),
+            (b"0", false),
+            (b"{\"a\":1}", false),
+            (b"[0]", false),
+            (b"\"\"", false),
+            (b"nullx", false),
+        ];
+        for (t, want) in cases {
+            assert_eq!(is_empty_json(t), *want, "{:?}", String::from_utf8_lossy(t));
+        }
+    }
+}

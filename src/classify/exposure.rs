@@ -1,0 +1,508 @@
+//! Per-exchange exposure rules (SPEC "Finding kinds"), one function each.
+//!
+//! Contract: each rule looks at an exchange and, when it fires, returns the
+//! evidence text; evidence names what was exposed and its length, never the
+//! value (see [`super::findings::redacted`]). All work is bounded by the
+//! head size, the body prefix and the configured limits.
+
+use super::addr;
+use super::findings::{printable, redacted};
+use super::jwt;
+use super::redact::{is_credential_name, percent_decode};
+use super::settings::ClassifyConfig;
+use crate::http::exchange::Exchange;
+use crate::http::{Headers, RequestHead};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// `Basic <redacted, 24 bytes>`: the scheme word, if the value has one, and
+/// the length of the rest.
+fn credential_value(v: &[u8]) -> String {
+    let v = v.trim_ascii();
+    if let Some(sp) = memchr::memchr(b' ', v) {
+        let scheme = &v[..sp];
+        if !scheme.is_empty() && scheme.len() <= 20 && scheme.iter().all(u8::is_ascii_alphabetic) {
+            return format!(
+                "{} {}",
+                printable(scheme, 20),
+                redacted(v[sp + 1..].trim_ascii().len())
+            );
+        }
+    }
+    redacted(v.len())
+}
+
+fn more(n: usize) -> String {
+    if n > 0 {
+        format!(" (+{n} more)")
+    } else {
+        String::new()
+    }
+}
+
+/// `cleartext_credentials`: Authorization, Proxy-Authorization or an
+/// API-key header on plaintext HTTP.
+pub fn cleartext_credentials(cfg: &ClassifyConfig, req: &RequestHead) -> Option<String> {
+    let mut first = None;
+    let mut count = 0;
+    for (name, value) in req.headers.iter() {
+        let is_cred = name.eq_ignore_ascii_case(b"authorization")
+            || name.eq_ignore_ascii_case(b"proxy-authorization")
+            || cfg
+                .api_key_headers
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
+        if is_cred {
+            count += 1;
+            if first.is_none() {
+                first = Some(format!(
+                    "{}: {}",
+                    printable(name, 64),
+                    credential_value(value)
+                ));
+            }
+        }
+    }
+    first.map(|f| f + &more(count - 1))
+}
+
+/// The query of a target (without fragment), if any.
+fn query_of(target: &[u8]) -> Option<&[u8]> {
+    let q = &target[memchr::memchr(b'?', target)? + 1..];
+    Some(match memchr::memchr(b'#', q) {
+        Some(i) => &q[..i],
+        None => q,
+    })
+}
+
+/// Userinfo of an absolute-form target.
+fn userinfo(target: &[u8]) -> Option<&[u8]> {
+    let before_query = &target[..memchr::memchr2(b'?', b'#', target).unwrap_or(target.len())];
+    let p = memchr::memmem::find(before_query, b"://")?;
+    let rest = &before_query[p + 3..];
+    let auth = &rest[..memchr::memchr(b'/', rest).unwrap_or(rest.len())];
+    memchr::memrchr(b'@', auth).map(|at| &auth[..at])
+}
+
+/// `credentials_in_url`: a credential-named query parameter with a value,
+/// or userinfo in an absolute target.
+pub fn credentials_in_url(cfg: &ClassifyConfig, target: &[u8]) -> Option<String> {
+    let mut found: Vec<String> = Vec::new();
+    let mut count = 0;
+    if let Some(ui) = userinfo(target) {
+        count += 1;
+        found.push(format!("userinfo in target: {}", redacted(ui.len())));
+    }
+    if let Some(q) = query_of(target) {
+        for pair in q.split(|&b| b == b'&') {
+            let (name, value) = match memchr::memchr(b'=', pair) {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => continue,
+            };
+            if !value.is_empty() && is_credential_name(name, &cfg.credential_params) {
+                count += 1;
+                if found.is_empty() {
+                    found.push(format!(
+                        "query parameter {}={}",
+                        printable(name, 64),
+                        redacted(value.len())
+                    ));
+                }
+            }
+        }
+    }
+    let first = found.into_iter().next()?;
+    Some(first + &more(count - 1))
+}
+
+/// Cookie pairs `name=<redacted, n bytes>` of a Cookie header value.
+fn cookie_list(values: &mut dyn Iterator<Item = &[u8]>) -> Option<String> {
+    let mut shown = Vec::new();
+    let mut total = 0;
+    for v in values {
+        for pair in v.split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() {
+                continue;
+            }
+            total += 1;
+            if shown.len() < 4 {
+                let (name, value) = match memchr::memchr(b'=', pair) {
+                    Some(i) => (&pair[..i], &pair[i + 1..]),
+                    None => (&b""[..], pair),
+                };
+                shown.push(format!(
+                    "{}={}",
+                    printable(name.trim_ascii(), 32),
+                    redacted(value.len())
+                ));
+            }
+        }
+    }
+    if total == 0 {
+        return None;
+    }
+    let n = shown.len();
+    Some(shown.join("; ") + &more(total - n))
+}
+
+/// `cleartext_session_cookie`: a Cookie header on plaintext HTTP.
+pub fn cleartext_session_cookie(req: &RequestHead) -> Option<String> {
+    req.headers.get("cookie")?;
+    let list = cookie_list(&mut req.headers.get_all("cookie")).unwrap_or_else(|| redacted(0));
+    Some(format!("Cookie: {list}"))
+}
+
+/// `insecure_cookie`: a Set-Cookie lacking Secure or HttpOnly.
+pub fn insecure_cookie(headers: &Headers) -> Option<String> {
+    let mut first = None;
+    let mut count = 0;
+    for v in headers.get_all("set-cookie") {
+        let mut parts = v.split(|&b| b == b';');
+        let nv = parts.next().unwrap_or_default().trim_ascii();
+        let (mut secure, mut http_only) = (false, false);
+        for attr in parts {
+            let a = attr.trim_ascii();
+            let name = &a[..memchr::memchr(b'=', a).unwrap_or(a.len())];
+            let name = name.trim_ascii();
+            secure |= name.eq_ignore_ascii_case(b"secure");
+            http_only |= name.eq_ignore_ascii_case(b"httponly");
+        }
+        if secure && http_only {
+            continue;
+        }
+        count += 1;
+        if first.is_none() {
+            let (name, value) = match memchr::memchr(b'=', nv) {
+                Some(i) => (&nv[..i], &nv[i + 1..]),
+                None => (&b""[..], nv),
+            };
+            let lacks = match (secure, http_only) {
+                (false, false) => "Secure, HttpOnly",
+                (false, true) => "Secure",
+                _ => "HttpOnly",
+            };
+            first = Some(format!(
+                "Set-Cookie: {}={} lacks {lacks}",
+                printable(name.trim_ascii(), 32),
+                redacted(value.len())
+            ));
+        }
+    }
+    first.map(|f| f + &more(count - 1))
+}
+
+/// Parse a Host value as an IP literal (with or without port). IPv4 is
+/// read as browsers read it: one to four dot-separated decimal, octal-ish
+/// (leading zeros) or `0x` hex parts, so `10.000.000.001` and `0x7f.1` are
+/// literals too.
+pub fn host_ip_literal(host: &str) -> Option<IpAddr> {
+    if let Some(rest) = host.strip_prefix('[') {
+        let end = rest.find(']')?;
+        return rest[..end].parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    let h = match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    if let Some(v4) = lenient_ipv4(h.strip_suffix('.').unwrap_or(h)) {
+        return Some(IpAddr::V4(v4));
+    }
+    host.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+}
+
+fn lenient_ipv4(h: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = h.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut nums = Vec::with_capacity(4);
+    for p in &parts {
+        let n = if let Some(x) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+            if x.is_empty() {
+                0
+            } else if x.len() <= 8 && x.bytes().all(|b| b.is_ascii_hexdigit()) {
+                u64::from_str_radix(x, 16).ok()?
+            } else {
+                return None;
+            }
+        } else if !p.is_empty() && p.len() <= 12 && p.bytes().all(|b| b.is_ascii_digit()) {
+            p.parse::<u64>().ok()?
+        } else {
+            return None;
+        };
+        nums.push(n);
+    }
+    let (last, init) = nums.split_last()?;
+    if init.iter().any(|&n| n > 255) || *last >= 1u64 << (8 * (5 - nums.len())) {
+        return None;
+    }
+    let mut v: u64 = *last;
+    for (i, n) in init.iter().enumerate() {
+        v |= n << (8 * (3 - i));
+    }
+    Some(Ipv4Addr::from(v as u32))
+}
+
+#[cfg(test)]
+#[test]
+fn host_ip_literal_table() {
+    let cases: &[(&str, Option<&str>)] = &[
+        ("10.0.0.9", Some("10.0.0.9")),
+        ("10.0.0.9:8080", Some("10.0.0.9")),
+        ("10.000.000.001:1234", Some("10.0.0.1")),
+        ("0x7f.1", Some("127.0.0.1")),
+        ("2130706433", Some("127.0.0.1")),
+        ("[::1]:80", Some("::1")),
+        ("::1", Some("::1")),
+        ("api.example.com", None),
+        ("10.0.0.9.nip.example", None),
+        ("256.1.1.1", None),
+        ("1.2.3.4.5", None),
+        ("v1.example", None),
+    ];
+    for (h, want) in cases {
+        assert_eq!(
+            host_ip_literal(h).map(|a| a.to_string()).as_deref(),
+            *want,
+            "{h}"
+        );
+    }
+}
+
+/// `ip_literal_host`: Host is an IP literal, or missing.
+pub fn ip_literal_host(host: Option<&str>) -> Option<String> {
+    match host {
+        None => Some("no Host header".to_string()),
+        Some(h) => host_ip_literal(h).map(|_| format!("Host: {}", printable(h.as_bytes(), 64))),
+    }
+}
+
+/// `public_plaintext_endpoint`: the answering server's address is public.
+pub fn public_plaintext_endpoint(cfg: &ClassifyConfig, ex: &Exchange) -> Option<String> {
+    ex.response.as_ref()?;
+    let ip = ex.server.ip();
+    if addr::special_purpose(ip).is_some() || cfg.internal_networks.iter().any(|n| n.contains(ip)) {
+        return None;
+    }
+    Some(format!(
+        "plaintext HTTP answered by public address {}",
+        ex.server
+    ))
+}
+
+/// Does a (raw) piece of a URL hold a `..` segment, plain or encoded?
+/// Returns (found, encoded).
+fn dot_dot(piece: &[u8]) -> Option<bool> {
+    for seg in piece.split(|&b| b == b'/' || b == b'\\') {
+        if seg == b".." {
+            return Some(false);
+        }
+        if seg.len() > 2 && seg.contains(&b'%') {
+            let d = percent_decode(seg);
+            if d.split(|&b| b == b'/' || b == b'\\').any(|s| s == b"..") {
+                return Some(true);
+            }
+        }
+    }
+    None
+}
+
+/// `unsafe_url`: raw unsafe bytes, a `..` segment, double encoding, or an
+/// over-long target. The evidence lists reasons, never the target.
+pub fn unsafe_url(cfg: &ClassifyConfig, target: &[u8]) -> Option<String> {
+    let mut reasons: Vec<String> = Vec::new();
+    let mut raw: Vec<&str> = Vec::new();
+    for &b in target {
+        let what = match b {
+            b' ' => "space",
+            b'<' => "'<'",
+            b'>' => "'>'",
+            b'"' => "'\"'",
+            b'\\' => "backslash",
+            0..=0x1f | 0x7f => "control byte",
+            0x80..=0xff => "non-ASCII byte",
+            _ => continue,
+        };
+        if !raw.contains(&what) {
+            raw.push(what);
+        }
+    }
+    if !raw.is_empty() {
+        reasons.push(format!("raw {} in target", raw.join(", ")));
+    }
+    let (path, query) = match memchr::memchr(b'?', target) {
+        Some(i) => (&target[..i], Some(&target[i + 1..])),
+        None => (target, None),
+    };
+    let mut dd = dot_dot(path).map(|enc| (enc, "path"));
+    if dd.is_none() {
+        if let Some(q) = query {
+            dd = q
+                .split(|&b| b == b'&' || b == b'=')
+                .find_map(dot_dot)
+                .map(|enc| (enc, "query"));
+        }
+    }
+    if let Some((enc, wher)) = dd {
+        reasons.push(format!(
+            "{}'..' segment in {wher}",
+            if enc { "encoded " } else { "" }
+        ));
+    }
+    if target.windows(5).any(|w| {
+        w[0] == b'%'
+            && w[1] == b'2'
+            && w[2] == b'5'
+            && w[3].is_ascii_hexdigit()
+            && w[4].is_ascii_hexdigit()
+    }) {
+        reasons.push("double encoding (%25xx)".to_string());
+    }
+    if target.len() > cfg.max_target_bytes {
+        reasons.push(format!(
+            "target is {} bytes (limit {})",
+            target.len(),
+            cfg.max_target_bytes
+        ));
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
+/// `deprecated_endpoint`: a Deprecation or Sunset header.
+pub fn deprecated_endpoint(headers: &Headers) -> Option<String> {
+    for name in ["Deprecation", "Sunset"] {
+        if let Some(v) = headers.get(name) {
+            return Some(format!("{name}: {}", printable(v, 80)));
+        }
+    }
+    None
+}
+
+/// Where a JWT was seen, for evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwtPlace {
+    RequestHeader,
+    Path,
+    Query,
+    RequestBody,
+    ResponseHeader,
+    ResponseBody,
+}
+
+/// What JWT inspection of an exchange found.
+#[derive(Debug, Default)]
+pub struct JwtScan {
+    /// A request JWT expired before the request's capture time.
+    pub expired_in_request: bool,
+    /// Evidence of the first weak JWT, and how many were weak.
+    pub weak: Option<String>,
+    pub weak_count: usize,
+}
+
+impl JwtScan {
+    fn look(
+        &mut self,
+        cfg: &ClassifyConfig,
+        text: &[u8],
+        place: impl Fn(usize) -> (JwtPlace, String),
+        now_micros: Option<i64>,
+        budget: &mut usize,
+    ) {
+        if *budget == 0 || memchr::memmem::find(text, b"eyJ").is_none() {
+            return;
+        }
+        for tok in jwt::find_jwts(text, *budget) {
+            *budget -= 1;
+            let Some(info) = jwt::inspect(tok) else {
+                continue;
+            };
+            if let Some(now) = now_micros {
+                self.expired_in_request |= info.expired_at(now);
+            }
+            if let Some(w) = info.weakness(cfg.max_jwt_lifetime_secs) {
+                self.weak_count += 1;
+                if self.weak.is_none() {
+                    let offset = tok.as_ptr() as usize - text.as_ptr() as usize;
+                    let (_, where_) = place(offset);
+                    self.weak = Some(format!(
+                        "JWT in {where_} ({} bytes, alg {}): {w}",
+                        tok.len(),
+                        info.alg
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Inspect every JWT of the exchange (bounded): request headers, target
+/// (path and query), request body, response headers and body. Bodies are
+/// the decoded prefixes.
+pub fn scan_jwts(
+    cfg: &ClassifyConfig,
+    ex: &Exchange,
+    request_body: &[u8],
+    response_body: &[u8],
+) -> JwtScan {
+    let mut scan = JwtScan::default();
+    let mut budget = cfg.max_jwts_per_exchange;
+    let now = ex.ts.as_micros();
+    if let Some(req) = &ex.request {
+        for (name, value) in req.headers.iter() {
+            let n = printable(name, 64);
+            scan.look(
+                cfg,
+                value,
+                |_| (JwtPlace::RequestHeader, format!("{n} header")),
+                Some(now),
+                &mut budget,
+            );
+        }
+        let q = memchr::memchr(b'?', &req.target).unwrap_or(req.target.len());
+        scan.look(
+            cfg,
+            &req.target,
+            |off| {
+                if off < q {
+                    (JwtPlace::Path, "path segment".into())
+                } else {
+                    (JwtPlace::Query, "query string".into())
+                }
+            },
+            Some(now),
+            &mut budget,
+        );
+        scan.look(
+            cfg,
+            request_body,
+            |_| (JwtPlace::RequestBody, "request body".into()),
+            Some(now),
+            &mut budget,
+        );
+    }
+    if let Some(resp) = &ex.response {
+        for (name, value) in resp.headers.iter() {
+            let n = printable(name, 64);
+            scan.look(
+                cfg,
+                value,
+                |_| (JwtPlace::ResponseHeader, format!("response {n} header")),
+                None,
+                &mut budget,
+            );
+        }
+        scan.look(
+            cfg,
+            response_body,
+            |_| (JwtPlace::ResponseBody, "response body".into()),
+            None,
+            &mut budget,
+        );
+    }
+    if scan.weak_count > 1 {
+        if let Some(w) = &mut scan.weak {
+            w.push_str(&more(scan.weak_count - 1));
+        }
+    }
+    scan
+}
