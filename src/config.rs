@@ -5,7 +5,8 @@
 //! Every flag has a key: dotted flags become tables (`--web.listen-address`
 //! is `[web] listen-address`). Flags win over the file.
 
-use crate::classify::{ClassifyConfig, DEFAULT_API_KEY_HEADERS, DEFAULT_MAX_OK_PATHS};
+use crate::classify::settings::ClassifySection;
+use crate::classify::ClassifyConfig;
 use crate::cli::Cli;
 use crate::flow::FlowConfig;
 use serde::Deserialize;
@@ -87,15 +88,6 @@ struct FlowSection {
 struct HttpSection {
     max_head_bytes: Option<usize>,
     body_prefix_bytes: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-struct ClassifySection {
-    credential_params: Option<Vec<String>>,
-    api_key_headers: Option<Vec<String>>,
-    route_patterns: Option<Vec<String>>,
-    max_ok_paths: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,24 +262,10 @@ impl Config {
             flow.parser_limits.body_prefix_bytes = n;
         }
 
-        let mut classify = ClassifyConfig::default();
-        if let Some(v) = f.classify.credential_params {
-            classify.credential_params = v;
-        }
-        if let Some(v) = f.classify.api_key_headers {
-            classify.api_key_headers = v.into_iter().map(|s| s.to_ascii_lowercase()).collect();
-        } else {
-            classify.api_key_headers = DEFAULT_API_KEY_HEADERS
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        }
-        if let Some(v) = f.classify.route_patterns {
-            crate::classify::route::RouteTemplater::new(&v)
-                .map_err(|e| invalid("classify.route-patterns", e.to_string()))?;
-            classify.route_patterns = v;
-        }
-        classify.max_ok_paths = f.classify.max_ok_paths.unwrap_or(DEFAULT_MAX_OK_PATHS);
+        let classify = f
+            .classify
+            .into_config()
+            .map_err(|e| invalid(e.key, e.reason))?;
 
         Ok(Config {
             input,

@@ -10,12 +10,20 @@ use crate::capture::RawPacket;
 use crate::classify::Classifier;
 use crate::clock::{Clock, Timestamp};
 use crate::decode::{DecodeStats, Decoded, Decoder, DecoderConfig};
-use crate::flow::{FlowConfig, FlowStats, FlowTable};
+use crate::flow::{FlowConfig, FlowEvent, FlowStats, FlowTable, Protocol};
 use crate::http::exchange::Exchange;
+use std::net::SocketAddr;
 
 /// Where classified exchanges go (logs, report, metrics).
 pub trait ExchangeSink {
     fn exchange(&mut self, ex: &Exchange);
+    /// A finding for the findings log, the report and the metrics; comes
+    /// right after the exchange that raised it (or with its TLS handshake).
+    fn finding(&mut self, _f: &crate::classify::findings::Finding) {}
+    /// A TLS connection's handshake (once per connection).
+    fn tls_handshake(&mut self, _hs: &crate::classify::tls::TlsHandshake) {}
+    /// A connection's protocol became known (once per connection).
+    fn connection(&mut self, _server: SocketAddr, _protocol: Protocol, _ts: Timestamp) {}
 }
 
 impl<F: FnMut(&Exchange)> ExchangeSink for F {
@@ -30,8 +38,11 @@ fn deliver<'a>(
     sink: &'a mut impl ExchangeSink,
 ) -> impl FnMut(Exchange) + 'a {
     move |mut ex| {
-        classifier.classify(&mut ex);
+        let found = classifier.classify(&mut ex);
         sink.exchange(&ex);
+        for f in &found {
+            sink.finding(f);
+        }
     }
 }
 
@@ -71,11 +82,14 @@ impl Pipeline {
         self.packets += 1;
         self.bytes += pkt.data.len() as u64;
         let now = self.clock.observe(pkt.ts);
-        let mut deliver = deliver(&mut self.classifier, sink);
-        match self.decoder.decode(pkt) {
-            Decoded::Tcp(seg) => self.flows.segment(&seg, now, &mut deliver),
-            Decoded::Skipped(_) => self.flows.tick(now, &mut deliver),
+        {
+            let mut deliver = deliver(&mut self.classifier, sink);
+            match self.decoder.decode(pkt) {
+                Decoded::Tcp(seg) => self.flows.segment(&seg, now, &mut deliver),
+                Decoded::Skipped(_) => self.flows.tick(now, &mut deliver),
+            }
         }
+        self.pass_events(sink);
     }
 
     /// Live mode: the wall clock, when no packet came for a while.
@@ -90,6 +104,19 @@ impl Pipeline {
         let now = self.clock.now().unwrap_or_default();
         self.flows
             .finish_all(now, &mut deliver(&mut self.classifier, sink));
+    }
+
+    fn pass_events(&mut self, sink: &mut impl ExchangeSink) {
+        for ev in self.flows.drain_events() {
+            match ev {
+                FlowEvent::Connection {
+                    server,
+                    protocol,
+                    ts,
+                } => sink.connection(server, protocol, ts),
+                FlowEvent::Tls(hs) => sink.tls_handshake(&hs),
+            }
+        }
     }
 
     pub fn stats(&self) -> PipelineStats {

@@ -7,16 +7,22 @@
 use crate::capture::live::{LiveOptions, LiveSource};
 use crate::capture::replay::{ReplaySource, StopFlag};
 use crate::capture::{CaptureError, PacketSource, SourceEvent};
+use crate::classify::findings::{Finding, FindingKind, Severity};
+use crate::classify::tls::TlsHandshake;
 use crate::classify::Classifier;
+use crate::clock::Timestamp;
 use crate::config::{Config, Input};
 use crate::decode::DecoderConfig;
+use crate::flow::Protocol;
 use crate::http::exchange::Exchange;
 use crate::metrics::{self, Metrics, MetricsConfig};
 use crate::output::exchange_log::ExchangeLog;
+use crate::output::findings_log::FindingsLog;
 use crate::output::open_output;
 use crate::output::summary::Summary;
 use crate::pipeline::{ExchangeSink, Pipeline};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +45,23 @@ pub enum RunError {
 /// Everything that receives exchanges in this run.
 struct Sinks {
     log: Option<ExchangeLog>,
+    findings: Option<FindingsLog>,
     summary: Option<Summary>,
     metrics: Metrics,
+    /// Severity of `legacy_tls` (None: turned off).
+    legacy_tls: Option<Severity>,
 }
 
 impl ExchangeSink for Sinks {
+    fn connection(&mut self, server: SocketAddr, protocol: Protocol, ts: Timestamp) {
+        self.metrics.connection(server, None, protocol, ts);
+        if protocol == Protocol::Other {
+            if let Some(s) = &mut self.summary {
+                s.other_connection(server);
+            }
+        }
+    }
+
     fn exchange(&mut self, ex: &Exchange) {
         if let Some(l) = &mut self.log {
             l.exchange(ex);
@@ -52,6 +70,37 @@ impl ExchangeSink for Sinks {
             s.exchange(ex);
         }
         self.metrics.exchange(ex);
+    }
+
+    fn finding(&mut self, f: &Finding) {
+        if let Some(l) = &mut self.findings {
+            l.write(f);
+        }
+        if let Some(s) = &mut self.summary {
+            s.finding(f);
+        }
+        // Per-exchange kinds are counted by `Metrics::exchange`.
+        if matches!(
+            f.kind,
+            FindingKind::LegacyTls | FindingKind::EndpointSprawl | FindingKind::RouteVariants
+        ) {
+            let server = f.host.clone().unwrap_or_else(|| f.server.ip().to_string());
+            self.metrics.finding(&server, f.kind, f.severity, f.ts);
+        }
+    }
+
+    fn tls_handshake(&mut self, hs: &TlsHandshake) {
+        if let Some(s) = &mut self.summary {
+            s.tls_connection(hs.server, hs.sni(), hs.version());
+        }
+        let version = hs
+            .version()
+            .map_or("unknown", crate::classify::tls::version_label);
+        self.metrics
+            .tls_handshake(hs.server, hs.sni(), version, hs.ts);
+        if let Some(f) = hs.legacy_tls(self.legacy_tls) {
+            self.finding(&f);
+        }
     }
 }
 
@@ -124,14 +173,28 @@ fn run_source(
         )),
         None => None,
     };
+    let findings = match &cfg.findings {
+        Some(p) => Some(FindingsLog::with_capacity(
+            open_output(p).map_err(|source| RunError::Output {
+                what: "the findings log",
+                path: p.clone(),
+                source,
+            })?,
+            cfg.classify.fold_interval_micros,
+            cfg.classify.fold_max_entries,
+        )),
+        None => None,
+    };
     let report = matches!(cfg.input, Input::File(_))
         && cfg.exchanges.is_none()
         && cfg.findings.is_none()
         && cfg.metrics_out.is_none();
     let mut sinks = Sinks {
         log,
+        findings,
         summary: report.then(Summary::default),
         metrics: Metrics::new(MetricsConfig::default(), source.interface()),
+        legacy_tls: cfg.classify.severities.get(FindingKind::LegacyTls),
     };
     let shared = sinks.metrics.shared();
     let server = match &cfg.listen_address {
@@ -176,6 +239,13 @@ fn run_source(
         l.finish().map_err(|source| RunError::Output {
             what: "the exchange log",
             path: cfg.exchanges.clone().unwrap_or_default(),
+            source,
+        })?;
+    }
+    if let Some(l) = &mut sinks.findings {
+        l.finish().map_err(|source| RunError::Output {
+            what: "the findings log",
+            path: cfg.findings.clone().unwrap_or_default(),
             source,
         })?;
     }

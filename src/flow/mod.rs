@@ -15,6 +15,7 @@
 pub mod reassembly;
 mod sniff;
 
+use crate::classify::tls::{HandshakeReader, TlsHandshake};
 use crate::clock::Timestamp;
 use crate::decode::TcpSegment;
 use crate::http::exchange::Exchange;
@@ -110,6 +111,20 @@ impl Default for FlowConfig {
     }
 }
 
+/// What the flow layer learnt about a connection, for metrics and reports
+/// (drained by the caller with [`FlowTable::drain_events`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowEvent {
+    /// A connection's protocol became known (once per connection).
+    Connection {
+        server: SocketAddr,
+        protocol: Protocol,
+        ts: Timestamp,
+    },
+    /// A TLS connection's hellos were read (once per TLS connection).
+    Tls(TlsHandshake),
+}
+
 /// Counters about flows (the reassemblers' are summed in at close).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -125,6 +140,12 @@ pub struct FlowStats {
     pub sniff_skipped_bytes: u64,
 }
 
+struct TlsConn {
+    reader: HandshakeReader,
+    /// The connection's first byte seen.
+    ts: Timestamp,
+}
+
 struct HttpConn {
     /// Parser of the client's direction and of the server's.
     req: MessageParser,
@@ -135,6 +156,8 @@ struct HttpConn {
 enum App {
     Undecided([Sniffer; 2]),
     Http(Box<HttpConn>),
+    /// TLS: reading the hellos (versions, SNI); then `Done`.
+    Tls(Box<TlsConn>),
     /// Not HTTP (counted when decided): nothing more is done.
     Done,
 }
@@ -161,6 +184,7 @@ pub struct FlowTable {
     cfg: FlowConfig,
     flows: HashMap<FlowKey, Connection, ahash::RandomState>,
     stats: FlowStats,
+    events: Vec<FlowEvent>,
     next_sweep: Option<Timestamp>,
 }
 
@@ -172,12 +196,18 @@ impl FlowTable {
             cfg,
             flows: HashMap::with_hasher(ahash::RandomState::new()),
             stats: FlowStats::default(),
+            events: Vec::new(),
             next_sweep: None,
         }
     }
 
     pub fn stats(&self) -> &FlowStats {
         &self.stats
+    }
+
+    /// Connection events since the last call.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, FlowEvent> {
+        self.events.drain(..)
     }
 
     pub fn active_flows(&self) -> usize {
@@ -231,6 +261,7 @@ impl FlowTable {
         };
         let cfg = &self.cfg;
         let stats = &mut self.stats;
+        let events = &mut self.events;
         conn.last_seen = now;
         if flags.syn() {
             conn.syn_seen[side] = true;
@@ -263,6 +294,7 @@ impl FlowTable {
             syn_seen,
             ended,
             key: *ckey,
+            events,
             emit,
         };
 
@@ -362,6 +394,7 @@ impl FlowTable {
         } = conn;
         let cfg = &self.cfg;
         let stats = &mut self.stats;
+        let events = &mut self.events;
         {
             let mut ctx = Ctx {
                 cfg,
@@ -371,6 +404,7 @@ impl FlowTable {
                 syn_seen: &mut syn_seen,
                 ended: &mut ended,
                 key,
+                events,
                 emit,
             };
             for (side, s) in streams.iter_mut().enumerate() {
@@ -395,7 +429,25 @@ impl FlowTable {
             App::Undecided(sn) => {
                 if sn.iter().any(|s| s.seen > 0) {
                     *stats.connections.entry(Protocol::Other).or_default() += 1;
+                    // Without a verdict the server is the side that did not
+                    // open the connection, when that is known.
+                    let server = match client_is_lo {
+                        Some(true) | None => key.hi,
+                        Some(false) => key.lo,
+                    };
+                    events.push(FlowEvent::Connection {
+                        server,
+                        protocol: Protocol::Other,
+                        ts: now,
+                    });
                 }
+            }
+            App::Tls(mut t) => {
+                let (client, server) = match client_is_lo {
+                    Some(false) => (key.hi, key.lo),
+                    _ => (key.lo, key.hi),
+                };
+                events.push(FlowEvent::Tls(t.reader.finish(t.ts, client, server)));
             }
             App::Done => {}
         }
@@ -436,6 +488,7 @@ struct Ctx<'a, E: FnMut(Exchange)> {
     syn_seen: &'a mut [bool; 2],
     ended: &'a mut [bool; 2],
     key: FlowKey,
+    events: &'a mut Vec<FlowEvent>,
     emit: &'a mut E,
 }
 
@@ -446,6 +499,24 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
         } else {
             self.key.hi
         }
+    }
+
+    /// (client, server) once the client is known; else (lo, hi).
+    fn client_server(&self) -> (SocketAddr, SocketAddr) {
+        match self.client_is_lo {
+            Some(false) => (self.key.hi, self.key.lo),
+            _ => (self.key.lo, self.key.hi),
+        }
+    }
+
+    /// The connection's protocol is known: count it and tell the caller.
+    fn decided(&mut self, protocol: Protocol, server: SocketAddr, ts: Timestamp) {
+        *self.stats.connections.entry(protocol).or_default() += 1;
+        self.events.push(FlowEvent::Connection {
+            server,
+            protocol,
+            ts,
+        });
     }
 
     /// The HTTP direction of a side, once the client is known.
@@ -465,6 +536,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
             StreamEvent::Data(chunk) => self.data(side, &chunk),
             StreamEvent::Gap { seq, len, ts } => match self.app {
                 App::Undecided(sn) => sn[side].gap_at(seq.wrapping_add(len)),
+                App::Tls(t) => t.reader.gap(dir == Some(Direction::ToServer)),
                 App::Http(h) => {
                     let dir = dir.expect("known once HTTP");
                     let HttpConn { req, resp, session } = &mut **h;
@@ -501,6 +573,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
 
     fn data(&mut self, side: Side, chunk: &Chunk<'_>) {
         let dir = self.direction(side);
+        let (client, server) = self.client_server();
         let sniffers = match self.app {
             App::Http(h) => {
                 let dir = dir.expect("known once HTTP");
@@ -510,6 +583,15 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                     Direction::ToClient => resp.feed(chunk, session),
                 }
                 self.after_parse();
+                return;
+            }
+            App::Tls(t) => {
+                let to_server = dir == Some(Direction::ToServer);
+                if t.reader.push(to_server, chunk.data) {
+                    let hs = t.reader.finish(t.ts, client, server);
+                    self.events.push(FlowEvent::Tls(hs));
+                    *self.app = App::Done;
+                }
                 return;
             }
             App::Done => return,
@@ -548,7 +630,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                     resp: MessageParser::new(Direction::ToClient, limits, resp_sync),
                     session: HttpSession::new(client, server, self.cfg.transaction_timeout_micros),
                 }));
-                *self.stats.connections.entry(Protocol::Http).or_default() += 1;
+                self.decided(Protocol::Http, server, chunk.ts);
                 // The other direction's held bytes come first: they were
                 // sent earlier (e.g. a malformed request before its 400).
                 // Out of sync, only a start candidate still waiting for
@@ -564,13 +646,26 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 this.replay(seq, |c| self.data(side, c));
             }
             Verdict::Tls => {
-                *self.stats.connections.entry(Protocol::Tls).or_default() += 1;
-                *self.app = App::Done;
+                // The first TLS record comes from the client (its hello),
+                // unless the handshake said otherwise.
+                let client_is_lo = *self.client_is_lo.get_or_insert(side == 0);
+                let server = if client_is_lo {
+                    self.key.hi
+                } else {
+                    self.key.lo
+                };
+                self.decided(Protocol::Tls, server, chunk.ts);
+                *self.app = App::Tls(Box::new(TlsConn {
+                    reader: HandshakeReader::default(),
+                    ts: chunk.ts,
+                }));
+                self.data(side, chunk);
             }
             Verdict::Undecided => {
                 if sniffers[side].seen > u64::from(self.cfg.sniff_limit_bytes) {
                     self.stats.sniff_skipped_bytes += sniffers.iter().map(|s| s.seen).sum::<u64>();
-                    *self.stats.connections.entry(Protocol::Other).or_default() += 1;
+                    let server = self.addr(1 - side);
+                    self.decided(Protocol::Other, server, chunk.ts);
                     *self.app = App::Done;
                 }
             }
