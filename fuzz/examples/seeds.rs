@@ -182,7 +182,7 @@ fn connection(segs: &[Segment], out: &mut Out) {
     }
     out.put("flow", &flow::encode(isn, &script));
 
-    for dir in 0..2 {
+    for (dir, &dir_isn) in isn.iter().enumerate() {
         // reassembly: this direction's segments, the other's ACKs.
         let mut ops = Vec::new();
         for s in segs {
@@ -202,8 +202,14 @@ fn connection(segs: &[Segment], out: &mut Out) {
             ops.push(reassembly::Op::Tick);
         }
         ops.push(reassembly::Op::Flush);
-        if ops.iter().any(|o| matches!(o, reassembly::Op::Segment { .. })) {
-            out.put("reassembly", &reassembly::encode(isn[dir], 0xff, 0x1f | (4 << 5), &ops));
+        if ops
+            .iter()
+            .any(|o| matches!(o, reassembly::Op::Segment { .. }))
+        {
+            out.put(
+                "reassembly",
+                &reassembly::encode(dir_isn, 0xff, 0x1f | (4 << 5), &ops),
+            );
         }
 
         // http: the direction's bytes, put in order by apitap's reassembler.

@@ -14,7 +14,9 @@ use apitap::clock::Timestamp;
 use apitap::decode::{Decoded, Decoder, DecoderConfig, Skip};
 
 /// Link types the decoder knows, plus one it does not (147, user 0).
-pub const LINKS: [u32; 15] = [1, 0, 108, 101, 228, 229, 12, 14, 104, 113, 276, 239, 105, 127, 9];
+pub const LINKS: [u32; 15] = [
+    1, 0, 108, 101, 228, 229, 12, 14, 104, 113, 276, 239, 105, 127, 9,
+];
 
 /// Link types beyond the list fall back to one the decoder does not know.
 const UNKNOWN_LINK: u32 = 147;
@@ -64,7 +66,10 @@ pub fn run(data: &[u8]) {
                 tcp += 1;
                 // INVARIANT: an IP datagram (even rebuilt from fragments) is
                 // at most 64 KiB, so its TCP payload is too.
-                assert!(seg.payload.len() <= 65_535, "payload longer than an IP datagram");
+                assert!(
+                    seg.payload.len() <= 65_535,
+                    "payload longer than an IP datagram"
+                );
             }
             Decoded::Skipped(Skip::NotTcp) => not_tcp += 1,
             Decoded::Skipped(Skip::Malformed) => malformed += 1,

@@ -41,7 +41,12 @@ fn check(ex: &Exchange, cfg: &FlowConfig) {
         (ex.client == endpoint(0, c) && ex.server == endpoint(1, c))
             || (ex.client == endpoint(1, c) && ex.server == endpoint(0, c))
     };
-    assert!(pair(0) || pair(1), "exchange between {} and {}", ex.client, ex.server);
+    assert!(
+        pair(0) || pair(1),
+        "exchange between {} and {}",
+        ex.client,
+        ex.server
+    );
     // A request that could not be framed, or a placeholder for requests
     // lost in a gap, is logged without heads; nothing else is.
     assert!(
@@ -56,10 +61,20 @@ fn check(ex: &Exchange, cfg: &FlowConfig) {
         assert!(ex.response.is_some(), "complete without a response");
     }
     let prefix = cfg.parser_limits.body_prefix_bytes;
-    assert!(ex.request_body_prefix.len() <= prefix, "request body prefix too long");
-    assert!(ex.response_body_prefix.len() <= prefix, "response body prefix too long");
+    assert!(
+        ex.request_body_prefix.len() <= prefix,
+        "request body prefix too long"
+    );
+    assert!(
+        ex.response_body_prefix.len() <= prefix,
+        "response body prefix too long"
+    );
     if let Some(end) = ex.end_ts {
-        assert!(end >= ex.ts, "exchange ends at {end} before it began at {}", ex.ts);
+        assert!(
+            end >= ex.ts,
+            "exchange ends at {end} before it began at {}",
+            ex.ts
+        );
     }
 }
 
@@ -148,7 +163,11 @@ pub fn run(data: &[u8]) {
             missing,
         };
         table.segment(&seg, now, &mut emit);
-        assert!(table.active_flows() <= 2, "{} flows from two connections", table.active_flows());
+        assert!(
+            table.active_flows() <= 2,
+            "{} flows from two connections",
+            table.active_flows()
+        );
     }
     table.finish_all(now, &mut emit);
     assert_eq!(table.active_flows(), 0, "flows left after the end");
@@ -214,7 +233,11 @@ pub fn encode(isn: [u32; 2], segs: &[Seg<'_>]) -> Vec<u8> {
         out.extend_from_slice(&(len as u16).to_le_bytes());
         out.extend_from_slice(&s.payload[..len]);
         let flags = TcpFlags(s.flags);
-        let missing = if (ctl >> 2) & 3 == 3 { u32::from(s.missing) } else { 0 };
+        let missing = if (ctl >> 2) & 3 == 3 {
+            u32::from(s.missing)
+        } else {
+            0
+        };
         let end = s
             .seq
             .wrapping_add(u32::from(flags.syn()))

@@ -64,9 +64,16 @@ impl Recorder {
 
     fn head(&mut self, start: &StreamPos, dir: Direction) {
         assert_eq!(dir, self.dir, "head from the other direction");
-        assert!(self.open.is_none(), "a second head before the first one ended");
+        assert!(
+            self.open.is_none(),
+            "a second head before the first one ended"
+        );
         let off = self.offset(start, "head");
-        assert!(off >= self.last_pos, "head at {off} before an earlier event at {}", self.last_pos);
+        assert!(
+            off >= self.last_pos,
+            "head at {off} before an earlier event at {}",
+            self.last_pos
+        );
         self.last_pos = off;
         self.open = Some(off);
         self.heads += 1;
@@ -95,17 +102,29 @@ impl MessageSink for Recorder {
         assert_eq!(dir, self.dir, "message_end from the other direction");
         let start = self.open.take().expect("message_end without a head");
         let off = self.offset(&end.end, "message_end");
-        assert!(off >= start, "message ends at {off}, before its start {start}");
+        assert!(
+            off >= start,
+            "message ends at {off}, before its start {start}"
+        );
         self.last_pos = self.last_pos.max(off);
-        assert!(end.body_prefix.len() <= self.limits.body_prefix_bytes, "body prefix too long");
-        assert!(end.body_missing <= end.body_bytes, "more body missing than body");
+        assert!(
+            end.body_prefix.len() <= self.limits.body_prefix_bytes,
+            "body prefix too long"
+        );
+        assert!(
+            end.body_missing <= end.body_bytes,
+            "more body missing than body"
+        );
     }
 
     fn malformed(&mut self, dir: Direction, _err: ParseError, at: StreamPos) {
         assert_eq!(dir, self.dir, "malformed from the other direction");
         let off = self.offset(&at, "malformed");
         if let Some(start) = self.open.take() {
-            assert!(off >= start, "malformed at {off}, before its message's start {start}");
+            assert!(
+                off >= start,
+                "malformed at {off}, before its message's start {start}"
+            );
         }
     }
 
@@ -123,8 +142,16 @@ pub fn run(dir: Direction, data: &[u8]) {
     };
     let tiny = flags & 0x80 != 0;
     let limits = ParserLimits {
-        max_head_bytes: if tiny { 16 + 4 * usize::from(sizes) } else { 64 * 1024 },
-        max_headers: if tiny { 1 + usize::from(sizes % 32) } else { 128 },
+        max_head_bytes: if tiny {
+            16 + 4 * usize::from(sizes)
+        } else {
+            64 * 1024
+        },
+        max_headers: if tiny {
+            1 + usize::from(sizes % 32)
+        } else {
+            128
+        },
         body_prefix_bytes: [0, 16, 2048][usize::from(sizes % 3)],
         resync_at_chunk_starts: flags & 0x02 != 0,
     };
@@ -166,7 +193,7 @@ pub fn run(dir: Direction, data: &[u8]) {
         let seq = base.wrapping_add(sink.seen as u32);
         ts = ts.saturating_add_micros(100);
         sink.seen += bytes.len() as u64;
-        if loss != 0 && rng.next() % loss == 0 {
+        if loss != 0 && rng.next_u32().is_multiple_of(loss) {
             parser.gap(seq, bytes.len() as u32, ts, &mut sink);
         } else {
             let chunk = Chunk {
@@ -184,9 +211,15 @@ pub fn run(dir: Direction, data: &[u8]) {
         );
     }
     parser.end_of_stream(ts, flags & 0x04 != 0, &mut sink);
-    assert!(sink.open.is_none(), "a head never ended, at the end of the stream");
+    assert!(
+        sink.open.is_none(),
+        "a head never ended, at the end of the stream"
+    );
     assert_eq!(parser.stats().heads, sink.heads, "head counter");
-    assert!(parser.buffered_bytes() <= limits.body_prefix_bytes, "buffers kept after the end");
+    assert!(
+        parser.buffered_bytes() <= limits.body_prefix_bytes,
+        "buffers kept after the end"
+    );
 }
 
 /// A seed: a real stream with the header bits that parse it as a capture

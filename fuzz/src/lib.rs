@@ -82,7 +82,7 @@ impl Rng {
         Rng(seed ^ 0x9E37_79B9)
     }
 
-    pub fn next(&mut self) -> u32 {
+    pub fn next_u32(&mut self) -> u32 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 17;
@@ -93,7 +93,7 @@ impl Rng {
 
     /// Uniform-ish in `1..=max` (`max` ≥ 1).
     pub fn between_1_and(&mut self, max: usize) -> usize {
-        1 + (self.next() as usize) % max.max(1)
+        1 + (self.next_u32() as usize) % max.max(1)
     }
 }
 

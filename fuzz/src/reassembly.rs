@@ -177,7 +177,11 @@ pub fn run(data: &[u8]) {
             ra.buffered_bytes()
         );
         if let (Some(ours), false) = (check.next, check.reset) {
-            assert_eq!(ra.next_seq(), Some(ours), "next_seq is not where the events got to");
+            assert_eq!(
+                ra.next_seq(),
+                Some(ours),
+                "next_seq is not where the events got to"
+            );
         }
         let s = ra.stats();
         assert_eq!(s.gaps, check.gaps, "gap counter");
