@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# End-to-end throughput of `apitap -r` next to the libpcap floor.
+#
+#   scripts/bench.sh [-f FILE.pcap] [-n RUNS] [-s MiB]
+#
+# Builds apitap in release mode, makes the big capture if it is missing
+# (needs root and nginx, wrk, tcpdump, ethtool, iproute2: installed with
+# apt-get when absent), builds the libpcap floor (pcap_count) and times, in
+# one run, alternating A B A B ... (RUNS each, default 5):
+#   A = pcap_count FILE                      (pcap_open_offline + pcap_next_ex)
+#   B = apitap -r FILE --exchanges LOG
+# then prints medians: MB/s, packets/s, exchanges/s and apitap/floor.
+# Exchanges = lines apitap wrote to its exchange log (a real file, so the
+# count is checked; the log's cost is part of apitap's time); the capture's
+# request count (nginx's, from FILE.stats.txt) is shown beside it.
+# The capture is never committed; it lives in /var/tmp/apitap-bench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+file=/var/tmp/apitap-bench/http-mix-1g.pcap
+runs=5
+mib=1024
+while getopts "f:n:s:h" opt; do
+    case "$opt" in
+    f) file=$OPTARG ;;
+    n) runs=$OPTARG ;;
+    s) mib=$OPTARG ;;
+    *) sed -n '2,18p' "$0"; exit 2 ;;
+    esac
+done
+bench_dir=${APITAP_BENCH_DIR:-$root/../shared/bench}
+[ -d "$bench_dir" ] || { echo "bench.sh: no $bench_dir (set APITAP_BENCH_DIR)" >&2; exit 1; }
+
+need=()
+for t in nginx:nginx wrk:wrk tcpdump:tcpdump ethtool:ethtool ip:iproute2 \
+    gcc:gcc /usr/include/pcap/pcap.h:libpcap-dev /usr/bin/time:time capinfos:tshark; do
+    cmd=${t%%:*}
+    pkg=${t#*:}
+    if [[ $cmd == /* ]]; then [ -e "$cmd" ] || need+=("$pkg"); else command -v "$cmd" >/dev/null || need+=("$pkg"); fi
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "bench.sh: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+cargo build --release --quiet --bin apitap
+apitap=$target_dir/release/apitap
+
+if [ ! -s "$file" ]; then
+    echo "bench.sh: making $file (${mib} MiB, about a minute)"
+    mkdir -p "$(dirname "$file")"
+    "$bench_dir/make-bench-pcap.sh" -o "$file" -s "$mib"
+fi
+
+floor=${XDG_CACHE_HOME:-$HOME/.cache}/apitap-bench/pcap_count
+if [[ ! -x $floor || $bench_dir/pcap_count.c -nt $floor ]]; then
+    mkdir -p "$(dirname "$floor")"
+    gcc -O2 -o "$floor" "$bench_dir/pcap_count.c" -lpcap
+fi
+
+size=$(stat -c %s "$file")
+packets=$("$floor" "$file" | sed -n 's/^packets=\([0-9]*\).*/\1/p')
+requests=$(sed -n 's/^http_requests: \([0-9]*\).*/\1/p' "$file.stats.txt" 2>/dev/null || true)
+log=$(mktemp /var/tmp/apitap-bench-exchanges.XXXXXX)
+trap 'rm -f "$log"' EXIT
+cat "$file" >/dev/null # warm the page cache
+
+times=$(mktemp)
+trap 'rm -f "$log" "$times"' EXIT
+exchanges=0
+for i in $(seq "$runs"); do
+    t0=$(date +%s%N)
+    "$floor" "$file" >/dev/null
+    t1=$(date +%s%N)
+    "$apitap" -r "$file" --exchanges "$log"
+    t2=$(date +%s%N)
+    n=$(wc -l <"$log")
+    if [ "$i" -gt 1 ] && [ "$n" != "$exchanges" ]; then
+        echo "bench.sh: run $i logged $n exchanges, run 1 logged $exchanges" >&2
+    fi
+    exchanges=$n
+    echo "floor $((t1 - t0))" >>"$times"
+    echo "apitap $((t2 - t1))" >>"$times"
+    printf 'run %d: floor %.3f s, apitap %.3f s\n' "$i" "$(((t1 - t0) / 1000))e-6" "$(((t2 - t1) / 1000))e-6"
+done
+
+python3 - "$size" "$packets" "$exchanges" "${requests:-0}" "$runs" "$times" <<'PY'
+import statistics, sys
+size, pkts, ex, req, runs = (int(a) for a in sys.argv[1:6])
+walls = {}
+for line in open(sys.argv[6]):
+    label, ns = line.split()
+    walls.setdefault(label, []).append(int(ns) / 1e9)
+floor = statistics.median(walls["floor"])
+print(f"capture: {size:,} bytes, {pkts:,} packets, {req:,} HTTP requests (nginx); "
+      f"apitap logged {ex:,} exchanges; {runs} alternating runs each, medians")
+print(f"{'what':<14}{'wall_s':>8}{'min_s':>8}{'max_s':>8}{'MB/s':>9}{'Mpkt/s':>9}{'exch/s':>11}{'x_floor':>9}")
+for label, name in (("floor", "libpcap-floor"), ("apitap", "apitap")):
+    ws = walls[label]
+    w = statistics.median(ws)
+    rate = f"{ex / w:>11,.0f}" if label == "apitap" else f"{'-':>11}"
+    print(f"{name:<14}{w:>8.3f}{min(ws):>8.3f}{max(ws):>8.3f}{size / 1e6 / w:>9.0f}"
+          f"{pkts / 1e6 / w:>9.3f}{rate}{w / floor:>9.2f}")
+PY
