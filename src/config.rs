@@ -79,6 +79,7 @@ struct FlowSection {
     idle_timeout: Option<f64>,
     handshake_timeout: Option<f64>,
     max_flows: Option<usize>,
+    memory_budget: Option<usize>,
     max_out_of_order_bytes: Option<usize>,
     max_out_of_order_segments: Option<usize>,
 }
@@ -235,6 +236,15 @@ impl Config {
         }
         if let Some(t) = f.flow.handshake_timeout {
             flow.handshake_timeout_micros = secs_to_micros("flow.handshake-timeout", t)?;
+        }
+        if let Some(n) = f.flow.memory_budget {
+            if n < 1 << 20 {
+                return Err(invalid(
+                    "flow.memory-budget",
+                    "must be at least 1048576 bytes",
+                ));
+            }
+            flow.memory_budget_bytes = n;
         }
         if let Some(n) = f.flow.max_flows {
             flow.max_flows = positive("flow.max-flows", n)?;

@@ -39,9 +39,16 @@ impl Netns {
             vec!["-n", s, "link", "set", "lo", "up"],
         ];
         for args in steps {
-            let ok = Command::new("ip").args(&args).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+            let ok = Command::new("ip")
+                .args(&args)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
             if !ok {
-                eprintln!("skipped: `ip {}` failed (needs root and iproute2)", args.join(" "));
+                eprintln!(
+                    "skipped: `ip {}` failed (needs root and iproute2)",
+                    args.join(" ")
+                );
                 return None; // Drop cleans up what was made.
             }
         }
@@ -58,7 +65,10 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         for ns in [&self.client, &self.server] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -75,7 +85,10 @@ impl Drop for KillOnDrop {
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -93,12 +106,22 @@ fn live_capture_on_a_veth_matches_the_client() {
     let metrics = dir.path().join("metrics.prom");
 
     let _server = KillOnDrop(
-        ns.exec(&ns.server, &["python3", "-m", "http.server", "8080", "--bind", "10.204.0.1"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 http.server"),
+        ns.exec(
+            &ns.server,
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "10.204.0.1",
+            ],
+        )
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 http.server"),
     );
     std::fs::write(dir.path().join("hello.txt"), b"hello from the server\n").unwrap();
     let apitap = ns
@@ -124,9 +147,18 @@ fn live_capture_on_a_veth_matches_the_client() {
     let mut apitap = KillOnDrop(apitap);
     // The server must answer before traffic counts.
     wait_for("the server", || {
-        ns.exec(&ns.client, &["curl", "-s", "-o", "/dev/null", "http://10.204.0.1:8080/hello.txt"])
-            .status()
-            .is_ok_and(|s| s.success())
+        ns.exec(
+            &ns.client,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "http://10.204.0.1:8080/hello.txt",
+            ],
+        )
+        .status()
+        .is_ok_and(|s| s.success())
     });
     std::thread::sleep(Duration::from_millis(500));
     // What the client does: its own record of statuses.
@@ -134,22 +166,43 @@ fn live_capture_on_a_veth_matches_the_client() {
     let mut sent = Vec::new();
     for t in targets {
         let out = ns
-            .exec(&ns.client, &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://10.204.0.1:8080{t}")])
+            .exec(
+                &ns.client,
+                &[
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("http://10.204.0.1:8080{t}"),
+                ],
+            )
             .output()
             .expect("curl");
-        let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("curl printed a status");
+        let code: u16 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("curl printed a status");
         sent.push((t, code));
     }
     std::thread::sleep(Duration::from_millis(500));
     // SIGINT: capture stops, open exchanges are flushed, outputs written.
     let pid = apitap.0.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     let start = Instant::now();
     let status = loop {
         if let Some(s) = apitap.0.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "apitap did not stop on SIGINT");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "apitap did not stop on SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "apitap exit: {status:?}");
@@ -163,17 +216,32 @@ fn live_capture_on_a_veth_matches_the_client() {
     let got: Vec<(String, u16)> = records
         .iter()
         .skip(records.len() - sent.len())
-        .map(|r| (r["target"].as_str().unwrap().to_string(), r["status"].as_u64().unwrap() as u16))
+        .map(|r| {
+            (
+                r["target"].as_str().unwrap().to_string(),
+                r["status"].as_u64().unwrap() as u16,
+            )
+        })
         .collect();
     let want: Vec<(String, u16)> = sent.iter().map(|(t, c)| (t.to_string(), *c)).collect();
     assert_eq!(got, want);
-    assert!(records.iter().all(|r| r["server"] == "10.204.0.1:8080" && r["client"].as_str().unwrap().starts_with("10.204.0.2:")));
+    assert!(records.iter().all(|r| r["server"] == "10.204.0.1:8080"
+        && r["client"].as_str().unwrap().starts_with("10.204.0.2:")));
     let text = std::fs::read_to_string(&metrics).unwrap();
     let count: f64 = text
         .lines()
         .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
-    assert_eq!(count as usize, records.len(), "histogram counts every exchange");
-    assert!(text.lines().any(|l| l.starts_with(&format!("apitap_capture_dropped_packets_total{{interface=\"{veth}\"}}"))), "drops exported");
+    assert_eq!(
+        count as usize,
+        records.len(),
+        "histogram counts every exchange"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!(
+            "apitap_capture_dropped_packets_total{{interface=\"{veth}\"}}"
+        ))),
+        "drops exported"
+    );
 }

@@ -353,6 +353,12 @@ impl<T> Side<T> {
     fn done(&self) -> bool {
         matches!(self, Side::Done(_))
     }
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Side::Reading(buf) => buf.capacity(),
+            Side::Done(_) => 0,
+        }
+    }
 }
 
 /// Reads both hellos of one connection from its in-order bytes, keeping at
@@ -396,6 +402,11 @@ impl HandshakeReader {
 
     pub fn is_done(&self) -> bool {
         self.client.done() && self.server.done()
+    }
+
+    /// Heap bytes held while hellos are being read.
+    pub fn heap_bytes(&self) -> usize {
+        self.client.heap_bytes() + self.server.heap_bytes()
     }
 
     /// What was learnt; the reader is left empty.

@@ -92,6 +92,10 @@ pub struct FlowConfig {
     /// A connection that never carried data expires sooner (SYN floods).
     pub handshake_timeout_micros: i64,
     pub max_flows: usize,
+    /// Most bytes all tracked connections may hold together (state, buffered
+    /// out-of-order data, partial heads, waiting requests). Past it the
+    /// connections idle longest are ended and counted as evicted.
+    pub memory_budget_bytes: usize,
     /// How far into a direction to look for an HTTP message start when the
     /// capture began mid-connection, before calling the connection "other".
     pub sniff_limit_bytes: u32,
@@ -106,6 +110,7 @@ impl Default for FlowConfig {
             idle_timeout_micros: 300_000_000,
             handshake_timeout_micros: 30_000_000,
             max_flows: 1 << 20,
+            memory_budget_bytes: 512 << 20,
             sniff_limit_bytes: 64 * 1024,
         }
     }
@@ -133,6 +138,10 @@ pub struct FlowStats {
     pub flows_expired: u64,
     /// New flows refused because the table was full.
     pub flows_refused: u64,
+    /// Connections ended early to stay within the memory budget.
+    pub flows_evicted: u64,
+    /// Bytes the tracked connections hold now (estimate; see `memory_budget_bytes`).
+    pub memory_bytes: usize,
     /// Connections by what they carry (counted once, when known).
     pub connections: HashMap<Protocol, u64>,
     pub stream: StreamStats,
@@ -175,6 +184,8 @@ struct Connection {
     app: App,
     last_seen: Timestamp,
     had_data: bool,
+    /// What this connection last added to `FlowStats::memory_bytes`.
+    accounted: usize,
 }
 
 /// Index of a direction: 0 = lo→hi, 1 = hi→lo.
@@ -235,7 +246,7 @@ impl FlowTable {
                     || (c.isn[side].is_none() && c.had_data)
                     || c.ended.iter().any(|&e| e);
                 if reused {
-                    let c = self.flows.remove(&key).expect("just seen");
+                    let c = self.take(&key).expect("just seen");
                     self.finish(c, now, StreamEnd::Closed, emit);
                     self.stats.flows_closed += 1;
                 }
@@ -320,10 +331,16 @@ impl FlowTable {
         ctx.expire(now);
 
         let done = flags.rst() || (ended[0] && ended[1]);
+        let mem = conn.mem_bytes();
+        self.stats.memory_bytes = (self.stats.memory_bytes + mem).saturating_sub(conn.accounted);
+        conn.accounted = mem;
         if done {
-            let c = self.flows.remove(&key).expect("present");
+            let c = self.take(&key).expect("present");
             self.finish(c, now, StreamEnd::Closed, emit);
             self.stats.flows_closed += 1;
+        }
+        if self.stats.memory_bytes > self.cfg.memory_budget_bytes {
+            self.evict_for_memory(now, emit);
         }
     }
 
@@ -335,10 +352,37 @@ impl FlowTable {
     /// End of capture: every connection ends, every open exchange is logged.
     pub fn finish_all(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
         let mut all: Vec<Connection> = self.flows.drain().map(|(_, c)| c).collect();
+        self.stats.memory_bytes = 0;
         // Deterministic output order: by last activity, then addresses.
         all.sort_by_key(|c| (c.last_seen, c.key.lo, c.key.hi));
         for c in all {
             self.finish(c, now, StreamEnd::CaptureEnded, emit);
+        }
+    }
+
+    /// Remove a connection from the table and from the memory account.
+    fn take(&mut self, key: &FlowKey) -> Option<Connection> {
+        let c = self.flows.remove(key)?;
+        self.stats.memory_bytes = self.stats.memory_bytes.saturating_sub(c.accounted);
+        Some(c)
+    }
+
+    /// Over the memory budget: end the connections idle longest until the
+    /// table holds at most 90 % of it (so eviction runs rarely, not per
+    /// packet), and count them.
+    fn evict_for_memory(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
+        let target = self.cfg.memory_budget_bytes / 10 * 9;
+        let mut by_age: Vec<(Timestamp, FlowKey)> =
+            self.flows.iter().map(|(k, c)| (c.last_seen, *k)).collect();
+        by_age.sort_unstable();
+        for (_, key) in by_age {
+            if self.stats.memory_bytes <= target {
+                break;
+            }
+            if let Some(c) = self.take(&key) {
+                self.finish(c, now, StreamEnd::CaptureEnded, emit);
+                self.stats.flows_evicted += 1;
+            }
         }
     }
 
@@ -370,7 +414,7 @@ impl FlowTable {
         }
         expired.sort();
         for k in expired {
-            let c = self.flows.remove(&k).expect("listed");
+            let c = self.take(&k).expect("listed");
             self.finish(c, now, StreamEnd::CaptureEnded, emit);
             self.stats.flows_expired += 1;
         }
@@ -464,6 +508,25 @@ fn add_stream_stats(total: &mut StreamStats, s: &StreamStats) {
 }
 
 impl Connection {
+    /// Bytes this connection holds: its own size plus every buffer.
+    fn mem_bytes(&self) -> usize {
+        // The map stores the key and value inline, plus a control byte.
+        let own = std::mem::size_of::<Connection>() + std::mem::size_of::<FlowKey>() + 1;
+        let streams: usize = self.streams.iter().map(Reassembler::buffered_bytes).sum();
+        let app = match &self.app {
+            App::Undecided(sn) => sn.iter().map(Sniffer::heap_bytes).sum(),
+            App::Http(h) => {
+                std::mem::size_of::<HttpConn>()
+                    + h.req.buffered_bytes()
+                    + h.resp.buffered_bytes()
+                    + h.session.heap_bytes()
+            }
+            App::Tls(t) => std::mem::size_of::<TlsConn>() + t.reader.heap_bytes(),
+            App::Done => 0,
+        };
+        own + streams + app
+    }
+
     fn new(key: FlowKey, now: Timestamp) -> Self {
         Connection {
             key,
@@ -475,6 +538,7 @@ impl Connection {
             app: App::Undecided(Default::default()),
             last_seen: now,
             had_data: false,
+            accounted: 0,
         }
     }
 }
@@ -849,6 +913,59 @@ mod tests {
         s.seg(true, TcpFlags::ACK, b"");
         s.seg(false, TcpFlags::FIN | TcpFlags::ACK, b"");
         assert_eq!(s.table.active_flows(), 0);
+    }
+
+    #[test]
+    fn memory_budget_holds_under_a_syn_flood_and_partial_heads() {
+        let cfg = FlowConfig {
+            memory_budget_bytes: 256 * 1024,
+            ..FlowConfig::default()
+        };
+        let mut table = FlowTable::new(cfg);
+        let mut out = Vec::new();
+        let mut max_seen = 0;
+        for i in 0..20_000u32 {
+            let src: SocketAddr =
+                format!("10.1.{}.{}:{}", i / 250 % 250, i % 250, 1024 + i % 60_000)
+                    .parse()
+                    .unwrap();
+            let dst: SocketAddr = "10.0.0.1:80".parse().unwrap();
+            let ts = Timestamp::from_micros(1_000_000 + i64::from(i));
+            // Half the flows are SYNs only, half send a head that never ends.
+            let (flags, payload): (u8, &[u8]) = if i % 2 == 0 {
+                (TcpFlags::SYN, b"")
+            } else {
+                (
+                    TcpFlags::ACK | TcpFlags::PSH,
+                    b"GET /a HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                )
+            };
+            let seg = TcpSegment {
+                ts,
+                src,
+                dst,
+                seq: 7,
+                ack: 9,
+                flags: TcpFlags(flags),
+                window: 1,
+                payload,
+                missing: 0,
+            };
+            table.segment(&seg, ts, &mut |e| out.push(e));
+            max_seen = max_seen.max(table.stats().memory_bytes);
+        }
+        assert!(max_seen <= 256 * 1024, "held {max_seen} bytes");
+        assert!(
+            table.stats().flows_evicted > 1000,
+            "{:?}",
+            table.stats().flows_evicted
+        );
+        assert!(table.active_flows() < 20_000);
+        // The accounting matches what is really held.
+        let held: usize = table.flows.values().map(|c| c.accounted).sum();
+        assert_eq!(held, table.stats().memory_bytes);
+        table.finish_all(Timestamp::from_micros(2_000_000), &mut |e| out.push(e));
+        assert_eq!(table.stats().memory_bytes, 0);
     }
 
     #[test]

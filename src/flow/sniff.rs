@@ -116,6 +116,12 @@ impl Sniffer {
         self.seen.saturating_sub(from_seq_on as u64)
     }
 
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.held.capacity()
+            + self.segments.capacity() * std::mem::size_of::<(usize, u32, Timestamp)>()
+    }
+
     /// Sequence number of the first held byte.
     pub fn held_start_seq(&self) -> u32 {
         self.held_seq

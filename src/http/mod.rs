@@ -144,6 +144,11 @@ impl Headers {
         self.spans.len()
     }
 
+    /// Heap bytes held (for memory accounting).
+    pub fn heap_bytes(&self) -> usize {
+        self.raw.capacity() + self.spans.capacity() * std::mem::size_of::<(u32, u32, u32, u32)>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }

@@ -155,6 +155,26 @@ impl HttpSession {
         !self.out.is_empty()
     }
 
+    /// Heap bytes held by waiting requests and an open response (for the
+    /// flow table's memory budget; an estimate, not an allocator count).
+    pub fn heap_bytes(&self) -> usize {
+        let pending = |p: &Pending| {
+            std::mem::size_of::<Pending>()
+                + p.body_prefix.capacity()
+                + p.head
+                    .as_ref()
+                    .map_or(0, |h| h.target.capacity() + h.headers.heap_bytes())
+        };
+        let in_flight = self.in_flight.as_ref().map_or(0, |f| {
+            std::mem::size_of::<InFlight>()
+                + f.head.headers.heap_bytes()
+                + f.request.as_ref().map_or(0, pending)
+        });
+        self.pending.iter().map(pending).sum::<usize>()
+            + in_flight
+            + self.out.capacity() * std::mem::size_of::<Exchange>()
+    }
+
     /// Requests waiting for a response (including timed-out slots).
     pub fn pending_len(&self) -> usize {
         self.pending.len()

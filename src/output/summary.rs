@@ -294,6 +294,19 @@ impl Summary {
             "  health: {}",
             if lossy { paint("33", &health) } else { health }
         );
+        if f.flows_evicted + f.flows_refused > 0 {
+            let _ = writeln!(
+                s,
+                "  {}",
+                paint(
+                    "33",
+                    &format!(
+                        "limits: {} connections ended early by the memory budget, {} refused by the flow limit",
+                        f.flows_evicted, f.flows_refused
+                    )
+                )
+            );
+        }
         for (lt, n) in &d.unsupported_links {
             let _ = writeln!(
                 s,
