@@ -766,6 +766,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
 mod tests {
     use super::*;
     use crate::decode::TcpFlags;
+    use crate::http::exchange::Outcome;
 
     const C: &str = "10.0.0.2:40000";
     const S: &str = "10.0.0.1:8080";
@@ -966,6 +967,157 @@ mod tests {
         assert_eq!(held, table.stats().memory_bytes);
         table.finish_all(Timestamp::from_micros(2_000_000), &mut |e| out.push(e));
         assert_eq!(table.stats().memory_bytes, 0);
+    }
+
+    /// One recorded exchange (a POST with a chunked response) cut into
+    /// segments at `cuts`, each direction's segments reordered by swapping
+    /// neighbours where `swaps` says, some sent twice (`dups`), fed through a
+    /// flow table: what comes out.
+    fn replay_exchange(
+        cuts: &[usize],
+        swaps: &[bool],
+        dups: &[bool],
+    ) -> Vec<(Option<String>, Option<u16>, u64, u64, Outcome, bool)> {
+        const REQ: &[u8] = b"POST /api/v1/orders?page=2 HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 11\r\n\r\nhello world";
+        const RESP: &[u8] = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n3;x=y\r\nfgh\r\n0\r\n\r\n";
+        let c: SocketAddr = C.parse().unwrap();
+        let srv: SocketAddr = S.parse().unwrap();
+        // (from_client, seq, payload)
+        let split = |data: &'static [u8], base: u32, from_client: bool| {
+            let mut points: Vec<usize> = cuts
+                .iter()
+                .map(|x| x % data.len())
+                .filter(|&x| x > 0)
+                .collect();
+            points.sort_unstable();
+            points.dedup();
+            let mut segs = Vec::new();
+            let mut from = 0;
+            for p in points.into_iter().chain([data.len()]) {
+                segs.push((from_client, base + from as u32, &data[from..p]));
+                from = p;
+            }
+            segs
+        };
+        let mut reqs = split(REQ, 1001, true);
+        let mut resps = split(RESP, 50_001, false);
+        for list in [&mut reqs, &mut resps] {
+            for i in 0..list.len().saturating_sub(1) {
+                if swaps.get(i).copied().unwrap_or(false) {
+                    list.swap(i, i + 1);
+                }
+            }
+            let mut with_dups = Vec::new();
+            for (i, s) in list.iter().enumerate() {
+                with_dups.push(*s);
+                if dups.get(i).copied().unwrap_or(false) {
+                    with_dups.push(*s);
+                }
+            }
+            *list = with_dups;
+        }
+        let mut table = FlowTable::new(FlowConfig::default());
+        let mut out = Vec::new();
+        let mut t = 1_000_000i64;
+        let mut send = |table: &mut FlowTable,
+                        from_client: bool,
+                        seq: u32,
+                        ack: u32,
+                        flags: u8,
+                        payload: &[u8]| {
+            t += 10;
+            let (src, dst) = if from_client { (c, srv) } else { (srv, c) };
+            let seg = TcpSegment {
+                ts: Timestamp::from_micros(t),
+                src,
+                dst,
+                seq,
+                ack,
+                flags: TcpFlags(flags),
+                window: 1,
+                payload,
+                missing: 0,
+            };
+            table.segment(&seg, seg.ts, &mut |e| out.push(e));
+        };
+        send(&mut table, true, 1000, 0, TcpFlags::SYN, b"");
+        send(
+            &mut table,
+            false,
+            50_000,
+            1001,
+            TcpFlags::SYN | TcpFlags::ACK,
+            b"",
+        );
+        for (_, seq, p) in &reqs {
+            send(
+                &mut table,
+                true,
+                *seq,
+                50_001,
+                TcpFlags::ACK | TcpFlags::PSH,
+                p,
+            );
+        }
+        let req_end = 1001 + REQ.len() as u32;
+        send(&mut table, false, 50_001, req_end, TcpFlags::ACK, b"");
+        for (_, seq, p) in &resps {
+            send(
+                &mut table,
+                false,
+                *seq,
+                req_end,
+                TcpFlags::ACK | TcpFlags::PSH,
+                p,
+            );
+        }
+        let resp_end = 50_001 + RESP.len() as u32;
+        send(
+            &mut table,
+            true,
+            req_end,
+            resp_end,
+            TcpFlags::ACK | TcpFlags::FIN,
+            b"",
+        );
+        send(
+            &mut table,
+            false,
+            resp_end,
+            req_end + 1,
+            TcpFlags::ACK | TcpFlags::FIN,
+            b"",
+        );
+        table.finish_all(Timestamp::from_micros(t + 1), &mut |e| out.push(e));
+        out.into_iter()
+            .map(|e| {
+                let target = e
+                    .request
+                    .as_ref()
+                    .map(|r| String::from_utf8_lossy(&r.target).into_owned());
+                (
+                    target,
+                    e.status(),
+                    e.request_body_bytes,
+                    e.response_body_bytes,
+                    e.outcome,
+                    e.capture_loss,
+                )
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_segmentation_reordering_and_duplication_yields_the_same_exchange(
+            cuts in proptest::collection::vec(0usize..200, 0..12),
+            swaps in proptest::collection::vec(proptest::bool::ANY, 0..12),
+            dups in proptest::collection::vec(proptest::bool::ANY, 0..12),
+        ) {
+            let want = vec![(Some("/api/v1/orders?page=2".to_string()), Some(201), 11, 8, Outcome::Complete, false)];
+            proptest::prop_assert_eq!(replay_exchange(&[], &[], &[]), want.clone());
+            proptest::prop_assert_eq!(replay_exchange(&cuts, &swaps, &dups), want);
+        }
     }
 
     #[test]
