@@ -317,7 +317,9 @@ impl FlowTable {
         this.segment(
             seg.seq,
             seg.ack,
-            seg.ts,
+            // Monotonic capture time (SPEC: a timestamp that goes backwards
+            // counts as the previous one), not the raw packet stamp.
+            now,
             flags.syn(),
             flags.fin(),
             flags.rst(),
@@ -969,15 +971,14 @@ mod tests {
         assert_eq!(table.stats().memory_bytes, 0);
     }
 
+    /// (target, status, request body, response body, outcome, capture loss)
+    type ExchangeSummary = (Option<String>, Option<u16>, u64, u64, Outcome, bool);
+
     /// One recorded exchange (a POST with a chunked response) cut into
     /// segments at `cuts`, each direction's segments reordered by swapping
     /// neighbours where `swaps` says, some sent twice (`dups`), fed through a
     /// flow table: what comes out.
-    fn replay_exchange(
-        cuts: &[usize],
-        swaps: &[bool],
-        dups: &[bool],
-    ) -> Vec<(Option<String>, Option<u16>, u64, u64, Outcome, bool)> {
+    fn replay_exchange(cuts: &[usize], swaps: &[bool], dups: &[bool]) -> Vec<ExchangeSummary> {
         const REQ: &[u8] = b"POST /api/v1/orders?page=2 HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 11\r\n\r\nhello world";
         const RESP: &[u8] = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n3;x=y\r\nfgh\r\n0\r\n\r\n";
         let c: SocketAddr = C.parse().unwrap();

@@ -282,13 +282,17 @@ impl HttpSession {
             }
             Err(at) => (None, at, 0, Vec::new()),
         };
+        // Capture order can put a response's bytes before its request's
+        // (reordering across directions): an exchange never ends before it
+        // starts.
+        let end_ts = answer.end_ts.map(|e| e.max(start.ts));
         self.out.push(Exchange {
             ts: start.ts,
             client: self.client,
             server: self.server,
             request: head,
             response: answer.response,
-            end_ts: answer.end_ts,
+            end_ts,
             request_body_bytes: body_bytes,
             response_body_bytes: answer.body_bytes,
             request_body_prefix: body_prefix,
@@ -649,6 +653,18 @@ mod tests {
         assert_eq!(ex[0].status(), Some(200));
         assert_eq!(ex[0].duration_micros(), Some(12_000));
         assert_eq!(ex[0].response_body_bytes, 5);
+    }
+
+    #[test]
+    fn an_exchange_never_ends_before_it_starts() {
+        // Found by the flow fuzz target: capture order put the response's
+        // bytes (16 ms) before the request's (57 ms).
+        let mut s = session();
+        send(&mut s, "/a", 1000, 5000, 57);
+        answer(&mut s, 200, 5000, 1011, 16);
+        let ex: Vec<Exchange> = s.drain().collect();
+        assert_eq!(ex[0].end_ts, Some(ex[0].ts));
+        assert_eq!(ex[0].duration_micros(), Some(0));
     }
 
     #[test]
