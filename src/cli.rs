@@ -4,10 +4,23 @@
 use clap::Parser;
 use std::path::PathBuf;
 
+/// `apitap --version`: the version, git revision, compiler and target, as
+/// `apitap_build_info` labels them.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("APITAP_REVISION"),
+    ", rustc ",
+    env!("APITAP_RUSTC"),
+    ", target ",
+    env!("APITAP_TARGET"),
+    ")"
+);
+
 #[derive(Parser, Debug, Default, Clone)]
 #[command(
     name = "apitap",
-    version,
+    version = VERSION,
     about = "Passive HTTP API monitor: which API calls fail, why, and which endpoints are exposed",
     long_about = None
 )]
@@ -67,4 +80,36 @@ pub struct Cli {
     /// Log format: logfmt or json.
     #[arg(long = "log.format", value_name = "FORMAT")]
     pub log_format: Option<String>,
+
+    /// Print the man page (`man`) or a shell completion script (`bash`,
+    /// `zsh`, `fish`) and exit; used by packaging.
+    #[arg(long = "generate", value_name = "WHAT", hide = true,
+          value_parser = ["man", "bash", "zsh", "fish"])]
+    pub generate: Option<String>,
+}
+
+/// The man page (section 8) or a completion script, as text.
+pub fn generate(what: &str) -> std::io::Result<Vec<u8>> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    match what {
+        "man" => {
+            let man = clap_mangen::Man::new(cmd)
+                .section("8")
+                .date("")
+                .source(concat!("apitap ", env!("CARGO_PKG_VERSION")))
+                .manual("System Administration");
+            man.render(&mut out)?;
+        }
+        shell => {
+            let shell = match shell {
+                "bash" => clap_complete::Shell::Bash,
+                "zsh" => clap_complete::Shell::Zsh,
+                _ => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut cmd, "apitap", &mut out);
+        }
+    }
+    Ok(out)
 }

@@ -51,6 +51,13 @@ struct FileConfig {
     flow: FlowSection,
     http: HttpSection,
     classify: ClassifySection,
+    daemon: DaemonSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct DaemonSection {
+    user: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +127,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub flow: FlowConfig,
     pub classify: ClassifyConfig,
+    /// Started as root (outside systemd), switch to this user once the
+    /// capture is open (`[daemon] user`).
+    pub user: Option<String>,
 }
 
 fn secs_to_micros(key: &'static str, secs: f64) -> Result<i64, ConfigError> {
@@ -295,7 +305,50 @@ impl Config {
             log_format,
             flow,
             classify,
+            user: match f.daemon.user {
+                Some(u) if u.trim().is_empty() => {
+                    return Err(invalid("daemon.user", "must name a user"))
+                }
+                u => u,
+            },
         })
+    }
+
+    /// The keys whose change a SIGHUP reload cannot apply (they need a
+    /// restart), comparing `self` (running) with `new` (just loaded).
+    /// Reloadable: `[classify]` (routes, credential names, limits and
+    /// severities), the log level, and reopening the log files.
+    pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let checks: [(&'static str, bool); 12] = [
+            ("interface/read", self.input != new.input),
+            ("filter", self.filter != new.filter),
+            ("exchanges", self.exchanges != new.exchanges),
+            ("findings", self.findings != new.findings),
+            ("metrics-out", self.metrics_out != new.metrics_out),
+            (
+                "web.listen-address",
+                self.listen_address != new.listen_address,
+            ),
+            (
+                "web.config.file",
+                self.web_config_file != new.web_config_file,
+            ),
+            ("log.format", self.log_format != new.log_format),
+            ("replay-speed", self.replay_speed != new.replay_speed),
+            ("replay-loop", self.replay_loop != new.replay_loop),
+            (
+                "flow, http, transaction-timeout",
+                format!("{:?}", self.flow) != format!("{:?}", new.flow),
+            ),
+            ("daemon.user", self.user != new.user),
+        ];
+        for (key, changed) in checks {
+            if changed {
+                keys.push(key);
+            }
+        }
+        keys
     }
 }
 

@@ -14,6 +14,7 @@ pub mod classify;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod decode;
 pub mod flow;
 pub mod http;

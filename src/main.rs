@@ -2,7 +2,7 @@
 //! become exit codes (2: usage or configuration, 1: runtime) with one line.
 
 use apitap::cli::Cli;
-use apitap::config::{Config, LogFormat};
+use apitap::config::Config;
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -32,6 +32,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(what) = &cli.generate {
+        use std::io::Write;
+        return match apitap::cli::generate(what).and_then(|t| std::io::stdout().write_all(&t)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("apitap: cannot write the {what} text: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let cfg = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -39,23 +49,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&cfg);
-    match apitap::run::run(&cfg) {
+    let log = apitap::daemon::logging::init(cfg.log_level, cfg.log_format);
+    match apitap::run::run(&cfg, &cli, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("apitap: {e}");
             ExitCode::from(1)
         }
-    }
-}
-
-fn init_logging(cfg: &Config) {
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(cfg.log_level)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    match cfg.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Logfmt => builder.with_ansi(false).init(),
     }
 }

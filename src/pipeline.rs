@@ -133,4 +133,11 @@ impl Pipeline {
     pub fn classifier(&self) -> &Classifier {
         &self.classifier
     }
+
+    /// Replace the classifier (SIGHUP reload): exchanges completed from now
+    /// on are classified by `classifier`; flows and their buffered bytes
+    /// are untouched.
+    pub fn set_classifier(&mut self, classifier: Classifier) {
+        self.classifier = classifier;
+    }
 }

@@ -3,6 +3,16 @@
 //! Contract: [`run`] returns `Ok` after a clean end (end of file, or a stop
 //! signal) and a [`RunError`] that `main` turns into exit code 1 with a
 //! one-line message; nothing here panics on bad input.
+//!
+//! Service behaviour (see [`crate::daemon`]): live capture drops privileges
+//! once the capture handle, the listener and the log files are open, then
+//! sends `READY=1`. SIGTERM/SIGINT end the loop, flush every open exchange
+//! and the logs (`STOPPING=1`). SIGHUP re-reads the configuration on the
+//! signal thread; a valid one is swapped in by the packet thread between
+//! two events (the capture handle stays open, no packet is skipped): the
+//! classifier (route patterns, credential names, limits, severities), the
+//! log level, and the log files are reopened. A broken one is logged and
+//! the running configuration stays. `RELOADING=1` and `READY=1` frame it.
 
 use crate::capture::live::{LiveOptions, LiveSource};
 use crate::capture::replay::{ReplaySource, StopFlag};
@@ -10,8 +20,13 @@ use crate::capture::{CaptureError, PacketSource, SourceEvent};
 use crate::classify::findings::{Finding, FindingKind, Severity};
 use crate::classify::tls::TlsHandshake;
 use crate::classify::Classifier;
+use crate::cli::Cli;
 use crate::clock::Timestamp;
 use crate::config::{Config, Input};
+use crate::daemon::logging::LogHandle;
+use crate::daemon::{
+    drop_privileges, on_signals, Dropped, Notifier, Progress, ReopenFile, Supervisor,
+};
 use crate::decode::DecoderConfig;
 use crate::flow::Protocol;
 use crate::http::exchange::Exchange;
@@ -23,6 +38,8 @@ use crate::output::summary::Summary;
 use crate::pipeline::{ExchangeSink, Pipeline};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +67,8 @@ struct Sinks {
     metrics: Metrics,
     /// Severity of `legacy_tls` (None: turned off).
     legacy_tls: Option<Severity>,
+    /// Exchanges seen (for the service status line).
+    exchanges: u64,
 }
 
 impl ExchangeSink for Sinks {
@@ -63,6 +82,7 @@ impl ExchangeSink for Sinks {
     }
 
     fn exchange(&mut self, ex: &Exchange) {
+        self.exchanges += 1;
         if let Some(l) = &mut self.log {
             l.exchange(ex);
         }
@@ -104,14 +124,55 @@ impl ExchangeSink for Sinks {
     }
 }
 
-pub fn run(cfg: &Config) -> Result<(), RunError> {
+/// What a SIGHUP hands to the packet thread: a validated configuration and
+/// the classifier built from it (built off the packet thread).
+struct PendingReload {
+    cfg: Config,
+    classifier: Classifier,
+}
+
+/// The reload channel between the signal thread and the packet thread.
+#[derive(Clone, Default)]
+struct ReloadSlot {
+    /// Set when `pending` holds something; the packet thread checks it per
+    /// event (one relaxed load).
+    flag: Arc<AtomicBool>,
+    pending: Arc<Mutex<Option<PendingReload>>>,
+}
+
+/// Service plumbing shared by `run` and the capture loop.
+struct Service {
+    notifier: Notifier,
+    progress: Arc<Progress>,
+    reload: ReloadSlot,
+    /// Bumped on reload: the log files reopen their paths (logrotate).
+    log_generation: Arc<AtomicU64>,
+}
+
+/// Run until the end of the input or a stop signal. `cli` is kept to
+/// re-read the configuration on SIGHUP; `log` changes the log level then.
+pub fn run(cfg: &Config, cli: &Cli, log: LogHandle) -> Result<(), RunError> {
     let stop = StopFlag::default();
+    let service = Service {
+        notifier: Notifier::from_env(),
+        progress: Arc::new(Progress::default()),
+        reload: ReloadSlot::default(),
+        log_generation: Arc::new(AtomicU64::new(0)),
+    };
+    let reloader = {
+        let slot = service.reload.clone();
+        let notifier = service.notifier.clone();
+        let cli = cli.clone();
+        let running = cfg.clone();
+        move || prepare_reload(&cli, &running, &slot, &notifier, &log)
+    };
     match &cfg.input {
         Input::File(path) => {
             let source = ReplaySource::open(path, cfg.replay_speed, cfg.replay_loop, stop.clone())?;
             let flag = stop.clone();
-            on_stop_signal(move || flag.stop())?;
-            run_source(cfg, source, &stop)
+            on_signals(move || flag.stop(), reloader)
+                .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
+            run_source(cfg, source, &stop, &service)
         }
         Input::Interface(iface) => {
             let opts = LiveOptions {
@@ -122,64 +183,106 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
             let source = LiveSource::open(&opts)?;
             let stopper = source.stopper();
             let flag = stop.clone();
-            on_stop_signal(move || {
-                flag.stop();
-                stopper.stop();
-            })?;
+            on_signals(
+                move || {
+                    flag.stop();
+                    stopper.stop();
+                },
+                reloader,
+            )
+            .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
             tracing::info!(interface = %iface, filter = %cfg.filter, "capturing");
-            run_source(cfg, source, &stop)
+            run_source(cfg, source, &stop, &service)
         }
     }
 }
 
-/// Call `stop` on SIGINT or SIGTERM (from a thread of its own: the capture
-/// loop then ends cleanly and every open exchange is flushed).
-fn on_stop_signal(stop: impl Fn() + Send + 'static) -> Result<(), RunError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
-    std::thread::Builder::new()
-        .name("apitap-signals".into())
-        .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                tracing::info!(signal = sig, "stopping: flushing open exchanges");
-                stop();
+/// On the signal thread: re-read and validate the configuration, apply the
+/// log level, and hand the rest to the packet thread. A broken file keeps
+/// the running configuration and says why.
+fn prepare_reload(
+    cli: &Cli,
+    running: &Config,
+    slot: &ReloadSlot,
+    notifier: &Notifier,
+    log: &LogHandle,
+) {
+    notifier.reloading();
+    let loaded = Config::load(cli)
+        .map_err(|e| e.to_string())
+        .and_then(|cfg| {
+            Classifier::new(cfg.classify.clone())
+                .map(|classifier| PendingReload { cfg, classifier })
+                .map_err(|e| format!("classify.route-patterns: {e}"))
+        });
+    match loaded {
+        Ok(p) => {
+            let fixed = running.needs_restart(&p.cfg);
+            if !fixed.is_empty() {
+                tracing::warn!(
+                    keys = %fixed.join(", "),
+                    "these keys changed but need a restart; the running values stay"
+                );
             }
-        })
-        .map_err(|e| RunError::Setup(format!("cannot start the signal thread: {e}")))?;
-    Ok(())
+            log.set_level(p.cfg.log_level);
+            if let Ok(mut pending) = slot.pending.lock() {
+                *pending = Some(p);
+            }
+            slot.flag.store(true, Ordering::Release);
+        }
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running configuration: {e}");
+            notifier.ready("reload failed; running with the previous configuration");
+        }
+    }
 }
 
 /// How often (wall time) batched metric updates are pushed to the registry.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// Open a log output: live mode appends and reopens on SIGHUP (logrotate);
+/// read mode and stdout write a fresh file as before.
+fn open_log(
+    path: &str,
+    what: &'static str,
+    live: bool,
+    generation: &Arc<AtomicU64>,
+) -> Result<Box<dyn Write + Send>, RunError> {
+    let err = |source| RunError::Output {
+        what,
+        path: path.to_string(),
+        source,
+    };
+    if live && path != "-" {
+        Ok(Box::new(
+            ReopenFile::open(path, generation.clone()).map_err(err)?,
+        ))
+    } else {
+        open_output(path).map_err(err)
+    }
+}
 
 /// The capture loop, the same for files and interfaces.
 fn run_source(
     cfg: &Config,
     mut source: impl PacketSource,
     stop: &StopFlag,
+    service: &Service,
 ) -> Result<(), RunError> {
+    let live = matches!(cfg.input, Input::Interface(_));
     let classifier =
         Classifier::new(cfg.classify.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
     let mut pipeline = Pipeline::new(DecoderConfig::default(), cfg.flow.clone(), classifier);
     let log = match &cfg.exchanges {
         Some(p) => Some(ExchangeLog::new(
-            open_output(p).map_err(|source| RunError::Output {
-                what: "the exchange log",
-                path: p.clone(),
-                source,
-            })?,
+            open_log(p, "the exchange log", live, &service.log_generation)?,
             cfg.classify.credential_params.clone(),
         )),
         None => None,
     };
     let findings = match &cfg.findings {
         Some(p) => Some(FindingsLog::with_capacity(
-            open_output(p).map_err(|source| RunError::Output {
-                what: "the findings log",
-                path: p.clone(),
-                source,
-            })?,
+            open_log(p, "the findings log", live, &service.log_generation)?,
             cfg.classify.fold_interval_micros,
             cfg.classify.fold_max_entries,
         )),
@@ -195,6 +298,7 @@ fn run_source(
         summary: report.then(Summary::default),
         metrics: Metrics::new(MetricsConfig::default(), source.interface()),
         legacy_tls: cfg.classify.severities.get(FindingKind::LegacyTls),
+        exchanges: 0,
     };
     let shared = sinks.metrics.shared();
     let server = match &cfg.listen_address {
@@ -207,21 +311,50 @@ fn run_source(
         }
         None => None,
     };
+    if live {
+        // Everything that needs privileges is open now.
+        match drop_privileges(cfg.user.as_deref()) {
+            Ok(Dropped::User(u)) => tracing::info!(user = %u, "switched to an unprivileged user"),
+            Ok(Dropped::Capabilities) => tracing::debug!("capabilities dropped"),
+            Err(e) => return Err(RunError::Setup(e.to_string())),
+        }
+    }
     shared.set_ready(true);
+    let _supervisor = Supervisor::start(service.notifier.clone(), service.progress.clone());
+    service
+        .notifier
+        .ready(&format!("capturing on {}", source.interface()));
+    let progress = &service.progress;
+    let mut running = cfg.clone();
     // The wall clock only paces publishing; the pipeline sees packet time.
     let mut last_publish = Instant::now();
-    let mut events = 0u32;
+    let mut events = 0u64;
     while let Some(ev) = source.next_event()? {
-        match ev {
-            SourceEvent::Packet(pkt) => pipeline.packet(&pkt, &mut sinks),
-            SourceEvent::Tick(t) => pipeline.tick(t, &mut sinks),
-        }
+        let tick = match ev {
+            SourceEvent::Packet(pkt) => {
+                pipeline.packet(&pkt, &mut sinks);
+                false
+            }
+            SourceEvent::Tick(t) => {
+                pipeline.tick(t, &mut sinks);
+                true
+            }
+        };
         events = events.wrapping_add(1);
-        if events.is_multiple_of(1024) && last_publish.elapsed() >= PUBLISH_EVERY {
+        Progress::set(&progress.events, events);
+        if service.reload.flag.load(Ordering::Relaxed) {
+            apply_reload(&mut running, &mut pipeline, &mut sinks, service, live);
+        }
+        if (tick || events.is_multiple_of(256)) && last_publish.elapsed() >= PUBLISH_EVERY {
             publish(&mut sinks.metrics, &pipeline, &source);
+            let st = source.stats();
+            Progress::set(&progress.packets, st.packets);
+            Progress::set(&progress.dropped, st.dropped + st.if_dropped);
+            Progress::set(&progress.exchanges, sinks.exchanges);
             last_publish = Instant::now();
         }
     }
+    service.notifier.stopping();
     pipeline.finish(&mut sinks);
     publish(&mut sinks.metrics, &pipeline, &source);
     if let Some(p) = &cfg.metrics_out {
@@ -271,6 +404,55 @@ fn run_source(
         server.shutdown();
     }
     Ok(())
+}
+
+/// On the packet thread, between two events: swap in what
+/// [`prepare_reload`] validated. Flows and their buffered bytes stay; only
+/// exchanges completed from now on see the new classifier.
+fn apply_reload(
+    running: &mut Config,
+    pipeline: &mut Pipeline,
+    sinks: &mut Sinks,
+    service: &Service,
+    live: bool,
+) {
+    service.reload.flag.store(false, Ordering::Relaxed);
+    let Some(p) = service
+        .reload
+        .pending
+        .lock()
+        .ok()
+        .and_then(|mut g| g.take())
+    else {
+        return;
+    };
+    pipeline.set_classifier(p.classifier);
+    sinks.legacy_tls = p.cfg.classify.severities.get(FindingKind::LegacyTls);
+    // Log files: reopen (logrotate moved them). The exchange log is rebuilt
+    // so that it redacts the new credential names.
+    service.log_generation.fetch_add(1, Ordering::Relaxed);
+    if let (Some(old), Some(path)) = (&mut sinks.log, &running.exchanges) {
+        if let Err(e) = old.finish() {
+            tracing::warn!(path = %path, "the exchange log failed before the reload: {e}");
+        }
+        if live && path != "-" {
+            match open_log(path, "the exchange log", live, &service.log_generation) {
+                Ok(out) => {
+                    *old = ExchangeLog::new(out, p.cfg.classify.credential_params.clone());
+                }
+                Err(e) => tracing::warn!("{e}; writing on to the old file"),
+            }
+        }
+    }
+    running.classify = p.cfg.classify.clone();
+    running.log_level = p.cfg.log_level;
+    tracing::info!(
+        route_patterns = running.classify.route_patterns.len(),
+        credential_params = running.classify.credential_params.len(),
+        log_level = %running.log_level,
+        "configuration reloaded"
+    );
+    service.notifier.ready("configuration reloaded; capturing");
 }
 
 fn publish(metrics: &mut Metrics, pipeline: &Pipeline, source: &impl PacketSource) {

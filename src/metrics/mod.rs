@@ -37,6 +37,7 @@
 
 pub mod labels;
 pub mod server;
+pub mod web;
 
 use crate::capture::SourceStats;
 use crate::classify::findings::{FindingKind, Severity};

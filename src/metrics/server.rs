@@ -16,7 +16,13 @@
 //!   interfaces, IPv6 and IPv4), `HOST:PORT`, `[V6]:PORT`.
 //! - [`ServerHandle::shutdown`] (or dropping the handle) stops accepting,
 //!   drops open connections and joins the thread.
+//! - With a [`WebConfig`] (`--web.config.file`, see [`super::web`]) the file
+//!   is read and validated before binding: TLS (the handshake must finish
+//!   within [`HEADER_TIMEOUT`]), client certificates, basic auth on every
+//!   path (401 with `WWW-Authenticate`), and the extra headers on every
+//!   response.
 
+use super::web::WebSettings;
 use super::SharedMetrics;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -41,9 +47,7 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// The Prometheus text format's content type.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// `--web.config.file` (TLS, basic auth): not supported yet. Given one,
-/// [`serve`] refuses to start rather than serve without the protection
-/// the operator asked for.
+/// `--web.config.file` (TLS, basic auth, headers); see [`super::web`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebConfig {
     pub path: PathBuf,
@@ -59,8 +63,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("--web.config.file {}: TLS and basic auth are not supported by this build yet", .0.display())]
-    WebConfigUnsupported(PathBuf),
+    #[error(transparent)]
+    WebConfig(#[from] super::web::WebConfigError),
     #[error("cannot start the metrics server: {0}")]
     Runtime(#[source] std::io::Error),
 }
@@ -130,9 +134,14 @@ pub fn serve(
     shared: SharedMetrics,
     web: Option<WebConfig>,
 ) -> Result<ServerHandle, ServerError> {
-    if let Some(w) = web {
-        return Err(ServerError::WebConfigUnsupported(w.path));
-    }
+    let settings = match web {
+        Some(w) => WebSettings::load(&w.path)?,
+        None => WebSettings {
+            tls: None,
+            auth: None,
+            headers: Vec::new(),
+        },
+    };
     let mut last_err = None;
     let mut listener = None;
     for a in listen_addrs(addr)? {
@@ -157,6 +166,7 @@ pub fn serve(
     listener
         .set_nonblocking(true)
         .map_err(ServerError::Runtime)?;
+    let (tls, basic_auth) = (settings.tls.is_some(), settings.auth.is_some());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -166,9 +176,9 @@ pub fn serve(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("apitap-metrics".into())
-        .spawn(move || rt.block_on(accept_loop(listener, shared, rx)))
+        .spawn(move || rt.block_on(accept_loop(listener, shared, settings, rx)))
         .map_err(ServerError::Runtime)?;
-    tracing::info!(address = %local, "serving metrics");
+    tracing::info!(address = %local, tls, basic_auth, "serving metrics");
     Ok(ServerHandle {
         addr: local,
         stop: Some(tx),
@@ -179,8 +189,11 @@ pub fn serve(
 async fn accept_loop(
     listener: TcpListener,
     shared: SharedMetrics,
+    settings: WebSettings,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let acceptor = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let settings = Arc::new(settings);
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -208,13 +221,33 @@ async fn accept_loop(
             continue;
         };
         let shared = shared.clone();
+        let settings = settings.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| respond(req, shared.clone()));
-            let conn = http1::Builder::new()
+            let service = service_fn(move |req| guarded(req, shared.clone(), settings.clone()));
+            let http = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                .clone();
+            match acceptor {
+                Some(acceptor) => {
+                    let tls =
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!("metrics TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let conn = http.serve_connection(TokioIo::new(tls), service);
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                }
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                }
+            }
             drop(permit);
         });
     }
@@ -241,6 +274,45 @@ fn reply(
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
+}
+
+/// Basic auth (when configured), then the route, then the extra headers.
+async fn guarded(
+    req: Request<Incoming>,
+    shared: SharedMetrics,
+    settings: Arc<WebSettings>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(auth) = settings.auth.clone() {
+        let header = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        let ok = tokio::task::spawn_blocking(move || auth.check(header.as_deref()))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain; charset=utf-8",
+                "Unauthorized\n",
+            );
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic"),
+            );
+            add_headers(&mut r, &settings);
+            return Ok(r);
+        }
+    }
+    let mut r = respond(req, shared).await?;
+    add_headers(&mut r, &settings);
+    Ok(r)
+}
+
+fn add_headers(r: &mut Response<Full<Bytes>>, settings: &WebSettings) {
+    for (name, value) in &settings.headers {
+        r.headers_mut().insert(name.clone(), value.clone());
+    }
 }
 
 async fn respond(
