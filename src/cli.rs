@@ -17,12 +17,31 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// Signals, files and exit codes (in `--help` and the man page).
+const AFTER_HELP: &str = "\
+Signals: SIGHUP re-reads the configuration file (routes, credential names, \
+limits, severities, log level) without closing the capture and reopens the \
+exchange and findings logs; a file that does not load is logged and the \
+running configuration stays. SIGTERM or SIGINT stop the capture, flush every \
+open exchange and exit 0.
+
+Files: /etc/apitap/apitap.toml (the packaged configuration), \
+/etc/default/apitap (extra flags for the systemd unit), /var/log/apitap/ \
+(the exchange and findings logs under the unit).
+
+Privileges: live capture needs CAP_NET_RAW. Once the capture is open apitap \
+drops it; started as root it switches to the user named by `[daemon] user`.
+
+Exit codes: 0 success, 1 runtime failure (one line saying what to do), \
+2 usage or configuration error (one line naming the flag or key).";
+
 #[derive(Parser, Debug, Default, Clone)]
 #[command(
     name = "apitap",
     version = VERSION,
     about = "Passive HTTP API monitor: which API calls fail, why, and which endpoints are exposed",
-    long_about = None
+    long_about = None,
+    after_long_help = AFTER_HELP
 )]
 pub struct Cli {
     /// Capture live from IFACE (libpcap; `any` works).

@@ -49,6 +49,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A web config is configuration: a bad one is exit 2, before capture.
+    if let Some(path) = &cfg.web_config_file {
+        if let Err(e) = apitap::metrics::web::WebSettings::load(path) {
+            eprintln!("apitap: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let log = apitap::daemon::logging::init(cfg.log_level, cfg.log_format);
     match apitap::run::run(&cfg, &cli, log) {
         Ok(()) => ExitCode::SUCCESS,
