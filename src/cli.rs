@@ -110,7 +110,9 @@ pub struct Cli {
 /// The man page (section 8) or a completion script, as text.
 pub fn generate(what: &str) -> std::io::Result<Vec<u8>> {
     use clap::CommandFactory;
-    let mut cmd = Cli::command();
+    // The package's version only: generated files must not change with
+    // every commit (the revision is in `--version`).
+    let mut cmd = Cli::command().version(env!("CARGO_PKG_VERSION"));
     let mut out = Vec::new();
     match what {
         "man" => {

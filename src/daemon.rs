@@ -355,6 +355,42 @@ impl Write for ReopenFile {
     }
 }
 
+/// A log writer shared between the log that writes lines and the loop that
+/// flushes it about once a second (live mode: `tail -f` and pipes see
+/// exchanges promptly, not when a 64 KiB buffer fills).
+#[derive(Clone)]
+pub struct SharedWriter(Arc<std::sync::Mutex<Box<dyn Write + Send>>>);
+
+impl SharedWriter {
+    pub fn new(inner: Box<dyn Write + Send>) -> SharedWriter {
+        SharedWriter(Arc::new(std::sync::Mutex::new(inner)))
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Box<dyn Write + Send>) -> io::Result<T>,
+    ) -> io::Result<T> {
+        match self.0.lock() {
+            Ok(mut w) => f(&mut w),
+            Err(_) => Err(io::Error::other("log writer poisoned")),
+        }
+    }
+}
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.with(|w| w.write(buf))
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.with(|w| w.write_all(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.with(|w| w.flush())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,7 @@ use crate::cli::Cli;
 use crate::clock::Timestamp;
 use crate::config::{Config, Input};
 use crate::daemon::logging::LogHandle;
+use crate::daemon::SharedWriter;
 use crate::daemon::{
     drop_privileges, on_signals, Dropped, Notifier, Progress, ReopenFile, Supervisor,
 };
@@ -240,25 +241,46 @@ fn prepare_reload(
 /// How often (wall time) batched metric updates are pushed to the registry.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
-/// Open a log output: live mode appends and reopens on SIGHUP (logrotate);
-/// read mode and stdout write a fresh file as before.
+/// Open a log output: live mode appends, reopens on SIGHUP (logrotate) and
+/// is flushed about once a second through the returned [`SharedWriter`];
+/// read mode writes a fresh file (or stdout) as before.
 fn open_log(
     path: &str,
     what: &'static str,
     live: bool,
     generation: &Arc<AtomicU64>,
-) -> Result<Box<dyn Write + Send>, RunError> {
+) -> Result<(Box<dyn Write + Send>, Option<SharedWriter>), RunError> {
     let err = |source| RunError::Output {
         what,
         path: path.to_string(),
         source,
     };
-    if live && path != "-" {
-        Ok(Box::new(
-            ReopenFile::open(path, generation.clone()).map_err(err)?,
-        ))
+    if !live {
+        return Ok((open_output(path).map_err(err)?, None));
+    }
+    let inner: Box<dyn Write + Send> = if path == "-" {
+        open_output(path).map_err(err)?
     } else {
-        open_output(path).map_err(err)
+        Box::new(ReopenFile::open(path, generation.clone()).map_err(err)?)
+    };
+    let shared = SharedWriter::new(inner);
+    Ok((Box::new(shared.clone()), Some(shared)))
+}
+
+/// Live mode's log writers, flushed by the loop.
+#[derive(Default)]
+struct LogOutputs {
+    exchanges: Option<SharedWriter>,
+    findings: Option<SharedWriter>,
+}
+
+impl LogOutputs {
+    fn flush(&self) {
+        for w in [&self.exchanges, &self.findings].into_iter().flatten() {
+            if let Err(e) = w.clone().flush() {
+                tracing::warn!("cannot write a log file: {e}");
+            }
+        }
     }
 }
 
@@ -273,19 +295,28 @@ fn run_source(
     let classifier =
         Classifier::new(cfg.classify.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
     let mut pipeline = Pipeline::new(DecoderConfig::default(), cfg.flow.clone(), classifier);
+    let mut outs = LogOutputs::default();
     let log = match &cfg.exchanges {
-        Some(p) => Some(ExchangeLog::new(
-            open_log(p, "the exchange log", live, &service.log_generation)?,
-            cfg.classify.credential_params.clone(),
-        )),
+        Some(p) => {
+            let (out, shared) = open_log(p, "the exchange log", live, &service.log_generation)?;
+            outs.exchanges = shared;
+            Some(ExchangeLog::new(
+                out,
+                cfg.classify.credential_params.clone(),
+            ))
+        }
         None => None,
     };
     let findings = match &cfg.findings {
-        Some(p) => Some(FindingsLog::with_capacity(
-            open_log(p, "the findings log", live, &service.log_generation)?,
-            cfg.classify.fold_interval_micros,
-            cfg.classify.fold_max_entries,
-        )),
+        Some(p) => {
+            let (out, shared) = open_log(p, "the findings log", live, &service.log_generation)?;
+            outs.findings = shared;
+            Some(FindingsLog::with_capacity(
+                out,
+                cfg.classify.fold_interval_micros,
+                cfg.classify.fold_max_entries,
+            ))
+        }
         None => None,
     };
     let report = matches!(cfg.input, Input::File(_))
@@ -343,7 +374,7 @@ fn run_source(
         events = events.wrapping_add(1);
         Progress::set(&progress.events, events);
         if service.reload.flag.load(Ordering::Relaxed) {
-            apply_reload(&mut running, &mut pipeline, &mut sinks, service, live);
+            apply_reload(&mut running, &mut pipeline, &mut sinks, &outs, service);
         }
         if (tick || events.is_multiple_of(256)) && last_publish.elapsed() >= PUBLISH_EVERY {
             publish(&mut sinks.metrics, &pipeline, &source);
@@ -351,6 +382,10 @@ fn run_source(
             Progress::set(&progress.packets, st.packets);
             Progress::set(&progress.dropped, st.dropped + st.if_dropped);
             Progress::set(&progress.exchanges, sinks.exchanges);
+            if let (Some(f), Some(now)) = (&mut sinks.findings, pipeline.stats().last_ts) {
+                f.flush_expired(now);
+            }
+            outs.flush();
             last_publish = Instant::now();
         }
     }
@@ -413,8 +448,8 @@ fn apply_reload(
     running: &mut Config,
     pipeline: &mut Pipeline,
     sinks: &mut Sinks,
+    outs: &LogOutputs,
     service: &Service,
-    live: bool,
 ) {
     service.reload.flag.store(false, Ordering::Relaxed);
     let Some(p) = service
@@ -431,19 +466,16 @@ fn apply_reload(
     // Log files: reopen (logrotate moved them). The exchange log is rebuilt
     // so that it redacts the new credential names.
     service.log_generation.fetch_add(1, Ordering::Relaxed);
-    if let (Some(old), Some(path)) = (&mut sinks.log, &running.exchanges) {
+    if let (Some(old), Some(out)) = (&mut sinks.log, &outs.exchanges) {
         if let Err(e) = old.finish() {
-            tracing::warn!(path = %path, "the exchange log failed before the reload: {e}");
+            tracing::warn!("the exchange log failed before the reload: {e}");
         }
-        if live && path != "-" {
-            match open_log(path, "the exchange log", live, &service.log_generation) {
-                Ok(out) => {
-                    *old = ExchangeLog::new(out, p.cfg.classify.credential_params.clone());
-                }
-                Err(e) => tracing::warn!("{e}; writing on to the old file"),
-            }
-        }
+        *old = ExchangeLog::new(
+            Box::new(out.clone()),
+            p.cfg.classify.credential_params.clone(),
+        );
     }
+    outs.flush();
     running.classify = p.cfg.classify.clone();
     running.log_level = p.cfg.log_level;
     tracing::info!(
