@@ -272,3 +272,186 @@ fn without_cap_net_raw_one_line_names_it() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("CAP_NET_RAW"), "{err}");
 }
+
+/// Datagrams apitap sends to `NOTIFY_SOCKET`, collected by a thread.
+fn notify_listener(path: &Path) -> std::sync::mpsc::Receiver<String> {
+    let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            if tx
+                .send(String::from_utf8_lossy(&buf[..n]).to_string())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Wait for a datagram containing `want`; return everything seen so far.
+fn expect(rx: &std::sync::mpsc::Receiver<String>, want: &str, seen: &mut Vec<String>) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if let Ok(m) = rx.recv_timeout(Duration::from_millis(100)) {
+            let hit = m.contains(want);
+            seen.push(m);
+            if hit {
+                return;
+            }
+        }
+    }
+    panic!("no {want:?} from apitap; got {seen:?}");
+}
+
+#[test]
+fn notify_ready_watchdog_status_reload_and_stopping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("notify.sock");
+    let rx = notify_listener(&socket);
+    let cfg = tmp.path().join("apitap.toml");
+    std::fs::write(&cfg, "[log]\nlevel = \"info\"\n").unwrap();
+    let sample = root().join("samples/http-mix-sample.pcap");
+    let mut apitap = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_apitap"))
+            .arg("-r")
+            .arg(&sample)
+            .args([
+                "--replay-loop",
+                "--replay-speed",
+                "50",
+                "--exchanges",
+                "/dev/null",
+            ])
+            .arg("--config.file")
+            .arg(&cfg)
+            .env("NOTIFY_SOCKET", &socket)
+            .env("WATCHDOG_USEC", "400000")
+            .env_remove("WATCHDOG_PID")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut seen = Vec::new();
+    expect(&rx, "READY=1", &mut seen);
+    assert!(seen.iter().all(|m| !m.contains("WATCHDOG=1")), "{seen:?}");
+    expect(&rx, "WATCHDOG=1", &mut seen);
+    expect(&rx, "WATCHDOG=1", &mut seen);
+    expect(&rx, "STATUS=capturing: ", &mut seen);
+    let status = seen
+        .iter()
+        .rev()
+        .find(|m| m.contains("STATUS=capturing: "))
+        .unwrap();
+    assert!(
+        status.contains("packets/s") && status.contains("exchanges"),
+        "{status}"
+    );
+
+    let pid = nix::unistd::Pid::from_raw(apitap.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    seen.clear();
+    expect(&rx, "RELOADING=1", &mut seen);
+    assert!(seen.last().unwrap().contains("MONOTONIC_USEC="), "{seen:?}");
+    expect(&rx, "READY=1", &mut seen);
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    expect(&rx, "STOPPING=1", &mut seen);
+    assert!(apitap.0.wait().unwrap().success());
+}
+
+/// Messages received within `span`.
+fn collect(rx: &std::sync::mpsc::Receiver<String>, span: Duration) -> Vec<String> {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < span {
+        if let Ok(m) = rx.recv_timeout(Duration::from_millis(50)) {
+            seen.push(m);
+        }
+    }
+    seen
+}
+
+/// A classic pcap (Ethernet) holding two 60-byte frames one second apart.
+fn two_frames_one_second_apart() -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in [0xa1b2_c3d4u32] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&4u16.to_le_bytes());
+    for v in [0u32, 0, 65535, 1] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for sec in [1_700_000_000u32, 1_700_000_001] {
+        for v in [sec, 0, 60, 60] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&[0u8; 60]);
+    }
+    b
+}
+
+fn watchdog_pings(seen: &[String]) -> usize {
+    seen.iter().filter(|m| m.contains("WATCHDOG=1")).count()
+}
+
+#[test]
+fn watchdog_follows_loop_progress_not_traffic() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A loop that does not advance: a replay paced 10,000 times slower than
+    // recorded sits between two packets for far longer than the watchdog
+    // interval, so the pings must stop (systemd would restart it).
+    let socket = tmp.path().join("stuck.sock");
+    let rx = notify_listener(&socket);
+    let pcap = tmp.path().join("gap.pcap");
+    std::fs::write(&pcap, two_frames_one_second_apart()).unwrap();
+    let _stuck = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_apitap"))
+            .arg("-r")
+            .arg(&pcap)
+            .args(["--replay-speed", "0.0001", "--exchanges", "/dev/null"])
+            .env("NOTIFY_SOCKET", &socket)
+            .env("WATCHDOG_USEC", "200000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut seen = Vec::new();
+    expect(&rx, "READY=1", &mut seen);
+    let seen = collect(&rx, Duration::from_millis(2500));
+    assert!(
+        watchdog_pings(&seen) <= 1,
+        "a stuck loop kept pinging: {seen:?}"
+    );
+
+    // A live capture on a quiet filter still advances (ticks): it pings.
+    if !is_root() {
+        eprintln!("live half skipped: needs root");
+        return;
+    }
+    let socket = tmp.path().join("quiet.sock");
+    let rx = notify_listener(&socket);
+    let _quiet = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_apitap"))
+            .args(["-i", "lo", "-f", "tcp port 9 and tcp port 10"])
+            .args(["--web.listen-address", "127.0.0.1:0"])
+            .env("NOTIFY_SOCKET", &socket)
+            .env("WATCHDOG_USEC", "200000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut seen = Vec::new();
+    expect(&rx, "READY=1", &mut seen);
+    let seen = collect(&rx, Duration::from_millis(2500));
+    assert!(
+        watchdog_pings(&seen) >= 4,
+        "a quiet capture stopped pinging: {seen:?}"
+    );
+}
