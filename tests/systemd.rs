@@ -378,9 +378,7 @@ fn collect(rx: &std::sync::mpsc::Receiver<String>, span: Duration) -> Vec<String
 /// A classic pcap (Ethernet) holding two 60-byte frames one second apart.
 fn two_frames_one_second_apart() -> Vec<u8> {
     let mut b = Vec::new();
-    for v in [0xa1b2_c3d4u32] {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
+    b.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     b.extend_from_slice(&2u16.to_le_bytes());
     b.extend_from_slice(&4u16.to_le_bytes());
     for v in [0u32, 0, 65535, 1] {
