@@ -8,6 +8,7 @@
 //! - [`http`]: HTTP/1.x parsing, body framing, request/response pairing.
 //! - [`clock`]: capture time, the only time the pipeline knows.
 //! - [`metrics`]: metric families, bounded labels, the `/metrics` server.
+//! - [`daemon`]: sd_notify and the watchdog, signals, privilege drop, logs.
 
 pub mod capture;
 pub mod classify;

@@ -453,3 +453,52 @@ fn watchdog_follows_loop_progress_not_traffic() {
         "a quiet capture stopped pinging: {seen:?}"
     );
 }
+
+#[test]
+fn root_outside_systemd_switches_to_the_configured_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("apitap.toml");
+    std::fs::write(
+        &cfg,
+        "interface = \"lo\"\nfilter = \"tcp port 9\"\n[web]\nlisten-address = \"127.0.0.1:0\"\n\
+         [daemon]\nuser = \"nobody\"\n",
+    )
+    .unwrap();
+    let apitap = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_apitap"))
+            .arg("--config.file")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = apitap.0.id();
+    let start = Instant::now();
+    let status = loop {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if s.lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534"))
+        {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "still root:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        let l = status.lines().find(|l| l.starts_with(set)).unwrap();
+        assert!(l.ends_with("0000000000000000"), "{l}");
+    }
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace().skip(1).all(|v| v == "65534"),
+        "{uid}"
+    );
+}

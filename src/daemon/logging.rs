@@ -57,8 +57,11 @@ impl LogHandle {
     }
 }
 
-/// Whether stderr is the journal stream systemd gave us.
+/// Whether stderr is the journal stream systemd gave us (`JOURNAL_STREAM`
+/// is `DEV:INODE` of that stream; compared with fd 2 itself, not a path,
+/// as /dev may be private).
 fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
     let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
@@ -67,7 +70,10 @@ fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = v.split_once(':') else {
         return false;
     };
-    let Ok(meta) = std::fs::metadata("/dev/stderr") else {
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
         return false;
     };
     dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
