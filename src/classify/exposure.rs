@@ -449,11 +449,16 @@ pub fn scan_jwts(
     let now = ex.ts.as_micros();
     if let Some(req) = &ex.request {
         for (name, value) in req.headers.iter() {
-            let n = printable(name, 64);
+            // The place is named only when a token is found there.
             scan.look(
                 cfg,
                 value,
-                |_| (JwtPlace::RequestHeader, format!("{n} header")),
+                |_| {
+                    (
+                        JwtPlace::RequestHeader,
+                        format!("{} header", printable(name, 64)),
+                    )
+                },
                 Some(now),
                 &mut budget,
             );
@@ -482,11 +487,15 @@ pub fn scan_jwts(
     }
     if let Some(resp) = &ex.response {
         for (name, value) in resp.headers.iter() {
-            let n = printable(name, 64);
             scan.look(
                 cfg,
                 value,
-                |_| (JwtPlace::ResponseHeader, format!("response {n} header")),
+                |_| {
+                    (
+                        JwtPlace::ResponseHeader,
+                        format!("response {} header", printable(name, 64)),
+                    )
+                },
                 None,
                 &mut budget,
             );

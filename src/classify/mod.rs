@@ -146,13 +146,16 @@ impl Classifier {
         let limit = self.cfg.body_decode_bytes;
         let req_body = match &ex.request {
             Some(r) if !ex.request_body_prefix.is_empty() => {
-                body::decoded_prefix(&r.headers, &ex.request_body_prefix, limit)
+                let decode = body::worth_decoding(&r.headers, ex.request_body_bytes, None);
+                body::decoded_prefix(&r.headers, &ex.request_body_prefix, limit, decode)
             }
             _ => None,
         };
         let resp_body = match &ex.response {
             Some(r) if !ex.response_body_prefix.is_empty() => {
-                body::decoded_prefix(&r.headers, &ex.response_body_prefix, limit)
+                let decode =
+                    body::worth_decoding(&r.headers, ex.response_body_bytes, Some(r.status));
+                body::decoded_prefix(&r.headers, &ex.response_body_prefix, limit, decode)
             }
             _ => None,
         };

@@ -370,13 +370,13 @@ impl HttpSession {
         }
     }
 
-    fn finish_response(&mut self, f: InFlight, end: Option<&MessageEnd>, outcome: Outcome) {
+    fn finish_response(&mut self, f: InFlight, end: Option<MessageEnd>, outcome: Outcome) {
         let mut answer = Answer::nothing(outcome, None, f.capture_loss);
         answer.response = Some(f.head);
         if let Some(e) = end {
             answer.end_ts = Some(e.end.ts);
             answer.body_bytes = e.body_bytes;
-            answer.body_prefix = e.body_prefix.clone();
+            answer.body_prefix = e.body_prefix;
             answer.capture_loss |= e.body_missing > 0;
         }
         self.emit(f.request.ok_or(f.start), answer);
@@ -503,7 +503,7 @@ impl MessageSink for HttpSession {
                 } else {
                     self.end_outcome()
                 };
-                self.finish_response(f, Some(&end), outcome);
+                self.finish_response(f, Some(end), outcome);
             }
         }
     }
