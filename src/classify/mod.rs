@@ -93,6 +93,7 @@ pub struct Classifier {
     /// (server, exact path) that answered 2xx in this run.
     ok_paths: OkPaths,
     inventory: RouteInventory,
+    jwts: jwt::JwtCache,
 }
 
 /// Counters of classification's bounded memory.
@@ -117,6 +118,7 @@ impl Classifier {
             ),
             cfg,
             routes,
+            jwts: jwt::JwtCache::default(),
         })
     }
 
@@ -161,6 +163,7 @@ impl Classifier {
         };
         let jwts = exposure::scan_jwts(
             &self.cfg,
+            &mut self.jwts,
             ex,
             req_body.as_deref().unwrap_or_default(),
             resp_body.as_deref().unwrap_or_default(),
