@@ -2,7 +2,8 @@
 """Write apitap's Grafana dashboards (classic JSON) into this directory.
 
 The JSON files are committed; edit this script and run it again
-(`python3 dashboards/generate.py`) rather than editing them by hand.
+(`python3 dashboards/generate.py [OUT_DIR]`, default: this directory) rather
+than editing them by hand (tests/dashboards.rs checks they agree).
 Output is canonical (sorted keys, two-space indent, trailing newline), the
 form `tests/dashboards.rs` checks survives a load/save round trip.
 
@@ -14,6 +15,7 @@ Metric names and labels are the ones in docs/metrics.md.
 """
 import json
 import os
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -463,9 +465,10 @@ def capture():
 
 
 def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else HERE       # tests write to a temp dir
     for key, fn in (("overview", overview), ("failures", failures), ("exposure", exposure),
                     ("capture", capture)):
-        path = os.path.join(HERE, "apitap-%s.json" % key)
+        path = os.path.join(out, "apitap-%s.json" % key)
         with open(path, "w") as f:
             f.write(json.dumps(fn(), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
         print(path)

@@ -554,7 +554,7 @@ def sc_mixed():
 # ============================================================== demo
 # A ~40 s capture for the dashboards, the alert rules and their end-to-end
 # test: steady traffic to four API servers with every failure cause and
-# every finding kind (see tools/recorder/README.md, "The demo scenario").
+# every finding kind (what is in it: sc_demo below).
 PUBLIC = "100.128.0.1"        # public unicast (just past CGNAT 100.64/10); never leaves the netns
 DEMO_SECONDS = 36.0
 
@@ -760,6 +760,25 @@ def demo_other():
 
 
 def sc_demo():
+    """~40 s of traffic for dashboards and alert tests (tests/captures/demo.pcap).
+
+    Servers: api.example.com, shop.example.com and the IP literal 10.203.0.1
+    (all 10.203.0.1:80), partner-api.example.net on the public address
+    100.128.0.1:80, TLS on 10.203.0.1:443 (SNI secure.example.com TLS 1.3,
+    payments.example.com TLS 1.2, legacy.example.com a TLS 1.0 ClientHello the
+    server refuses), a non-HTTP service on :5432, and catalog.example.com with
+    205 distinct 2xx routes (endpoint_sprawl).
+    Two steady keep-alive clients draw from demo_mix (weights: every failure
+    cause and per-exchange finding kind), a third calls /api/v1/search with
+    120-1800 ms delays (p95 above 1 s), one request is answered after 31.5 s
+    (timeout at the default 30 s), and at fixed times: resets (/reset), closes
+    without a response (/close), malformed requests (a bad Content-Length,
+    then a line that is not a request line), the sprawl burst and the
+    non-HTTP connections. Deterministic choices (seeded), real timing.
+    Expected differences from the truth: the client cannot see that its
+    malformed requests are malformed (apitap: 4 malformed; truth: 2 with a
+    200, 2 connection_reset).
+    """
     import random
     t0 = time.time()
     until = t0 + DEMO_SECONDS
