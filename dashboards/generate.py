@@ -95,7 +95,7 @@ def panel(lay, kind, title, desc, unit, targets, w=12, h=8, options=None, defaul
     if transformations:
         p["transformations"] = transformations
     if links:
-        p["links"] = links
+        p["fieldConfig"]["defaults"]["links"] = links       # data links: ${__data.fields.*}
     lay.next_id += 1
     return p
 
@@ -226,10 +226,12 @@ def dashboard(key, title, desc, panels, templating, tags=()):
 
 
 def drill(uid, title):
+    """A data link to dashboard uid, keeping this dashboard's variables and
+    time range, with server and route taken from the clicked row."""
     return {"title": title, "targetBlank": False,
-            "url": "/d/%s?${__url_time_range}&var-datasource=${datasource}&var-job=${job}"
-                   "&var-instance=${instance}&var-server=${__data.fields.server_address}"
-                   "&var-route=${__data.fields.http_route}" % uid}
+            "url": "/d/%s?${__url_time_range}&${datasource:queryparam}&${job:queryparam}"
+                   "&${instance:queryparam}&var-server=${__data.fields.server_address:percentencode}"
+                   "&var-route=${__data.fields.http_route:percentencode}" % uid}
 
 
 # ----------------------------------------------------------------- overview
