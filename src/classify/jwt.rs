@@ -158,7 +158,6 @@ const JWT_CACHE_ENTRIES: usize = 4096;
 impl JwtCache {
     /// [`inspect`], remembered.
     pub fn inspect(&mut self, token: &[u8]) -> Option<JwtInfo> {
-        use std::hash::BuildHasher;
         let key = self.hasher.hash_one(token);
         if let Some(info) = self.seen.get(&key) {
             return info.clone();
