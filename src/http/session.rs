@@ -122,6 +122,9 @@ pub struct HttpSession {
     uncertain: bool,
     ending: StreamEnd,
     pub commands: ParserCommands,
+    /// Messages that could not be framed since the last take, per direction
+    /// ([requests, responses]); the flow table moves them into its stats.
+    pub parse_errors: [u64; 2],
     out: Vec<Exchange>,
 }
 
@@ -142,6 +145,7 @@ impl HttpSession {
             uncertain: false,
             ending: StreamEnd::CaptureEnded,
             commands: ParserCommands::default(),
+            parse_errors: [0; 2],
             out: Vec::new(),
         }
     }
@@ -509,6 +513,7 @@ impl MessageSink for HttpSession {
     }
 
     fn malformed(&mut self, dir: Direction, _err: ParseError, at: StreamPos) {
+        self.parse_errors[usize::from(dir == Direction::ToClient)] += 1;
         match dir {
             Direction::ToServer => {
                 let mut p = self.new_pending(None, at);
