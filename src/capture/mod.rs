@@ -9,6 +9,7 @@
 
 pub mod file;
 pub mod live;
+pub mod mapped;
 pub mod replay;
 
 use crate::clock::Timestamp;

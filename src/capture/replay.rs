@@ -9,7 +9,8 @@
 //! the wall clock and sleeps; the pipeline still sees packet time only.
 
 use super::file::FileSource;
-use super::{CaptureError, PacketSource, SourceEvent, SourceStats};
+use super::mapped::MappedPcap;
+use super::{CaptureError, PacketSource, RawPacket, SourceEvent, SourceStats};
 use crate::clock::Timestamp;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,9 +29,59 @@ impl StopFlag {
     }
 }
 
+/// The file being read: mapped when it is a classic pcap on disk (the fast
+/// path), streamed otherwise (pcapng, stdin).
+enum Input {
+    Mapped(MappedPcap),
+    Stream(FileSource),
+}
+
+impl Input {
+    fn open(path: &str) -> Result<Input, CaptureError> {
+        if path != "-" {
+            if let Ok(Some(m)) = MappedPcap::open(path) {
+                return Ok(Input::Mapped(m));
+            }
+        }
+        Ok(Input::Stream(FileSource::open(path)?))
+    }
+
+    /// Advance; the timestamp of the packet now current, if any.
+    fn advance(&mut self) -> Result<Option<Timestamp>, CaptureError> {
+        Ok(match self {
+            Input::Mapped(m) => m.next_packet().map(|p| p.ts),
+            Input::Stream(f) => match f.next_event()? {
+                Some(SourceEvent::Packet(p)) => Some(p.ts),
+                Some(SourceEvent::Tick(_)) | None => None,
+            },
+        })
+    }
+
+    fn current(&self) -> Option<RawPacket<'_>> {
+        match self {
+            Input::Mapped(m) => m.current(),
+            Input::Stream(f) => f.current(),
+        }
+    }
+
+    fn stats(&self) -> SourceStats {
+        match self {
+            Input::Mapped(m) => m.stats(),
+            Input::Stream(f) => f.stats(),
+        }
+    }
+
+    fn truncation(&self) -> Option<&str> {
+        match self {
+            Input::Mapped(m) => m.truncation(),
+            Input::Stream(f) => f.truncation(),
+        }
+    }
+}
+
 pub struct ReplaySource {
     path: String,
-    file: FileSource,
+    file: Input,
     speed: Option<f64>,
     looping: bool,
     stop: StopFlag,
@@ -61,7 +112,7 @@ impl ReplaySource {
         }
         Ok(ReplaySource {
             path: path.to_string(),
-            file: FileSource::open(path)?,
+            file: Input::open(path)?,
             speed,
             looping,
             stop,
@@ -109,11 +160,7 @@ impl PacketSource for ReplaySource {
             }
             // Peek the timestamp first: pacing needs `&mut self`, the packet
             // borrows the file.
-            let ts = match self.file.next_event()? {
-                Some(SourceEvent::Packet(p)) => Some(p.ts),
-                Some(SourceEvent::Tick(_)) | None => None,
-            };
-            let Some(ts) = ts else {
+            let Some(ts) = self.file.advance()? else {
                 self.passes += 1;
                 if !self.looping || self.file.truncation().is_some() || self.last.is_none() {
                     return Ok(None);
@@ -126,7 +173,7 @@ impl PacketSource for ReplaySource {
                 let stats = self.file.stats();
                 self.done.packets += stats.packets;
                 self.done.bytes += stats.bytes;
-                self.file = FileSource::open(&self.path)?;
+                self.file = Input::open(&self.path)?;
                 continue;
             };
             if self.passes == 0 {

@@ -7,13 +7,17 @@
 //! (input) and `limit` (output), so a decompression bomb costs nothing. Other
 //! codings (br, zstd, …) are left alone: the body is then not looked into.
 //! [`verbose_error_marker`] and [`is_empty_json`] read that decoded text.
+//! Decompressing costs more than everything else apitap does with an
+//! exchange, so [`worth_decoding`] says when a rule can use the text: a
+//! 5xx (verbose errors), a tiny body (empty responses), or a small textual
+//! body (JWTs handed out or sent, which come in small JSON or form bodies).
 
 use crate::http::Headers;
 use std::borrow::Cow;
 use std::io::Read;
 
 /// Default most decoded bytes looked at.
-pub const DEFAULT_DECODE_LIMIT: usize = 8 * 1024;
+pub const DEFAULT_DECODE_LIMIT: usize = 2 * 1024;
 
 /// Text in a 5xx body that reveals internals (case-sensitive).
 pub const DEFAULT_VERBOSE_MARKERS: &[&str] = &[
@@ -102,15 +106,35 @@ fn read_bounded(mut r: impl Read, limit: usize) -> Vec<u8> {
     out
 }
 
+/// Bodies up to this many (coded) bytes are searched for JWTs.
+pub const JWT_BODY_MAX: u64 = 1024;
+
+/// Is decoding a compressed body worth it (see module doc)? `status`:
+/// the response's, None for a request body.
+pub fn worth_decoding(headers: &Headers, body_bytes: u64, status: Option<u16>) -> bool {
+    if status.is_some_and(|s| s >= 500) || body_bytes <= 64 {
+        return true;
+    }
+    let textual = headers.get("content-type").is_none_or(|ct| {
+        let ct = ct.to_ascii_lowercase();
+        ["json", "text", "form", "xml", "javascript"]
+            .iter()
+            .any(|t| memchr::memmem::find(&ct, t.as_bytes()).is_some())
+    });
+    textual && body_bytes <= JWT_BODY_MAX
+}
+
 /// The body prefix with its content coding undone (see module doc).
 /// `None` when the coding is one we do not decode.
 pub fn decoded_prefix<'a>(
     headers: &Headers,
     prefix: &'a [u8],
     limit: usize,
+    decode: bool,
 ) -> Option<Cow<'a, [u8]>> {
     match coding(headers) {
         Coding::Identity => Some(Cow::Borrowed(&prefix[..prefix.len().min(limit)])),
+        _ if !decode => None,
         Coding::Gzip => Some(Cow::Owned(read_bounded(
             flate2::bufread::GzDecoder::new(prefix),
             limit,
@@ -193,7 +217,7 @@ mod tests {
             (Some("gzip, br"), gzip(text), None),
         ];
         for (ce, body, want) in cases {
-            let got = decoded_prefix(&headers(ce), &body, 4096);
+            let got = decoded_prefix(&headers(ce), &body, 4096, true);
             assert_eq!(got.as_deref(), want, "{ce:?}");
         }
     }
@@ -205,7 +229,7 @@ mod tests {
             .collect();
         let gz = gzip(&text);
         let cut = &gz[..gz.len() / 2];
-        let got = decoded_prefix(&headers(Some("gzip")), cut, 1 << 20).unwrap();
+        let got = decoded_prefix(&headers(Some("gzip")), cut, 1 << 20, true).unwrap();
         assert!(!got.is_empty());
         assert!(text.starts_with(&got));
     }
@@ -215,7 +239,7 @@ mod tests {
         let zeros = vec![0u8; 50 << 20];
         let gz = gzip(&zeros);
         let prefix = &gz[..gz.len().min(2048)];
-        let got = decoded_prefix(&headers(Some("gzip")), prefix, 8192).unwrap();
+        let got = decoded_prefix(&headers(Some("gzip")), prefix, 8192, true).unwrap();
         assert_eq!(got.len(), 8192);
     }
 
@@ -235,6 +259,40 @@ mod tests {
         ];
         for (t, want) in cases {
             assert_eq!(is_empty_json(t), *want, "{:?}", String::from_utf8_lossy(t));
+        }
+    }
+}
+
+#[cfg(test)]
+mod worth_tests {
+    use super::*;
+
+    fn h(ct: Option<&str>) -> Headers {
+        let mut h = Headers::default();
+        if let Some(v) = ct {
+            h.push(b"Content-Type", v.as_bytes());
+        }
+        h
+    }
+
+    #[test]
+    fn decoding_only_where_a_rule_can_use_it() {
+        let cases: &[(Option<&str>, u64, Option<u16>, bool)] = &[
+            (Some("image/png"), 50_000, Some(500), true),
+            (Some("image/png"), 40, Some(200), true),
+            (Some("application/json"), 1_000, Some(200), true),
+            (Some("application/json"), 3_000, Some(200), false),
+            (Some("application/json"), 40_000, Some(200), false),
+            (Some("image/png"), 1_000, Some(200), false),
+            (None, 1_000, None, true),
+            (Some("application/x-www-form-urlencoded"), 300, None, true),
+        ];
+        for (ct, bytes, status, want) in cases {
+            assert_eq!(
+                worth_decoding(&h(*ct), *bytes, *status),
+                *want,
+                "{ct:?} {bytes} {status:?}"
+            );
         }
     }
 }

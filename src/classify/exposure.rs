@@ -407,13 +407,14 @@ impl JwtScan {
         place: impl Fn(usize) -> (JwtPlace, String),
         now_micros: Option<i64>,
         budget: &mut usize,
+        cache: &mut jwt::JwtCache,
     ) {
         if *budget == 0 || memchr::memmem::find(text, b"eyJ").is_none() {
             return;
         }
         for tok in jwt::find_jwts(text, *budget) {
             *budget -= 1;
-            let Some(info) = jwt::inspect(tok) else {
+            let Some(info) = cache.inspect(tok) else {
                 continue;
             };
             if let Some(now) = now_micros {
@@ -440,6 +441,7 @@ impl JwtScan {
 /// the decoded prefixes.
 pub fn scan_jwts(
     cfg: &ClassifyConfig,
+    cache: &mut jwt::JwtCache,
     ex: &Exchange,
     request_body: &[u8],
     response_body: &[u8],
@@ -449,13 +451,19 @@ pub fn scan_jwts(
     let now = ex.ts.as_micros();
     if let Some(req) = &ex.request {
         for (name, value) in req.headers.iter() {
-            let n = printable(name, 64);
+            // The place is named only when a token is found there.
             scan.look(
                 cfg,
                 value,
-                |_| (JwtPlace::RequestHeader, format!("{n} header")),
+                |_| {
+                    (
+                        JwtPlace::RequestHeader,
+                        format!("{} header", printable(name, 64)),
+                    )
+                },
                 Some(now),
                 &mut budget,
+                cache,
             );
         }
         let q = memchr::memchr(b'?', &req.target).unwrap_or(req.target.len());
@@ -471,6 +479,7 @@ pub fn scan_jwts(
             },
             Some(now),
             &mut budget,
+            cache,
         );
         scan.look(
             cfg,
@@ -478,17 +487,23 @@ pub fn scan_jwts(
             |_| (JwtPlace::RequestBody, "request body".into()),
             Some(now),
             &mut budget,
+            cache,
         );
     }
     if let Some(resp) = &ex.response {
         for (name, value) in resp.headers.iter() {
-            let n = printable(name, 64);
             scan.look(
                 cfg,
                 value,
-                |_| (JwtPlace::ResponseHeader, format!("response {n} header")),
+                |_| {
+                    (
+                        JwtPlace::ResponseHeader,
+                        format!("response {} header", printable(name, 64)),
+                    )
+                },
                 None,
                 &mut budget,
+                cache,
             );
         }
         scan.look(
@@ -497,6 +512,7 @@ pub fn scan_jwts(
             |_| (JwtPlace::ResponseBody, "response body".into()),
             None,
             &mut budget,
+            cache,
         );
     }
     if scan.weak_count > 1 {

@@ -142,6 +142,35 @@ pub fn inspect(token: &[u8]) -> Option<JwtInfo> {
     })
 }
 
+/// Recently inspected tokens, by a keyed hash of the token (never the
+/// token): clients send the same token with every request, and decoding it
+/// (base64 and JSON) is most of what JWT checks cost. Bounded: cleared when
+/// full.
+#[derive(Default)]
+pub struct JwtCache {
+    seen: std::collections::HashMap<u64, Option<JwtInfo>, ahash::RandomState>,
+    hasher: ahash::RandomState,
+}
+
+/// Most tokens remembered.
+const JWT_CACHE_ENTRIES: usize = 4096;
+
+impl JwtCache {
+    /// [`inspect`], remembered.
+    pub fn inspect(&mut self, token: &[u8]) -> Option<JwtInfo> {
+        let key = self.hasher.hash_one(token);
+        if let Some(info) = self.seen.get(&key) {
+            return info.clone();
+        }
+        let info = inspect(token);
+        if self.seen.len() >= JWT_CACHE_ENTRIES {
+            self.seen.clear();
+        }
+        self.seen.insert(key, info.clone());
+        info
+    }
+}
+
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'.')
 }

@@ -93,6 +93,7 @@ pub struct Classifier {
     /// (server, exact path) that answered 2xx in this run.
     ok_paths: OkPaths,
     inventory: RouteInventory,
+    jwts: jwt::JwtCache,
 }
 
 /// Counters of classification's bounded memory.
@@ -117,6 +118,7 @@ impl Classifier {
             ),
             cfg,
             routes,
+            jwts: jwt::JwtCache::default(),
         })
     }
 
@@ -146,18 +148,22 @@ impl Classifier {
         let limit = self.cfg.body_decode_bytes;
         let req_body = match &ex.request {
             Some(r) if !ex.request_body_prefix.is_empty() => {
-                body::decoded_prefix(&r.headers, &ex.request_body_prefix, limit)
+                let decode = body::worth_decoding(&r.headers, ex.request_body_bytes, None);
+                body::decoded_prefix(&r.headers, &ex.request_body_prefix, limit, decode)
             }
             _ => None,
         };
         let resp_body = match &ex.response {
             Some(r) if !ex.response_body_prefix.is_empty() => {
-                body::decoded_prefix(&r.headers, &ex.response_body_prefix, limit)
+                let decode =
+                    body::worth_decoding(&r.headers, ex.response_body_bytes, Some(r.status));
+                body::decoded_prefix(&r.headers, &ex.response_body_prefix, limit, decode)
             }
             _ => None,
         };
         let jwts = exposure::scan_jwts(
             &self.cfg,
+            &mut self.jwts,
             ex,
             req_body.as_deref().unwrap_or_default(),
             resp_body.as_deref().unwrap_or_default(),

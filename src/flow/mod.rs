@@ -147,6 +147,8 @@ pub struct FlowStats {
     pub stream: StreamStats,
     /// Bytes skipped while looking for a message start.
     pub sniff_skipped_bytes: u64,
+    /// HTTP messages that could not be framed: [requests, responses].
+    pub http_parse_errors: [u64; 2],
 }
 
 struct TlsConn {
@@ -468,6 +470,13 @@ impl FlowTable {
                 h.req.end_of_stream(now, reset, &mut h.session);
                 h.resp.end_of_stream(now, reset, &mut h.session);
                 h.session.close(now);
+                for (total, n) in stats
+                    .http_parse_errors
+                    .iter_mut()
+                    .zip(h.session.parse_errors)
+                {
+                    *total += n;
+                }
                 for ex in h.session.drain() {
                     emit(ex);
                 }
@@ -741,6 +750,14 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
     /// Apply the session's deferred parser commands and pass on exchanges.
     fn after_parse(&mut self) {
         if let App::Http(h) = self.app {
+            for (total, n) in self
+                .stats
+                .http_parse_errors
+                .iter_mut()
+                .zip(std::mem::take(&mut h.session.parse_errors))
+            {
+                *total += n;
+            }
             let cmds = std::mem::take(&mut h.session.commands);
             if cmds.request_enter_tunnel && !h.req.in_tunnel() {
                 h.req.enter_tunnel();

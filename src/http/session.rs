@@ -122,6 +122,9 @@ pub struct HttpSession {
     uncertain: bool,
     ending: StreamEnd,
     pub commands: ParserCommands,
+    /// Messages that could not be framed since the last take, per direction
+    /// ([requests, responses]); the flow table moves them into its stats.
+    pub parse_errors: [u64; 2],
     out: Vec<Exchange>,
 }
 
@@ -142,6 +145,7 @@ impl HttpSession {
             uncertain: false,
             ending: StreamEnd::CaptureEnded,
             commands: ParserCommands::default(),
+            parse_errors: [0; 2],
             out: Vec::new(),
         }
     }
@@ -370,13 +374,13 @@ impl HttpSession {
         }
     }
 
-    fn finish_response(&mut self, f: InFlight, end: Option<&MessageEnd>, outcome: Outcome) {
+    fn finish_response(&mut self, f: InFlight, end: Option<MessageEnd>, outcome: Outcome) {
         let mut answer = Answer::nothing(outcome, None, f.capture_loss);
         answer.response = Some(f.head);
         if let Some(e) = end {
             answer.end_ts = Some(e.end.ts);
             answer.body_bytes = e.body_bytes;
-            answer.body_prefix = e.body_prefix.clone();
+            answer.body_prefix = e.body_prefix;
             answer.capture_loss |= e.body_missing > 0;
         }
         self.emit(f.request.ok_or(f.start), answer);
@@ -503,12 +507,13 @@ impl MessageSink for HttpSession {
                 } else {
                     self.end_outcome()
                 };
-                self.finish_response(f, Some(&end), outcome);
+                self.finish_response(f, Some(end), outcome);
             }
         }
     }
 
     fn malformed(&mut self, dir: Direction, _err: ParseError, at: StreamPos) {
+        self.parse_errors[usize::from(dir == Direction::ToClient)] += 1;
         match dir {
             Direction::ToServer => {
                 let mut p = self.new_pending(None, at);

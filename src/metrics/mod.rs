@@ -923,6 +923,8 @@ impl Metrics {
         CaptureCounters::raise(&c.missing_bytes, stats.flows.stream.missing_bytes);
         c.flows_active
             .store(stats.active_flows as u64, Ordering::Relaxed);
+        let [requests, responses] = stats.flows.http_parse_errors;
+        self.http_parse_errors(requests, responses);
     }
 
     /// HTTP framing errors so far, per direction (cumulative).

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 /// One line of the exchange log, in SPEC's field order.
 #[derive(Serialize)]
 struct Record<'a> {
-    ts: String,
+    #[serde(serialize_with = "as_display")]
+    ts: crate::clock::Timestamp,
     client: SocketAddr,
     server: SocketAddr,
     method: Option<&'a str>,
@@ -26,6 +27,11 @@ struct Record<'a> {
     /// Bytes of this exchange were lost in the capture, or its pairing could
     /// not be proven: its numbers are uncertain (an addition to SPEC).
     capture_loss: bool,
+}
+
+/// Serialise through `Display` without an intermediate String.
+fn as_display<S: serde::Serializer>(v: &crate::clock::Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 pub struct ExchangeLog {
@@ -47,7 +53,7 @@ impl ExchangeLog {
     pub fn write(&mut self, ex: &Exchange) -> io::Result<()> {
         let req = ex.request.as_ref();
         let rec = Record {
-            ts: ex.ts.to_string(),
+            ts: ex.ts,
             client: ex.client,
             server: ex.server,
             method: req.map(|r| r.method.as_str()),

@@ -21,6 +21,20 @@ chosen by the request path, so the clients know exactly what they will get:
                        "Connection: close" without reading the body
   /big?bytes=N         200 with an N-byte JSON body (Content-Length)
 
+For the demo scenario (a small API with realistic routes):
+
+  /api/...             200 JSON (POST: 201); query "status=NNN" answers NNN as
+                       /status/NNN does, "delay_ms=N" waits N ms first;
+                       /api/v0/... adds Deprecation and Sunset headers;
+                       /api/v1/login sets a session cookie without Secure/HttpOnly;
+                       /api/v1/notifications answers "[]";
+                       /api/v1/beta/... answers 200 the first time, 404 afterwards;
+                       a path with ".." answers 404
+  /catalog/...         200 (many distinct routes: endpoint sprawl)
+
+--tls-port P --cert C --key K also serves the same over TLS on port P;
+--other-port P accepts TCP connections that are not HTTP (answers "N", closes).
+
 HEAD gets the GET headers without a body. Request bodies may use
 Content-Length or chunked transfer coding.
 
@@ -223,8 +237,42 @@ class Handler(BaseHTTPRequestHandler):
             fill = max(0, n - len(head) - len(tail))
             body = head + (b"0123456789abcdef" * (fill // 16 + 1))[:fill] + tail
             self.send_json(200, None, body=body[:n] if n < len(head) + len(tail) else body)
+        elif path.startswith("/api/"):
+            self.send_api(path, q, body_n)
+        elif path.startswith("/catalog/"):
+            self.send_json(200, {"page": path})
         else:
             self.send_json(404, {"error": "not_found", "path": path})
+
+    def send_api(self, path, q, body_n):
+        """The demo API: realistic routes, failures chosen by the client."""
+        if "delay_ms" in q:
+            time.sleep(int(q["delay_ms"]) / 1000.0)
+        if "status" in q:
+            self.send_status(int(q["status"]), body_n)
+            return
+        if ".." in path or "%2f" in path.lower():
+            self.send_json(404, {"error": "not_found"})
+            return
+        extra = []
+        if path.startswith("/api/v0/"):
+            extra += [("Deprecation", "true"), ("Sunset", "Sat, 31 Oct 2026 00:00:00 GMT")]
+        if path == "/api/v1/login":
+            extra.append(("Set-Cookie", "session=s-7f3a9c2e41d8; Path=/"))
+        if path == "/api/v1/notifications":
+            self.send_json(200, None, body=b"[]")
+            return
+        if path.startswith("/api/v1/beta/"):
+            with self.server.lock:
+                seen = path in self.server.flipped
+                self.server.flipped.add(path)
+            if seen:
+                self.send_json(404, {"error": "not_found", "path": path})
+                return
+        code = 201 if self.command == "POST" and path != "/api/v1/login" else 200
+        self.send_json(code, {"ok": True, "path": path, "received": body_n,
+                              "items": [{"id": i, "name": "item-%d" % i} for i in range(3)]},
+                       extra=extra)
 
     def send_status(self, code, body_n):
         extra = []
@@ -265,15 +313,47 @@ class Handler(BaseHTTPRequestHandler):
         self.server.log(path=self.path, method=self.command, status=200, body=total, chunked=True)
 
 
+def other_protocol(bind, port):
+    """A TCP service that is not HTTP: read what the client says, answer "N", close."""
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((bind, port))
+    ls.listen(16)
+    while True:
+        c, _ = ls.accept()
+        try:
+            c.settimeout(2)
+            c.recv(4096)
+            c.sendall(b"N")
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bind", default="10.203.0.1")
     ap.add_argument("--port", type=int, default=80)
     ap.add_argument("--log", help="JSONL log of what the server did (debugging only)")
+    ap.add_argument("--tls-port", type=int, help="also serve over TLS on this port (demo)")
+    ap.add_argument("--cert", help="PEM certificate for --tls-port")
+    ap.add_argument("--key", help="PEM key for --tls-port")
+    ap.add_argument("--other-port", type=int, help="accept non-HTTP TCP on this port (demo)")
     a = ap.parse_args()
     srv = Server((a.bind, a.port), Handler)
     if a.log:
         srv.logf = open(a.log, "a")
+    if a.tls_port:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.cert, a.key)
+        tls = Server((a.bind, a.tls_port), Handler)
+        tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
+        tls.logf = srv.logf
+        threading.Thread(target=tls.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    if a.other_port:
+        threading.Thread(target=other_protocol, args=(a.bind, a.other_port), daemon=True).start()
     print("listening on %s:%d" % (a.bind, a.port), flush=True)
     try:
         srv.serve_forever(poll_interval=0.2)

@@ -18,7 +18,7 @@ itself sent and received (never anything read from the capture):
   chunked_response, t_send, t_end (epoch seconds), note.
 
 Usage: client.py SCENARIO --server 10.203.0.1 --port 80 --log FILE
-Scenarios: keepalive pipelining chunked continue statuses reset timeout mixed
+Scenarios: keepalive pipelining chunked continue statuses reset timeout mixed demo
 """
 import argparse
 import base64
@@ -90,8 +90,8 @@ class Closed(Exception):
 class Raw:
     """One client TCP connection with a small HTTP/1.1 response reader."""
 
-    def __init__(self, timeout=5.0):
-        self.sock = socket.create_connection((SERVER, PORT), timeout=timeout)
+    def __init__(self, timeout=5.0, addr=None, port=None):
+        self.sock = socket.create_connection((addr or SERVER, port or PORT), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port = self.sock.getsockname()[1]
         self.conn = conn_id(self.port)
@@ -551,9 +551,265 @@ def sc_mixed():
     th.join()
 
 
+# ============================================================== demo
+# A ~40 s capture for the dashboards, the alert rules and their end-to-end
+# test: steady traffic to four API servers with every failure cause and
+# every finding kind (what is in it: sc_demo below).
+PUBLIC = "100.128.0.1"        # public unicast (just past CGNAT 100.64/10); never leaves the netns
+DEMO_SECONDS = 36.0
+
+
+def jwt_alg_none():
+    h = b64url(json.dumps({"alg": "none", "typ": "JWT"}, separators=(",", ":")).encode())
+    p = b64url(json.dumps({"sub": "user-99", "iat": NOW}, separators=(",", ":")).encode())
+    return "%s.%s." % (h, p)
+
+
+# valid for 20 h of capture time (a looping replay moves capture time on), not weak (< 24 h)
+JWT_DEMO = jwt(NOW + 20 * 3600, NOW - 3600)
+BEARER = "Authorization: Bearer " + JWT_DEMO
+
+
+def demo_mix(rng):
+    """(weight, host, method, target, headers, body) of the steady traffic."""
+    n = lambda: rng.randint(1, 500)
+    api, shop, ip = HOST, "shop.example.com", None
+    return [
+        (10, api, "GET", lambda: "/api/v1/users/%d" % n(), [BEARER], b""),
+        (10, api, "GET", lambda: "/api/v1/products?page=%d" % rng.randint(1, 9), [], b""),
+        (8, api, "GET", lambda: "/api/v1/products/%d" % n(), [], b""),
+        (1, api, "GET", lambda: "/api/v1/products/", [], b""),
+        (4, api, "POST", lambda: "/api/v1/orders", [BEARER], body_json(180)),
+        (4, api, "GET", lambda: "/api/v1/orders/%d" % n(), [BEARER], b""),
+        (1, api, "GET", lambda: "/api/v1/orders/%d?status=500" % n(), [BEARER], b""),
+        (2, api, "GET", lambda: "/api/v1/reports/daily?status=503", [BEARER], b""),
+        (1, api, "GET", lambda: "/api/v1/reports/daily?status=502", [BEARER], b""),
+        (1, api, "GET", lambda: "/api/v1/reports/daily?status=504", [BEARER], b""),
+        (1, api, "GET", lambda: "/api/v1/reports/daily", [BEARER], b""),
+        (2, api, "GET", lambda: "/api/v1/admin/users?status=401", [], b""),
+        (1, api, "GET", lambda: "/api/v1/admin/users?status=401",
+         ["Authorization: Basic " + base64.b64encode(b"alice:wrong-password").decode()], b""),
+        (2, api, "GET", lambda: "/api/v1/admin/stats?status=403", [BEARER], b""),
+        (2, api, "GET", lambda: "/api/v1/me?status=401", ["Authorization: Bearer " + JWT_EXPIRED], b""),
+        (3, api, "GET", lambda: "/api/v1/me", [BEARER], b""),
+        (1, api, "GET", lambda: "/api/v1/me", ["Authorization: Bearer " + jwt_alg_none()], b""),
+        (2, api, "GET", lambda: "/api/v1/quota?status=429", [BEARER], b""),
+        (1, api, "POST", lambda: "/api/v1/orders?status=400", [BEARER], body_json(60)),
+        (2, api, "GET", lambda: "/api/v1/notifications", [BEARER], b""),
+        (1, api, "GET", lambda: "/api/v1/export?format=csv&api_key=k-0e1f2a3b4c", [], b""),
+        (2, api, "GET", lambda: "/api/v0/users/%d" % n(), [], b""),
+        (2, api, "GET", lambda: "/api/v1/profile", ["Cookie: session=s-7f3a9c2e41d8"], b""),
+        (1, api, "POST", lambda: "/api/v1/login", [], body_json(80)),
+        (2, api, "GET", lambda: "/api/v1/beta/recommendations", [BEARER], b""),
+        (1, api, "GET", lambda: "/api/v1/legacy/report?status=410", [BEARER], b""),
+        (1, api, "GET", lambda: rng.choice(["/wp-login.php", "/.env", "/api/v1/nope"]), [], b""),
+        (1, api, "GET", lambda: "/api/v1/files/..%2f..%2fetc%2fpasswd", [], b""),
+        (6, shop, "GET", lambda: "/api/v1/products", [], b""),
+        (4, shop, "GET", lambda: "/api/v1/cart", ["Cookie: session=s-2b8d"], b""),
+        (3, shop, "POST", lambda: "/api/v1/checkout", [BEARER], body_json(240)),
+        (1, shop, "POST", lambda: "/api/v1/checkout?status=502", [BEARER], body_json(240)),
+        (1, shop, "GET", lambda: "/api/v1/orders/%d?status=500" % n(), [BEARER], b""),
+        (3, ip, "GET", lambda: "/api/v1/health", [], b""),
+        (2, ip, "GET", lambda: "/api/v1/products/%d" % n(), [], b""),
+        (3, "partner-api.example.net", "GET", lambda: "/api/v1/rates?currency=EUR",
+         ["X-API-Key: pk-51f0c2d9"], b""),
+    ]
+
+
+class Pool:
+    """One keep-alive connection per (address, host), reopened when closed."""
+
+    def __init__(self):
+        self.conns = {}
+
+    def get(self, addr):
+        c = self.conns.get(addr)
+        if c is None:
+            c = self.conns[addr] = Raw(addr=addr)
+        return c
+
+    def drop(self, addr):
+        c = self.conns.pop(addr, None)
+        if c:
+            c.close()
+
+
+def demo_steady(rng, until, mix, pace):
+    pool = Pool()
+    weights = [m[0] for m in mix]
+    while time.time() < until:
+        _, host, method, target, headers, body = rng.choices(mix, weights)[0]
+        addr = PUBLIC if host == "partner-api.example.net" else SERVER
+        c = pool.get(addr)
+        res = raw_exchange(c, method, target(), host=host if host else SERVER, headers=headers,
+                           body=body, note="demo steady traffic")
+        if res["client_error"] or res["status"] is None:
+            pool.drop(addr)
+        time.sleep(pace * rng.uniform(0.5, 1.5))
+    for a in list(pool.conns):
+        pool.drop(a)
+
+
+def demo_slow(rng, until):
+    """The search route: slow enough to breach a 1 s latency objective."""
+    c = Raw(timeout=10)
+    while time.time() < until:
+        raw_exchange(c, "GET", "/api/v1/search?q=w%d&delay_ms=%d" % (rng.randint(1, 99), rng.choice(
+            [120, 300, 900, 1200, 1500, 1800])), headers=[BEARER], read_timeout=10, note="demo slow search")
+        time.sleep(0.5)
+    c.close()
+
+
+def demo_timeout():
+    c = Raw(timeout=45)
+    raw_exchange(c, "GET", "/api/v1/reports/export?delay_ms=31500", headers=[BEARER], read_timeout=45,
+                 note="answered after 31.5 s: a timeout at the default 30 s")
+    c.close()
+
+
+def demo_sprawl():
+    """205 distinct 2xx routes on one server: endpoint_sprawl (limit 200)."""
+    c = Raw()
+    paths = ["/catalog/shelf-%03d" % i for i in range(205)]
+    for i in range(0, len(paths), 15):
+        raw_pipeline(c, [("HEAD", p, [], b"") for p in paths[i:i + 15]], note="demo sprawl")
+    c.close()
+
+
+def demo_malformed():
+    """A bad Content-Length, then (after a good exchange) a line that is not a request line."""
+    c = Raw()
+    res = new_res("raw", c.conn, c.port, "GET", "/api/v1/products", HOST, note="malformed: bad Content-Length")
+    seq = next_seq()
+    t = time.time()
+    try:
+        c.sock.sendall(b"GET /api/v1/products HTTP/1.1\r\nHost: " + HOST.encode() +
+                       b"\r\nContent-Length: twelve\r\n\r\n")
+        c.read_response("GET", res)
+    except (OSError, Closed) as e:
+        res["client_error"] = err_name(e)
+    finish(res, t, seq)
+    c.close()
+    c = Raw()
+    raw_exchange(c, "GET", "/api/v1/products", note="before a malformed request line")
+    res = new_res("raw", c.conn, c.port, "HELLO", "WORLD", None, note="malformed: not a request line")
+    seq = next_seq()
+    t = time.time()
+    try:
+        c.sock.sendall(b"HELLO WORLD\r\n\r\n")
+        c.read_response("GET", res)
+    except (OSError, Closed, ValueError, IndexError) as e:
+        res["client_error"] = err_name(e)
+    finish(res, t, seq)
+    c.close()
+
+
+def tls_client_hello_10(sni):
+    """A TLS 1.0 ClientHello (no supported_versions): legacy_tls by what the client offers."""
+    import struct
+    name = sni.encode()
+    sni_list = b"\x00" + struct.pack("!H", len(name)) + name
+    ext = struct.pack("!HH", 0, len(sni_list) + 2) + struct.pack("!H", len(sni_list)) + sni_list
+    ciphers = [0x002F, 0x0035, 0x000A]
+    body = (b"\x03\x01" + bytes(range(32)) + b"\x00" + struct.pack("!H", 2 * len(ciphers)) +
+            b"".join(struct.pack("!H", x) for x in ciphers) + b"\x01\x00" + struct.pack("!H", len(ext)) + ext)
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+
+
+def demo_tls(until):
+    import ssl
+    i = 0
+    while time.time() < until:
+        i += 1
+        if i % 5 == 0:
+            try:
+                s = socket.create_connection((SERVER, 443), timeout=3)
+                s.sendall(tls_client_hello_10("legacy.example.com"))
+                s.recv(4096)
+                s.close()
+            except OSError:
+                pass
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            sni = "secure.example.com"
+            if i % 2 == 0:
+                ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+                sni = "payments.example.com"
+            try:
+                s = ctx.wrap_socket(socket.create_connection((SERVER, 443), timeout=3), server_hostname=sni)
+                s.sendall(("GET /api/v1/balance HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % sni).encode())
+                while s.recv(65536):
+                    pass
+                s.close()
+            except OSError:
+                pass
+        time.sleep(1.5)
+
+
+def demo_other():
+    try:
+        s = socket.create_connection((SERVER, 5432), timeout=3)
+        s.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")     # PostgreSQL SSLRequest
+        s.recv(16)
+        s.close()
+    except OSError:
+        pass
+
+
+def sc_demo():
+    """~40 s of traffic for dashboards and alert tests (tests/captures/demo.pcap).
+
+    Servers: api.example.com, shop.example.com and the IP literal 10.203.0.1
+    (all 10.203.0.1:80), partner-api.example.net on the public address
+    100.128.0.1:80, TLS on 10.203.0.1:443 (SNI secure.example.com TLS 1.3,
+    payments.example.com TLS 1.2, legacy.example.com a TLS 1.0 ClientHello the
+    server refuses), a non-HTTP service on :5432, and catalog.example.com with
+    205 distinct 2xx routes (endpoint_sprawl).
+    Two steady keep-alive clients draw from demo_mix (weights: every failure
+    cause and per-exchange finding kind), a third calls /api/v1/search with
+    120-1800 ms delays (p95 above 1 s), one request is answered after 31.5 s
+    (timeout at the default 30 s), and at fixed times: resets (/reset), closes
+    without a response (/close), malformed requests (a bad Content-Length,
+    then a line that is not a request line), the sprawl burst and the
+    non-HTTP connections. Deterministic choices (seeded), real timing.
+    Expected differences from the truth: the client cannot see that its
+    malformed requests are malformed (apitap: 4 malformed; truth: 2 with a
+    200, 2 connection_reset).
+    """
+    import random
+    t0 = time.time()
+    until = t0 + DEMO_SECONDS
+    rng = random.Random(6)
+    mix = demo_mix(rng)
+    threads = [threading.Thread(target=demo_timeout),
+               threading.Thread(target=demo_steady, args=(random.Random(1), until, mix, 0.2)),
+               threading.Thread(target=demo_steady, args=(random.Random(2), until, mix, 0.4)),
+               threading.Thread(target=demo_slow, args=(random.Random(3), until)),
+               threading.Thread(target=demo_tls, args=(until,))]
+    for th in threads:
+        th.start()
+    events = [(3, demo_sprawl), (5, demo_other), (7, demo_malformed), (15, demo_other),
+              (22, demo_malformed), (25, demo_other)]
+    for at in (4, 14, 24, 30):
+        events.append((at, lambda: (lambda c: (raw_exchange(c, "GET", "/reset", note="server resets"),
+                                               c.close()))(Raw())))
+    for at in (9, 19, 29):
+        events.append((at, lambda: (lambda c: (raw_exchange(c, "POST", "/close", body=body_json(50),
+                                                            note="server closes without a response"),
+                                               c.close()))(Raw())))
+    for at, f in sorted(events, key=lambda e: e[0]):
+        time.sleep(max(0, t0 + at - time.time()))
+        f()
+    for th in threads:
+        th.join()
+
+
 SCENARIOS = {"keepalive": sc_keepalive, "pipelining": sc_pipelining, "chunked": sc_chunked,
              "continue": sc_continue, "statuses": sc_statuses, "reset": sc_reset,
-             "timeout": sc_timeout, "mixed": sc_mixed}
+             "timeout": sc_timeout, "mixed": sc_mixed, "demo": sc_demo}
 
 
 def main():

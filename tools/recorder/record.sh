@@ -11,6 +11,9 @@
 # Usage (root):  record.sh SCENARIO OUT_DIR
 #                record.sh all OUT_DIR          (every scenario, one after the other)
 # Scenarios:     keepalive pipelining chunked continue statuses reset timeout mixed
+#                demo  (~40 s for the dashboards; not part of "all"; also uses the
+#                public address 100.128.0.1 inside the namespaces, TLS on 443
+#                and a non-HTTP service on 5432)
 #
 # Writes OUT_DIR/SCENARIO.pcap (classic pcap, Ethernet, snaplen 65535) and
 # OUT_DIR/SCENARIO.truth.json (what the clients sent and received; see README).
@@ -31,7 +34,7 @@ if [[ $SCENARIO == all ]]; then
   for s in $SCENARIOS; do "$0" "$s" "$OUT_DIR"; done
   exit 0
 fi
-[[ " $SCENARIOS " == *" $SCENARIO "* ]] || { echo "unknown scenario: $SCENARIO (one of: $SCENARIOS, all)" >&2; exit 2; }
+[[ " $SCENARIOS demo " == *" $SCENARIO "* ]] || { echo "unknown scenario: $SCENARIO (one of: $SCENARIOS, all)" >&2; exit 2; }
 [[ $EUID -eq 0 ]] || { echo "must run as root (netns, veth, tcpdump)" >&2; exit 1; }
 for t in ip ethtool tcpdump curl python3 ss; do
   command -v "$t" >/dev/null || { echo "missing tool: $t (apt-get install -y iproute2 ethtool tcpdump curl python3)" >&2; exit 1; }
@@ -102,6 +105,11 @@ for spec in "$NS_S $IF_S $IP_S" "$NS_C $IF_C $IP_C"; do
   ip -n "$1" link set lo up
   ip -n "$1" link set "$2" up
 done
+if [[ $SCENARIO == demo ]]; then
+  # a public unicast address for public_plaintext_endpoint; no route leaves the namespaces
+  ip -n "$NS_S" addr add 100.128.0.1/32 dev "$IF_S"
+  ip -n "$NS_C" route add 100.128.0.1/32 dev "$IF_C"
+fi
 # both ends of the veth up (carrier) before anything is started
 for _ in $(seq 50); do
   ip -n "$NS_S" link show dev "$IF_S" | grep -q "state UP" &&
@@ -110,7 +118,14 @@ for _ in $(seq 50); do
 done
 
 # ----------------------------------------------------------------- server
-ip netns exec "$NS_S" "$PY" "$HERE/api_server.py" --bind "$IP_S" --port "$PORT" \
+SERVER_ARGS=(--bind "$IP_S" --port "$PORT")
+if [[ $SCENARIO == demo ]]; then
+  command -v openssl >/dev/null || { echo "missing tool: openssl (demo scenario)" >&2; exit 1; }
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=secure.example.com" \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+  SERVER_ARGS=(--bind 0.0.0.0 --port "$PORT" --tls-port 443 --cert "$WORK/cert.pem" --key "$WORK/key.pem" --other-port 5432)
+fi
+ip netns exec "$NS_S" "$PY" "$HERE/api_server.py" "${SERVER_ARGS[@]}" \
   --log "$WORK/server.jsonl" >"$WORK/server.out" 2>&1 &
 PIDS+=("$!:TERM")
 for _ in $(seq 100); do
@@ -146,5 +161,6 @@ dropped=$(sed -n 's/^\([0-9]*\) packets dropped by kernel.*/\1/p' "$WORK/tcpdump
 "$PY" "$HERE/truth.py" --scenario "$SCENARIO" --log "$WORK/client.jsonl" --out "$TRUTH" \
   --pcap "$PCAP" --tcpdump-stderr "$WORK/tcpdump.err" --transaction-timeout "$TT" --server "$IP_S:$PORT"
 size=$(stat -c %s "$PCAP")
-(( size < 200 * 1024 )) || log "warning: $PCAP is $size bytes (> 200 KB)"
+limit=200; [[ $SCENARIO == demo ]] && limit=500
+(( size < limit * 1024 )) || log "warning: $PCAP is $size bytes (> ${limit} KB)"
 log "done: $PCAP ($size bytes), $TRUTH ($("$PY" -c 'import json,sys; c=json.load(open(sys.argv[1]))["counts"]; print(c["exchanges"], "exchanges,", c["connections"], "connections")' "$TRUTH"))"
