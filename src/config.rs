@@ -309,6 +309,9 @@ impl Config {
                 Some(u) if u.trim().is_empty() => {
                     return Err(invalid("daemon.user", "must name a user"))
                 }
+                Some(u) if !matches!(nix::unistd::User::from_name(&u), Ok(Some(_))) => {
+                    return Err(invalid("daemon.user", format!("no user named {u:?}")))
+                }
                 u => u,
             },
         })
@@ -380,6 +383,7 @@ mod tests {
             ),
             ("[flow]\nmax-flow = 3", "max-flow"),
             ("[web]\nlisten_address = \":1\"", "listen_address"),
+            ("[daemon]\nuser = \"no-such-user-here\"", "daemon.user"),
         ];
         for (text, key) in cases {
             let err = load_str(&cli_read(), text).unwrap_err();
