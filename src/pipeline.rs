@@ -134,10 +134,11 @@ impl Pipeline {
         &self.classifier
     }
 
-    /// Replace the classifier (SIGHUP reload): exchanges completed from now
-    /// on are classified by `classifier`; flows and their buffered bytes
-    /// are untouched.
+    /// Reconfigure the classifier (SIGHUP reload): exchanges completed from
+    /// now on are classified by `classifier`'s configuration, with what the
+    /// run learnt kept (see [`Classifier::adopt`]); flows and their
+    /// buffered bytes are untouched.
     pub fn set_classifier(&mut self, classifier: Classifier) {
-        self.classifier = classifier;
+        self.classifier.adopt(classifier);
     }
 }

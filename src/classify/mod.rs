@@ -122,6 +122,34 @@ impl Classifier {
         })
     }
 
+    /// Take a reloaded configuration (already validated into `new`) but
+    /// keep what this run has learnt — the paths that answered 2xx and the
+    /// route inventory — unless their bounds changed.
+    pub fn adopt(&mut self, new: Classifier) {
+        let Classifier {
+            cfg,
+            routes,
+            ok_paths,
+            inventory,
+            jwts: _,
+        } = new;
+        if cfg.max_ok_paths != self.cfg.max_ok_paths {
+            self.ok_paths = ok_paths;
+        }
+        let bounds = |c: &ClassifyConfig| {
+            (
+                c.inventory_max_servers,
+                c.inventory_max_routes,
+                c.sprawl_limit,
+            )
+        };
+        if bounds(&cfg) != bounds(&self.cfg) {
+            self.inventory = inventory;
+        }
+        self.routes = routes;
+        self.cfg = cfg;
+    }
+
     pub fn config(&self) -> &ClassifyConfig {
         &self.cfg
     }

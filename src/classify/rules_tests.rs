@@ -827,3 +827,28 @@ fn evidence_never_holds_a_secret() {
         "{text}"
     );
 }
+
+#[test]
+fn a_reload_keeps_what_the_run_learnt() {
+    let mut c = Classifier::new(ClassifyConfig::default()).unwrap();
+    let ok = ex(Some(("GET /flip/widget-7", H)), Some((200, &[], b"ok")));
+    assert_eq!(cause_of(&mut c, ok), None);
+    let reloaded = ClassifyConfig {
+        route_patterns: vec!["/flip/{item}".to_string()],
+        ..ClassifyConfig::default()
+    };
+    c.adopt(Classifier::new(reloaded).unwrap());
+    let gone = ex(Some(("GET /flip/widget-7", H)), Some((404, &[], b"")));
+    let mut routed = gone.clone();
+    assert_eq!(
+        cause_of(&mut c, gone),
+        Some("endpoint_gone"),
+        "2xx paths survive the reload"
+    );
+    c.classify(&mut routed);
+    assert_eq!(
+        routed.route.as_deref(),
+        Some("/flip/{item}"),
+        "new patterns apply"
+    );
+}
