@@ -52,6 +52,17 @@ struct FileConfig {
     http: HttpSection,
     classify: ClassifySection,
     daemon: DaemonSection,
+    capture: CaptureSection,
+}
+
+/// Live capture knobs (libpcap); defaults in `LiveOptions`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct CaptureSection {
+    snaplen: Option<i32>,
+    buffer_size: Option<i32>,
+    promiscuous: Option<bool>,
+    immediate: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +127,9 @@ pub enum Input {
 pub struct Config {
     pub input: Input,
     pub filter: String,
+    /// libpcap options for `-i` (`[capture]`): snaplen, kernel buffer size,
+    /// promiscuous and immediate mode.
+    pub capture: crate::capture::live::LiveOptions,
     pub exchanges: Option<String>,
     pub findings: Option<String>,
     pub metrics_out: Option<String>,
@@ -287,8 +301,32 @@ impl Config {
             .into_config()
             .map_err(|e| invalid(e.key, e.reason))?;
 
+        let mut capture = crate::capture::live::LiveOptions::default();
+        if let Some(n) = f.capture.snaplen {
+            if !(64..=262_144).contains(&n) {
+                return Err(invalid("capture.snaplen", "must be between 64 and 262144"));
+            }
+            capture.snaplen = n;
+        }
+        if let Some(n) = f.capture.buffer_size {
+            if !(1 << 20..=1 << 30).contains(&n) {
+                return Err(invalid(
+                    "capture.buffer-size",
+                    "must be between 1 MiB and 1 GiB (bytes)",
+                ));
+            }
+            capture.buffer_size = n;
+        }
+        if let Some(b) = f.capture.promiscuous {
+            capture.promiscuous = b;
+        }
+        if let Some(b) = f.capture.immediate {
+            capture.immediate = b;
+        }
+
         Ok(Config {
             input,
+            capture,
             filter: cli
                 .filter
                 .clone()
@@ -323,7 +361,8 @@ impl Config {
     /// severities), the log level, and reopening the log files.
     pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
         let mut keys = Vec::new();
-        let checks: [(&'static str, bool); 12] = [
+        let checks: [(&'static str, bool); 13] = [
+            ("capture", self.capture != new.capture),
             ("interface/read", self.input != new.input),
             ("filter", self.filter != new.filter),
             ("exchanges", self.exchanges != new.exchanges),
@@ -382,6 +421,8 @@ mod tests {
                 "classify.route-patterns",
             ),
             ("[flow]\nmax-flow = 3", "max-flow"),
+            ("[capture]\nsnaplen = 10", "capture.snaplen"),
+            ("[capture]\nbuffer-size = 5", "capture.buffer-size"),
             ("[web]\nlisten_address = \":1\"", "listen_address"),
             ("[daemon]\nuser = \"no-such-user-here\"", "daemon.user"),
         ];

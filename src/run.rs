@@ -179,7 +179,7 @@ pub fn run(cfg: &Config, cli: &Cli, log: LogHandle) -> Result<(), RunError> {
             let opts = LiveOptions {
                 interface: iface.clone(),
                 filter: cfg.filter.clone(),
-                ..LiveOptions::default()
+                ..cfg.capture.clone()
             };
             let source = LiveSource::open(&opts)?;
             let stopper = source.stopper();
