@@ -92,6 +92,11 @@ pub struct Cli {
     #[arg(long = "replay-loop")]
     pub replay_loop: bool,
 
+    /// Worker threads for reassembly and HTTP parsing (default: the number
+    /// of CPUs; 1 = everything on one thread).
+    #[arg(long = "workers", value_name = "N")]
+    pub workers: Option<usize>,
+
     /// Log level: error, warn, info, debug.
     #[arg(long = "log.level", value_name = "LEVEL")]
     pub log_level: Option<String>,

@@ -46,6 +46,7 @@ struct FileConfig {
     transaction_timeout: Option<f64>,
     replay_speed: Option<f64>,
     replay_loop: Option<bool>,
+    workers: Option<usize>,
     web: WebSection,
     log: LogSection,
     flow: FlowSection,
@@ -137,6 +138,8 @@ pub struct Config {
     pub web_config_file: Option<PathBuf>,
     pub replay_speed: Option<f64>,
     pub replay_loop: bool,
+    /// Worker threads (`--workers`, `workers`): ≥ 1.
+    pub workers: usize,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
     pub flow: FlowConfig,
@@ -162,6 +165,9 @@ fn positive(key: &'static str, v: usize) -> Result<usize, ConfigError> {
     }
     Ok(v)
 }
+
+/// Most worker threads `--workers` takes.
+pub const MAX_WORKERS: usize = 64;
 
 impl Config {
     /// Merge the config file (if any) and the flags, and validate.
@@ -213,6 +219,16 @@ impl Config {
         if live && (replay_speed.is_some() || replay_loop) {
             return Err(invalid("--replay-speed/--replay-loop", "only apply to -r"));
         }
+        let workers = match cli.workers.or(f.workers) {
+            Some(n) if !(1..=MAX_WORKERS).contains(&n) => {
+                return Err(invalid(
+                    "--workers",
+                    format!("must be between 1 and {MAX_WORKERS}, got {n}"),
+                ))
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)),
+        };
         let log_level = match cli
             .log_level
             .as_deref()
@@ -339,6 +355,7 @@ impl Config {
             web_config_file: cli.web_config_file.clone().or(f.web.config.file),
             replay_speed,
             replay_loop,
+            workers,
             log_level,
             log_format,
             flow,
@@ -361,8 +378,9 @@ impl Config {
     /// severities), the log level, and reopening the log files.
     pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
         let mut keys = Vec::new();
-        let checks: [(&'static str, bool); 13] = [
+        let checks: [(&'static str, bool); 14] = [
             ("capture", self.capture != new.capture),
+            ("workers", self.workers != new.workers),
             ("interface/read", self.input != new.input),
             ("filter", self.filter != new.filter),
             ("exchanges", self.exchanges != new.exchanges),

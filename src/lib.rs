@@ -7,6 +7,7 @@
 //! - [`flow`]: TCP connections and per-direction stream reassembly.
 //! - [`http`]: HTTP/1.x parsing, body framing, request/response pairing.
 //! - [`clock`]: capture time, the only time the pipeline knows.
+//! - [`workers`]: the per-flow stages sharded over threads (`--workers`).
 //! - [`metrics`]: metric families, bounded labels, the `/metrics` server.
 //! - [`daemon`]: sd_notify and the watchdog, signals, privilege drop, logs.
 
@@ -23,3 +24,4 @@ pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod run;
+pub mod workers;

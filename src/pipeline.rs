@@ -33,7 +33,7 @@ impl<F: FnMut(&Exchange)> ExchangeSink for F {
 }
 
 /// Classify each finished exchange, then hand it to the sink.
-fn deliver<'a>(
+pub(crate) fn deliver<'a>(
     classifier: &'a mut Classifier,
     sink: &'a mut impl ExchangeSink,
 ) -> impl FnMut(Exchange) + 'a {
@@ -43,6 +43,18 @@ fn deliver<'a>(
         for f in &found {
             sink.finding(f);
         }
+    }
+}
+
+/// Hand one flow-layer event to the sink.
+pub(crate) fn pass_event(ev: FlowEvent, sink: &mut impl ExchangeSink) {
+    match ev {
+        FlowEvent::Connection {
+            server,
+            protocol,
+            ts,
+        } => sink.connection(server, protocol, ts),
+        FlowEvent::Tls(hs) => sink.tls_handshake(&hs),
     }
 }
 
@@ -97,6 +109,9 @@ impl Pipeline {
         let now = self.clock.observe(wall);
         self.flows
             .tick(now, &mut deliver(&mut self.classifier, sink));
+        // Expired connections may have finished a TLS handshake or been
+        // decided at their end.
+        self.pass_events(sink);
     }
 
     /// End of input: every open exchange is logged.
@@ -104,18 +119,12 @@ impl Pipeline {
         let now = self.clock.now().unwrap_or_default();
         self.flows
             .finish_all(now, &mut deliver(&mut self.classifier, sink));
+        self.pass_events(sink);
     }
 
     fn pass_events(&mut self, sink: &mut impl ExchangeSink) {
         for ev in self.flows.drain_events() {
-            match ev {
-                FlowEvent::Connection {
-                    server,
-                    protocol,
-                    ts,
-                } => sink.connection(server, protocol, ts),
-                FlowEvent::Tls(hs) => sink.tls_handshake(&hs),
-            }
+            pass_event(ev, sink);
         }
     }
 

@@ -37,6 +37,7 @@ use crate::output::findings_log::FindingsLog;
 use crate::output::open_output;
 use crate::output::summary::Summary;
 use crate::pipeline::{ExchangeSink, Pipeline};
+use crate::workers::{Engine, Sharded};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -294,7 +295,20 @@ fn run_source(
     let live = matches!(cfg.input, Input::Interface(_));
     let classifier =
         Classifier::new(cfg.classify.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
-    let mut pipeline = Pipeline::new(DecoderConfig::default(), cfg.flow.clone(), classifier);
+    let mut pipeline = if cfg.workers > 1 {
+        let sharded = Sharded::new(
+            DecoderConfig::default(),
+            cfg.flow.clone(),
+            classifier,
+            cfg.workers,
+            source.backing(),
+        )
+        .map_err(|e| RunError::Setup(format!("cannot start worker threads: {e}")))?;
+        Engine::Many(Box::new(sharded))
+    } else {
+        let one = Pipeline::new(DecoderConfig::default(), cfg.flow.clone(), classifier);
+        Engine::One(Box::new(one))
+    };
     let mut outs = LogOutputs::default();
     let log = match &cfg.exchanges {
         Some(p) => {
@@ -446,7 +460,7 @@ fn run_source(
 /// exchanges completed from now on see the new classifier.
 fn apply_reload(
     running: &mut Config,
-    pipeline: &mut Pipeline,
+    pipeline: &mut Engine,
     sinks: &mut Sinks,
     outs: &LogOutputs,
     service: &Service,
@@ -487,7 +501,7 @@ fn apply_reload(
     service.notifier.ready("configuration reloaded; capturing");
 }
 
-fn publish(metrics: &mut Metrics, pipeline: &Pipeline, source: &impl PacketSource) {
+fn publish(metrics: &mut Metrics, pipeline: &Engine, source: &impl PacketSource) {
     let stats = pipeline.stats();
     metrics.pipeline(&stats, &source.stats());
     metrics.publish(stats.last_ts.unwrap_or_default());

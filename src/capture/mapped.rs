@@ -8,11 +8,12 @@
 //! for `FileSource`. A record cut by the end of the file or with an
 //! impossible length ends the capture with a note, like `FileSource`.
 
-use super::{LinkType, RawPacket, SourceStats};
+use super::{Backing, LinkType, RawPacket, SourceStats};
 use crate::clock::Timestamp;
 use pcap_parser::pcap::{
     parse_pcap_frame, parse_pcap_frame_be, parse_pcap_header, LegacyPcapBlock,
 };
+use std::sync::Arc;
 
 /// How much is read between two releases of the pages behind the reader.
 const RELEASE_EVERY: usize = 16 << 20;
@@ -22,7 +23,8 @@ const RELEASE_EVERY: usize = 16 << 20;
 const MAX_SANE_RECORD: u32 = 256 * 1024;
 
 pub struct MappedPcap {
-    map: memmap2::Mmap,
+    /// Shared with worker threads, which read payloads by offset.
+    map: Arc<memmap2::Mmap>,
     /// Offset of the next record.
     off: usize,
     big_endian: bool,
@@ -67,7 +69,7 @@ impl MappedPcap {
             // The upper 16 bits of the link type may carry FCS information.
             link: LinkType(header.network.0 as u32 & 0xffff),
             snaplen: header.snaplen,
-            map,
+            map: Arc::new(map),
             off: 24,
             big_endian,
             nanos,
@@ -85,7 +87,7 @@ impl MappedPcap {
         if self.off >= self.populated {
             self.populate_ahead();
         }
-        if self.off - self.released >= RELEASE_EVERY {
+        if self.off - self.released >= 2 * RELEASE_EVERY {
             self.release_behind();
         }
         let rest = self.map.get(self.off..)?;
@@ -120,6 +122,11 @@ impl MappedPcap {
         self.current()
     }
 
+    /// The mapped file, for readers on other threads.
+    pub fn backing(&self) -> Backing {
+        self.map.clone()
+    }
+
     /// The packet the last `next_packet` returned, again.
     pub fn current(&self) -> Option<RawPacket<'_>> {
         let (start, len, ts, wire_len) = self.current?;
@@ -148,14 +155,17 @@ impl MappedPcap {
     /// (the page cache keeps them), so RSS does not grow with the file.
     fn release_behind(&mut self) {
         let page = 4096;
-        let upto = self.off / page * page;
+        // One window stays mapped behind the reader: worker threads may
+        // still be reading payloads there (see `backing`); past it they
+        // would only fault the pages back in.
+        let upto = self.off.saturating_sub(RELEASE_EVERY) / page * page;
         if upto <= self.released {
             return;
         }
         // SAFETY: MADV_DONTNEED on a read-only file mapping only drops this
         // process's page table entries; the bytes read back the same from
-        // the file. Nothing before `self.off` is borrowed now: `current` was
-        // cleared and every packet handed out borrowed `&mut self`.
+        // the file (the map is never written), so a reader elsewhere still
+        // holding a slice of these pages reads the same bytes after a fault.
         let _ = unsafe {
             self.map.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,

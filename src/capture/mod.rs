@@ -52,6 +52,10 @@ impl LinkType {
     }
 }
 
+/// Bytes a source's packets borrow from that other threads may read too
+/// (the mapped capture file), so packets can be handed on by offset.
+pub type Backing = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// One captured frame, borrowed from the source.
 #[derive(Clone, Copy, Debug)]
 pub struct RawPacket<'a> {
@@ -105,6 +109,11 @@ pub trait PacketSource {
     /// For files: set when the file ended in the middle of a record; the text
     /// says where. Processing of everything before it went on.
     fn truncation(&self) -> Option<&str> {
+        None
+    }
+    /// What every packet's bytes lie in, when that is one shared buffer
+    /// for the whole run (a mapped file); `None` otherwise.
+    fn backing(&self) -> Option<Backing> {
         None
     }
 }

@@ -10,7 +10,7 @@
 
 use super::file::FileSource;
 use super::mapped::MappedPcap;
-use super::{CaptureError, PacketSource, RawPacket, SourceEvent, SourceStats};
+use super::{Backing, CaptureError, PacketSource, RawPacket, SourceEvent, SourceStats};
 use crate::clock::Timestamp;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -206,5 +206,13 @@ impl PacketSource for ReplaySource {
 
     fn truncation(&self) -> Option<&str> {
         self.file.truncation()
+    }
+
+    /// The mapped file, unless looping (each pass maps the file anew).
+    fn backing(&self) -> Option<Backing> {
+        match &self.file {
+            Input::Mapped(m) if !self.looping => Some(m.backing()),
+            _ => None,
+        }
     }
 }

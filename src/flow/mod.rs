@@ -151,6 +151,26 @@ pub struct FlowStats {
     pub http_parse_errors: [u64; 2],
 }
 
+impl FlowStats {
+    /// Add another table's counters (workers' tables are summed for
+    /// reports and metrics).
+    pub fn merge(&mut self, o: &FlowStats) {
+        self.flows_created += o.flows_created;
+        self.flows_closed += o.flows_closed;
+        self.flows_expired += o.flows_expired;
+        self.flows_refused += o.flows_refused;
+        self.flows_evicted += o.flows_evicted;
+        self.memory_bytes += o.memory_bytes;
+        for (p, n) in &o.connections {
+            *self.connections.entry(*p).or_insert(0) += n;
+        }
+        self.stream.merge(&o.stream);
+        self.sniff_skipped_bytes += o.sniff_skipped_bytes;
+        self.http_parse_errors[0] += o.http_parse_errors[0];
+        self.http_parse_errors[1] += o.http_parse_errors[1];
+    }
+}
+
 struct TlsConn {
     reader: HandshakeReader,
     /// The connection's first byte seen.
@@ -198,10 +218,36 @@ pub struct FlowTable {
     flows: HashMap<FlowKey, Connection, ahash::RandomState>,
     stats: FlowStats,
     events: Vec<FlowEvent>,
-    next_sweep: Option<Timestamp>,
+    /// None: the caller sweeps (see [`FlowTable::with_caller_sweeps`]).
+    sweeps: Option<SweepSchedule>,
 }
 
 const SWEEP_INTERVAL_MICROS: i64 = 1_000_000;
+
+/// When sweeps run: at the first event at or after each whole second of
+/// capture time. The boundaries are absolute, not counted from the first
+/// packet, so tables that see different parts of one input agree on them.
+#[derive(Clone, Debug, Default)]
+pub struct SweepSchedule {
+    next: Option<Timestamp>,
+}
+
+impl SweepSchedule {
+    /// Whether a sweep is due at `now` (the first call only starts the
+    /// schedule).
+    pub fn due(&mut self, now: Timestamp) -> bool {
+        let due = self.next.is_some_and(|t| now >= t);
+        if due || self.next.is_none() {
+            let second = now.as_micros().div_euclid(SWEEP_INTERVAL_MICROS);
+            self.next = Some(Timestamp::from_micros(
+                second
+                    .saturating_add(1)
+                    .saturating_mul(SWEEP_INTERVAL_MICROS),
+            ));
+        }
+        due
+    }
+}
 
 impl FlowTable {
     pub fn new(cfg: FlowConfig) -> Self {
@@ -210,7 +256,7 @@ impl FlowTable {
             flows: HashMap::with_hasher(ahash::RandomState::new()),
             stats: FlowStats::default(),
             events: Vec::new(),
-            next_sweep: None,
+            sweeps: Some(SweepSchedule::default()),
         }
     }
 
@@ -357,11 +403,15 @@ impl FlowTable {
     pub fn finish_all(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
         let mut all: Vec<Connection> = self.flows.drain().map(|(_, c)| c).collect();
         self.stats.memory_bytes = 0;
-        // Deterministic output order: by last activity, then addresses.
+        // Deterministic order, the same as a sweep's: connections by last
+        // activity, then addresses; exchanges by start, then addresses.
         all.sort_by_key(|c| (c.last_seen, c.key.lo, c.key.hi));
+        let mut out = Vec::new();
         for c in all {
-            self.finish(c, now, StreamEnd::CaptureEnded, emit);
+            self.finish(c, now, StreamEnd::CaptureEnded, &mut |ex| out.push(ex));
         }
+        out.sort_by_key(|ex| (ex.ts, ex.client, ex.server));
+        out.into_iter().for_each(emit);
     }
 
     /// Remove a connection from the table and from the memory account.
@@ -391,15 +441,30 @@ impl FlowTable {
     }
 
     fn maybe_sweep(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
-        match self.next_sweep {
-            Some(t) if now < t => return,
-            None => {
-                self.next_sweep = Some(now.saturating_add_micros(SWEEP_INTERVAL_MICROS));
-                return;
-            }
-            _ => {}
+        if self.sweeps.as_mut().is_some_and(|s| s.due(now)) {
+            self.sweep(now, emit);
         }
-        self.next_sweep = Some(now.saturating_add_micros(SWEEP_INTERVAL_MICROS));
+    }
+
+    /// Sweeping is left to the caller, who calls [`FlowTable::sweep`] when
+    /// its own [`SweepSchedule`] says so (workers sharing one input sweep at
+    /// the packets one table would have swept at).
+    pub fn with_caller_sweeps(mut self) -> Self {
+        self.sweeps = None;
+        self
+    }
+
+    /// Expire idle connections and overdue requests as of `now`. What it
+    /// emits comes in a fixed order (by exchange start, then addresses),
+    /// whatever the hash map's order, so runs are reproducible.
+    pub fn sweep(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
+        let mut out = Vec::new();
+        self.sweep_into(now, &mut |ex| out.push(ex));
+        out.sort_by_key(|ex| (ex.ts, ex.client, ex.server));
+        out.into_iter().for_each(emit);
+    }
+
+    fn sweep_into(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
         let idle = self.cfg.idle_timeout_micros;
         let handshake = self.cfg.handshake_timeout_micros;
         let mut expired = Vec::new();
@@ -461,7 +526,7 @@ impl FlowTable {
             ctx.expire(now);
         }
         for s in &streams {
-            add_stream_stats(&mut stats.stream, s.stats());
+            stats.stream.merge(s.stats());
         }
         match app {
             App::Http(mut h) => {
@@ -507,15 +572,6 @@ impl FlowTable {
             App::Done => {}
         }
     }
-}
-
-fn add_stream_stats(total: &mut StreamStats, s: &StreamStats) {
-    total.missing_bytes += s.missing_bytes;
-    total.gaps += s.gaps;
-    total.duplicate_bytes += s.duplicate_bytes;
-    total.conflicting_overlap_bytes += s.conflicting_overlap_bytes;
-    total.out_of_order_segments += s.out_of_order_segments;
-    total.garbage_segments += s.garbage_segments;
 }
 
 impl Connection {

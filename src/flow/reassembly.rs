@@ -160,6 +160,17 @@ pub struct StreamStats {
     pub garbage_segments: u64,
 }
 
+impl StreamStats {
+    pub fn merge(&mut self, o: &StreamStats) {
+        self.missing_bytes += o.missing_bytes;
+        self.gaps += o.gaps;
+        self.duplicate_bytes += o.duplicate_bytes;
+        self.conflicting_overlap_bytes += o.conflicting_overlap_bytes;
+        self.out_of_order_segments += o.out_of_order_segments;
+        self.garbage_segments += o.garbage_segments;
+    }
+}
+
 /// How far (either way) from the next expected byte a sequence or
 /// acknowledgement number may be before it is treated as garbage. Real
 /// windows are far smaller (at most 1 GiB with the largest window scale), so

@@ -1,0 +1,640 @@
+//! Flows sharded over worker threads (`--workers N`).
+//!
+//! Contract: [`Sharded`] is a drop-in for [`Pipeline`] on the caller's
+//! thread — the same methods, the same sink calls — with TCP reassembly and
+//! HTTP framing, the per-flow work, spread over N worker threads:
+//!
+//! - The caller's thread reads and decodes every packet (IP fragments and
+//!   tunnels need one decoder that sees everything), picks a worker by
+//!   [`FlowKey::symmetric_hash`], so both directions of a connection land on
+//!   the same one, and sends it segments in batches. Payload bytes that lie
+//!   in the memory-mapped capture file travel as offsets into it (no copy);
+//!   others (streamed input, reassembled fragments) are copied into the
+//!   batch.
+//! - Finished exchanges and flow events come back to the caller's thread,
+//!   which classifies them and calls the sink, so everything that spans
+//!   flows (route inventory, `endpoint_gone`, label slots, the logs) stays
+//!   single-threaded. Each output is tagged with the index of the packet
+//!   that produced it, and the caller's thread releases outputs in index
+//!   order, merging the workers' streams once every worker is past that
+//!   index. So the sink sees what one pipeline would have produced, in the
+//!   same order, except for what the periodic sweeps (timeouts, idle
+//!   expiry) emit: a worker sweeps on its own segments and at batch ends,
+//!   not at the same packet as one pipeline would.
+//! - Time: each segment carries its capture time and each batch the latest
+//!   time the reader saw, so a worker whose flows are quiet still expires
+//!   them. A lane's batch is sent when full or once the reader's clock is
+//!   [`BATCH_MAX_AGE_MICROS`] past its first segment (paced replays stay
+//!   live).
+//! - Bounds: each worker's table gets `1/N` of `max_flows` and of the
+//!   memory budget. Channels to workers are bounded (back-pressure on the
+//!   reader); replies come back on one unbounded channel that the reader
+//!   drains after every send, so a reader blocked on a full worker can never
+//!   deadlock against a worker blocked on its reply. A worker returns each
+//!   batch's buffers with its reply, so steady state allocates no batches.
+
+use crate::capture::{Backing, RawPacket};
+use crate::classify::Classifier;
+use crate::clock::{Clock, Timestamp};
+use crate::decode::{Decoded, Decoder, DecoderConfig, TcpFlags, TcpSegment};
+use crate::flow::{FlowConfig, FlowEvent, FlowKey, FlowStats, FlowTable, SweepSchedule};
+use crate::http::exchange::Exchange;
+use crate::pipeline::{deliver, pass_event, ExchangeSink, Pipeline, PipelineStats};
+use std::net::SocketAddr;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::thread::JoinHandle;
+
+/// A batch is sent once it holds this many segments …
+const BATCH_SEGMENTS: usize = 256;
+/// … or this many copied payload bytes …
+const BATCH_BYTES: usize = 256 * 1024;
+/// … or once the reader's clock is this far past its first segment …
+pub const BATCH_MAX_AGE_MICROS: i64 = 50_000;
+/// … or the reader has read this many packets since (a quiet lane must not
+/// hold back the release of the others' outputs for long).
+const BATCH_MAX_AGE_PACKETS: u64 = 4096;
+/// Batches queued per worker before the reader waits.
+const LANE_DEPTH: usize = 8;
+
+/// Where a segment's payload is.
+#[derive(Clone, Copy, Debug)]
+enum Payload {
+    /// In the mapped capture file, at this offset.
+    Mapped { start: usize, len: usize },
+    /// In the batch's own byte buffer.
+    Copied { start: usize, len: usize },
+}
+
+/// A [`TcpSegment`] without the borrow.
+#[derive(Clone, Copy, Debug)]
+struct Seg {
+    /// The packet's index in the input (1-based).
+    idx: u64,
+    /// The reader's monotonic clock at this packet (the time one pipeline
+    /// would have used; `ts` alone may go backwards across flows).
+    now: Timestamp,
+    ts: Timestamp,
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    ack: u32,
+    flags: TcpFlags,
+    window: u16,
+    missing: u32,
+    payload: Payload,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Item {
+    Seg(Seg),
+    /// Sweep now (expire idle flows and overdue requests), before packet
+    /// `idx`: one pipeline would have swept there.
+    Sweep {
+        idx: u64,
+        now: Timestamp,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Batch {
+    items: Vec<Item>,
+    bytes: Vec<u8>,
+    /// Packets read when it was sent: every packet of this lane up to this
+    /// index is in this batch or an earlier one.
+    upto: u64,
+    /// The capture time and index of its first segment.
+    first: Option<(Timestamp, u64)>,
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.items.clear();
+        self.bytes.clear();
+        self.first = None;
+    }
+}
+
+enum ToWorker {
+    Batch(Batch),
+    /// End of input at this time: flush every flow, reply, exit.
+    Finish(Timestamp),
+}
+
+// Nearly every output is an exchange: boxing it would cost an allocation
+// each for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Output {
+    Exchange(Exchange),
+    Event(FlowEvent),
+}
+
+/// Where an output goes in the order one pipeline would have produced it:
+/// by packet index, then, at one packet, a sweep's exchanges (sorted by
+/// start and addresses, as [`FlowTable::sweep`] sorts them), the packet's
+/// own exchanges, then flow events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Order {
+    idx: u64,
+    phase: u8,
+    ts: Timestamp,
+    addrs: Option<(SocketAddr, SocketAddr)>,
+}
+
+const SWEPT: u8 = 0;
+const OWN: u8 = 1;
+const EVENT: u8 = 2;
+
+impl Order {
+    fn of(idx: u64, phase: u8, out: &Output) -> Order {
+        let (ts, addrs) = match (phase, out) {
+            (SWEPT, Output::Exchange(ex)) => (ex.ts, Some((ex.client, ex.server))),
+            _ => (Timestamp::ZERO, None),
+        };
+        Order {
+            idx,
+            phase,
+            ts,
+            addrs,
+        }
+    }
+}
+
+type Tagged = (Order, Output);
+
+/// A worker's answer to one message.
+struct Reply {
+    worker: usize,
+    /// The batch's buffers, emptied, for reuse.
+    batch: Batch,
+    /// The `upto` of the batch answered (`u64::MAX` for `Finish`).
+    upto: u64,
+    outputs: Vec<Tagged>,
+    flows: FlowStats,
+    active_flows: usize,
+}
+
+struct Lane {
+    tx: Option<SyncSender<ToWorker>>,
+    batch: Batch,
+    /// Batches sent and not answered yet.
+    in_flight: usize,
+    /// `upto` of the last batch answered.
+    answered: u64,
+    /// The worker answered `Finish` (or is gone): nothing more will come.
+    done: bool,
+    /// Outputs received and not released yet, in index order.
+    held: std::collections::VecDeque<Tagged>,
+    /// Latest flow statistics the worker reported.
+    flows: FlowStats,
+    active_flows: usize,
+}
+
+/// The sharded pipeline (see the module doc).
+pub struct Sharded {
+    clock: Clock,
+    decoder: Decoder,
+    classifier: Classifier,
+    backing: Option<Backing>,
+    sweeps: SweepSchedule,
+    lanes: Vec<Lane>,
+    replies: Receiver<Reply>,
+    /// Emptied batches to reuse.
+    free: Vec<Batch>,
+    threads: Vec<JoinHandle<()>>,
+    packets: u64,
+    bytes: u64,
+    finished: bool,
+}
+
+impl Sharded {
+    /// Start `workers` (≥ 1) worker threads. `backing` is the mapped capture
+    /// file the packets borrow from, if any (their payloads then travel as
+    /// offsets).
+    pub fn new(
+        decoder: DecoderConfig,
+        flows: FlowConfig,
+        classifier: Classifier,
+        workers: usize,
+        backing: Option<Backing>,
+    ) -> std::io::Result<Self> {
+        let n = workers.max(1);
+        let per_worker = FlowConfig {
+            max_flows: (flows.max_flows / n).max(1),
+            memory_budget_bytes: flows.memory_budget_bytes / n,
+            ..flows
+        };
+        let (reply_tx, replies) = channel();
+        let mut lanes = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for id in 0..n {
+            let (tx, rx) = sync_channel(LANE_DEPTH);
+            let (cfg, backing, reply_tx) = (per_worker.clone(), backing.clone(), reply_tx.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("apitap-worker-{id}"))
+                .spawn(move || work(id, cfg, backing, rx, reply_tx))?;
+            threads.push(handle);
+            lanes.push(Lane {
+                tx: Some(tx),
+                batch: Batch::default(),
+                in_flight: 0,
+                answered: 0,
+                done: false,
+                held: Default::default(),
+                flows: FlowStats::default(),
+                active_flows: 0,
+            });
+        }
+        Ok(Sharded {
+            clock: Clock::default(),
+            decoder: Decoder::new(decoder),
+            classifier,
+            backing,
+            sweeps: SweepSchedule::default(),
+            lanes,
+            replies,
+            free: Vec::new(),
+            threads,
+            packets: 0,
+            bytes: 0,
+            finished: false,
+        })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.lanes.len()
+    }
+
+    pub fn packet(&mut self, pkt: &RawPacket<'_>, sink: &mut impl ExchangeSink) {
+        self.packets += 1;
+        self.bytes += pkt.data.len() as u64;
+        let now = self.clock.observe(pkt.ts);
+        if self.sweeps.due(now) {
+            let idx = self.packets;
+            for l in &mut self.lanes {
+                l.batch.first.get_or_insert((now, idx));
+                l.batch.items.push(Item::Sweep { idx, now });
+            }
+        }
+        if let Decoded::Tcp(seg) = self.decoder.decode(pkt) {
+            let (key, _) = FlowKey::new(seg.src, seg.dst);
+            let i = (key.symmetric_hash() % self.lanes.len() as u64) as usize;
+            let batch = &mut self.lanes[i].batch;
+            let payload = match locate(seg.payload, self.backing.as_ref()) {
+                Some(start) => Payload::Mapped {
+                    start,
+                    len: seg.payload.len(),
+                },
+                None => {
+                    let start = batch.bytes.len();
+                    batch.bytes.extend_from_slice(seg.payload);
+                    Payload::Copied {
+                        start,
+                        len: seg.payload.len(),
+                    }
+                }
+            };
+            batch.first.get_or_insert((seg.ts, self.packets));
+            batch.items.push(Item::Seg(Seg {
+                idx: self.packets,
+                now,
+                ts: seg.ts,
+                src: seg.src,
+                dst: seg.dst,
+                seq: seg.seq,
+                ack: seg.ack,
+                flags: seg.flags,
+                window: seg.window,
+                missing: seg.missing,
+                payload,
+            }));
+            if batch.items.len() >= BATCH_SEGMENTS || batch.bytes.len() >= BATCH_BYTES {
+                self.send(i, sink);
+            }
+        }
+        if self.packets.is_multiple_of(64) {
+            self.send_aged(now, sink);
+        }
+        self.release(sink);
+    }
+
+    /// Live mode: the wall clock, when no packet came for a while. Every
+    /// worker hears it (its flows may time out).
+    pub fn tick(&mut self, wall: Timestamp, sink: &mut impl ExchangeSink) {
+        let now = self.clock.observe(wall);
+        if self.sweeps.due(now) {
+            // After every packet read so far.
+            let idx = self.packets.saturating_add(1);
+            for l in &mut self.lanes {
+                l.batch.first.get_or_insert((now, idx));
+                l.batch.items.push(Item::Sweep { idx, now });
+            }
+        }
+        for i in 0..self.lanes.len() {
+            self.send(i, sink);
+        }
+        self.release(sink);
+    }
+
+    /// End of input: every worker flushes its flows; everything they held
+    /// reaches the sink before this returns.
+    pub fn finish(&mut self, sink: &mut impl ExchangeSink) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let now = self.clock.now().unwrap_or_default();
+        for i in 0..self.lanes.len() {
+            self.send(i, sink);
+            let lane = &mut self.lanes[i];
+            match lane.tx.take() {
+                Some(tx) if tx.send(ToWorker::Finish(now)).is_ok() => lane.in_flight += 1,
+                // A worker that is gone was reported by `send`.
+                _ => lane.done = true,
+            }
+        }
+        // Each worker drops its reply sender when it exits (the reader kept
+        // none), so this ends once every worker has answered `Finish`.
+        while let Ok(reply) = self.replies.recv() {
+            self.take(reply);
+        }
+        self.release(sink);
+        for (id, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
+            if t.join().is_err() {
+                tracing::error!(worker = id, "a worker thread failed; its flows are missing");
+            }
+        }
+    }
+
+    pub fn stats(&self) -> PipelineStats {
+        let mut flows = FlowStats::default();
+        for l in &self.lanes {
+            flows.merge(&l.flows);
+        }
+        PipelineStats {
+            packets: self.packets,
+            bytes: self.bytes,
+            decode: self.decoder.stats().clone(),
+            flows,
+            active_flows: self.lanes.iter().map(|l| l.active_flows).sum(),
+            last_ts: self.clock.now(),
+        }
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    /// See [`Pipeline::set_classifier`].
+    pub fn set_classifier(&mut self, classifier: Classifier) {
+        self.classifier.adopt(classifier);
+    }
+
+    /// Send lanes whose first segment is older than the batch age.
+    fn send_aged(&mut self, now: Timestamp, sink: &mut impl ExchangeSink) {
+        for i in 0..self.lanes.len() {
+            if let Some((ts, idx)) = self.lanes[i].batch.first {
+                if now.micros_since(ts) >= BATCH_MAX_AGE_MICROS
+                    || self.packets - idx >= BATCH_MAX_AGE_PACKETS
+                {
+                    self.send(i, sink);
+                }
+            }
+        }
+    }
+
+    /// Send lane `i`'s batch (even empty: it carries the time), then take
+    /// whatever the workers answered so far.
+    fn send(&mut self, i: usize, sink: &mut impl ExchangeSink) {
+        let fresh = self.free.pop().unwrap_or_default();
+        let mut batch = std::mem::replace(&mut self.lanes[i].batch, fresh);
+        batch.upto = self.packets;
+        let lane = &mut self.lanes[i];
+        if let Some(tx) = &lane.tx {
+            if tx.send(ToWorker::Batch(batch)).is_ok() {
+                lane.in_flight += 1;
+            } else {
+                tracing::error!(worker = i, "a worker thread stopped; its flows are lost");
+                lane.tx = None;
+                lane.done = true;
+            }
+        }
+        while let Ok(reply) = self.replies.try_recv() {
+            self.take(reply);
+        }
+        self.release(sink);
+    }
+
+    fn take(&mut self, reply: Reply) {
+        let Reply {
+            worker,
+            batch,
+            upto,
+            outputs,
+            flows,
+            active_flows,
+        } = reply;
+        self.free.push(batch);
+        if let Some(lane) = self.lanes.get_mut(worker) {
+            lane.flows = flows;
+            lane.active_flows = active_flows;
+            lane.in_flight = lane.in_flight.saturating_sub(1);
+            lane.answered = upto;
+            lane.done |= upto == u64::MAX;
+            lane.held.extend(outputs);
+        }
+    }
+
+    /// The highest packet index up to which every lane's outputs are in.
+    fn watermark(&self) -> u64 {
+        let lane_mark = |l: &Lane| {
+            if l.done {
+                u64::MAX
+            } else if l.in_flight > 0 {
+                l.answered
+            } else if let Some((_, idx)) = l.batch.first {
+                idx - 1
+            } else {
+                self.packets
+            }
+        };
+        self.lanes.iter().map(lane_mark).min().unwrap_or(u64::MAX)
+    }
+
+    /// Hand every held output up to the watermark to the sink, merging the
+    /// lanes by [`Order`] (each lane's queue is in that order).
+    fn release(&mut self, sink: &mut impl ExchangeSink) {
+        let mark = self.watermark();
+        loop {
+            let next = self
+                .lanes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| l.held.front().map(|(o, _)| (*o, i)))
+                .filter(|(o, _)| o.idx <= mark)
+                .min();
+            let Some((_, i)) = next else { break };
+            let Some((_, out)) = self.lanes[i].held.pop_front() else {
+                break;
+            };
+            match out {
+                Output::Exchange(ex) => deliver(&mut self.classifier, sink)(ex),
+                Output::Event(ev) => pass_event(ev, sink),
+            }
+        }
+    }
+}
+
+impl Drop for Sharded {
+    fn drop(&mut self) {
+        // Workers exit when their channel closes; nothing is delivered.
+        for l in &mut self.lanes {
+            l.tx = None;
+        }
+    }
+}
+
+/// `payload`'s offset in `backing`, when it lies inside it.
+fn locate(payload: &[u8], backing: Option<&Backing>) -> Option<usize> {
+    let map: &[u8] = (**backing?).as_ref();
+    let (base, p) = (map.as_ptr() as usize, payload.as_ptr() as usize);
+    let end = p.checked_add(payload.len())?;
+    (p >= base && end <= base + map.len()).then(|| p - base)
+}
+
+/// A worker: its own flow table, fed batches until `Finish`.
+fn work(
+    id: usize,
+    cfg: FlowConfig,
+    backing: Option<Backing>,
+    rx: Receiver<ToWorker>,
+    tx: Sender<Reply>,
+) {
+    let mut flows = FlowTable::new(cfg).with_caller_sweeps();
+    let map: &[u8] = backing.as_ref().map_or(&[], |b| (**b).as_ref());
+    while let Ok(msg) = rx.recv() {
+        let mut outputs: Vec<Tagged> = Vec::new();
+        let (mut batch, end) = match msg {
+            ToWorker::Batch(b) => (b, None),
+            ToWorker::Finish(t) => (Batch::default(), Some(t)),
+        };
+        let tagged = |idx: u64, phase: u8| move |out: Output| (Order::of(idx, phase, &out), out);
+        for item in &batch.items {
+            let idx = match *item {
+                Item::Sweep { idx, now } => {
+                    let tag = tagged(idx, SWEPT);
+                    flows.sweep(now, &mut |ex| outputs.push(tag(Output::Exchange(ex))));
+                    idx
+                }
+                Item::Seg(s) => {
+                    let payload = match s.payload {
+                        Payload::Mapped { start, len } => map.get(start..start + len),
+                        Payload::Copied { start, len } => batch.bytes.get(start..start + len),
+                    };
+                    let seg = TcpSegment {
+                        ts: s.ts,
+                        src: s.src,
+                        dst: s.dst,
+                        seq: s.seq,
+                        ack: s.ack,
+                        flags: s.flags,
+                        window: s.window,
+                        payload: payload.unwrap_or_default(),
+                        missing: s.missing,
+                    };
+                    let tag = tagged(s.idx, OWN);
+                    flows.segment(&seg, s.now, &mut |ex| {
+                        outputs.push(tag(Output::Exchange(ex)))
+                    });
+                    s.idx
+                }
+            };
+            let tag = tagged(idx, EVENT);
+            outputs.extend(flows.drain_events().map(|e| tag(Output::Event(e))));
+        }
+        let upto = match end {
+            None => batch.upto,
+            Some(t) => {
+                let tag = tagged(u64::MAX, SWEPT);
+                flows.finish_all(t, &mut |ex| outputs.push(tag(Output::Exchange(ex))));
+                let tag = tagged(u64::MAX, EVENT);
+                outputs.extend(flows.drain_events().map(|e| tag(Output::Event(e))));
+                u64::MAX
+            }
+        };
+        // At one packet a sweep's events were drained before the packet's
+        // own exchanges; put them in `Order` (a stable sort keeps each
+        // phase's own order).
+        outputs.sort_by_key(|(o, _)| *o);
+        batch.clear();
+        let reply = Reply {
+            worker: id,
+            batch,
+            upto,
+            outputs,
+            flows: flows.stats().clone(),
+            active_flows: flows.active_flows(),
+        };
+        if tx.send(reply).is_err() || end.is_some() {
+            return;
+        }
+    }
+}
+
+/// One pipeline or several workers, behind one interface for the loop.
+pub enum Engine {
+    One(Box<Pipeline>),
+    Many(Box<Sharded>),
+}
+
+impl Engine {
+    pub fn packet(&mut self, pkt: &RawPacket<'_>, sink: &mut impl ExchangeSink) {
+        match self {
+            Engine::One(p) => p.packet(pkt, sink),
+            Engine::Many(s) => s.packet(pkt, sink),
+        }
+    }
+
+    pub fn tick(&mut self, wall: Timestamp, sink: &mut impl ExchangeSink) {
+        match self {
+            Engine::One(p) => p.tick(wall, sink),
+            Engine::Many(s) => s.tick(wall, sink),
+        }
+    }
+
+    pub fn finish(&mut self, sink: &mut impl ExchangeSink) {
+        match self {
+            Engine::One(p) => p.finish(sink),
+            Engine::Many(s) => s.finish(sink),
+        }
+    }
+
+    pub fn stats(&self) -> PipelineStats {
+        match self {
+            Engine::One(p) => p.stats(),
+            Engine::Many(s) => s.stats(),
+        }
+    }
+
+    pub fn set_classifier(&mut self, classifier: Classifier) {
+        match self {
+            Engine::One(p) => p.set_classifier(classifier),
+            Engine::Many(s) => s.set_classifier(classifier),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_only_slices_inside_the_backing() {
+        let data: Backing = std::sync::Arc::new(vec![0u8; 100]);
+        let inner: &[u8] = (*data).as_ref();
+        assert_eq!(locate(&inner[10..20], Some(&data)), Some(10));
+        assert_eq!(locate(&inner[..0], Some(&data)), Some(0));
+        let other = [0u8; 10];
+        assert_eq!(locate(&other, Some(&data)), None);
+        assert_eq!(locate(&inner[10..20], None), None);
+    }
+}
