@@ -73,8 +73,14 @@ struct Sinks {
 }
 
 impl ExchangeSink for Sinks {
-    fn connection(&mut self, server: SocketAddr, protocol: Protocol, ts: Timestamp) {
-        self.metrics.connection(server, None, protocol, ts);
+    fn connection(
+        &mut self,
+        server: SocketAddr,
+        host: Option<&str>,
+        protocol: Protocol,
+        ts: Timestamp,
+    ) {
+        self.metrics.connection(server, host, protocol, ts);
         if protocol == Protocol::Other {
             if let Some(s) = &mut self.summary {
                 s.other_connection(server);
