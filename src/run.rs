@@ -338,6 +338,9 @@ fn run_source(
         exchanges: 0,
     };
     let shared = sinks.metrics.shared();
+    if let Some(drops) = source.drop_reader() {
+        shared.add_drop_reader(drops);
+    }
     let server = match &cfg.listen_address {
         Some(addr) => {
             let web = cfg
