@@ -118,14 +118,18 @@ impl DropAccumulator {
     /// `PACKET_STATISTICS`' drops: those since the previous read (the kernel
     /// resets its counter on every read).
     fn kernel(&mut self, since_last_read: u32) {
-        self.counts.kernel += u64::from(since_last_read);
+        self.counts.kernel = self
+            .counts
+            .kernel
+            .saturating_add(u64::from(since_last_read));
     }
 
     /// The interface's raw counter now. Lower than the last reading means
     /// the counter was reset (driver reload): count it from zero.
     fn interface(&mut self, raw: u64) {
         if let Some(last) = self.if_last {
-            self.counts.interface += raw.checked_sub(last).unwrap_or(raw);
+            let delta = raw.checked_sub(last).unwrap_or(raw);
+            self.counts.interface = self.counts.interface.saturating_add(delta);
         }
         self.if_last = Some(raw);
     }
@@ -713,7 +717,7 @@ mod tests {
     #[test]
     fn drop_accumulator_table() {
         // (kernel reads since the last, interface raw readings) → counts.
-        let cases: [(&[u32], &[u64], DropCounts); 5] = [
+        let cases: [(&[u32], &[u64], DropCounts); 6] = [
             (&[], &[], DropCounts::default()),
             // The first interface reading is the baseline.
             (&[0], &[500], DropCounts::default()),
@@ -742,6 +746,15 @@ mod tests {
                 DropCounts {
                     kernel: 0,
                     interface: 27,
+                },
+            ),
+            // Nonsense from sysfs saturates rather than overflowing.
+            (
+                &[],
+                &[0, u64::MAX, 0, u64::MAX],
+                DropCounts {
+                    kernel: 0,
+                    interface: u64::MAX,
                 },
             ),
         ];
