@@ -171,7 +171,8 @@ def quantile(q, sel, by=None):
 
 def loss_expr():
     """The worst of the two loss signals per instance: frames the kernel or the
-    interface dropped, and stream bytes reassembly never saw."""
+    interface dropped (apitap_capture_dropped_packets_total counts both), and
+    stream bytes reassembly never saw."""
     drops = rate("apitap_capture_dropped_packets_total", SEL, "instance")
     pkts = rate("apitap_capture_packets_total", SEL, "instance")
     gaps = rate("apitap_tcp_missing_bytes_total", SEL, "instance")
@@ -429,10 +430,16 @@ def capture():
     P.append(ts(lay, "Bytes", "Bytes per second of the captured frames.", "Bps",
                 [target(rate("apitap_capture_bytes_total", SEL, "instance, interface"),
                         "{{instance}} {{interface}}")]))
-    P.append(ts(lay, "Kernel and interface drops", "Frames per second libpcap reports dropped (kernel buffer "
-                "full plus interface drops; live capture only, may lag about a second).", "pps",
-                [target(rate("apitap_capture_dropped_packets_total", SEL, "instance, interface"),
-                        "{{instance}} {{interface}}")]))
+    drops = rate("apitap_capture_dropped_packets_total", SEL, "instance, interface")
+    if_drops = rate("apitap_capture_interface_dropped_packets_total", SEL, "instance, interface")
+    P.append(ts(lay, "Kernel and interface drops", "Frames per second lost before apitap read them (live "
+                "capture only). kernel: apitap's capture buffer was full (apitap short of CPU, or raise "
+                "capture.buffer-size); interface: the network interface could not hand them to the host "
+                "(its receive ring; nothing apitap can fix). Builds without the interface split show "
+                "everything as kernel.", "pps",
+                [target("(\n%s\n-\n%s\n)\nor\n%s" % (drops, if_drops, drops),
+                        "{{instance}} {{interface}} kernel"),
+                 target(if_drops, "{{instance}} {{interface}} interface", "B")]))
     P.append(ts(lay, "TCP gaps", "Stream bytes per second that were never captured and that reassembly "
                 "skipped (apitap_tcp_missing_bytes_total): exchanges touched by them are uncertain.", "Bps",
                 [target(rate("apitap_tcp_missing_bytes_total", SEL, "instance"), "{{instance}}")]))

@@ -22,8 +22,17 @@ pub trait ExchangeSink {
     fn finding(&mut self, _f: &crate::classify::findings::Finding) {}
     /// A TLS connection's handshake (once per connection).
     fn tls_handshake(&mut self, _hs: &crate::classify::tls::TlsHandshake) {}
-    /// A connection's protocol became known (once per connection).
-    fn connection(&mut self, _server: SocketAddr, _protocol: Protocol, _ts: Timestamp) {}
+    /// A connection, once, when the name of its server is known (`host`:
+    /// the Host of its first request, or its TLS SNI); see
+    /// [`FlowEvent::Connection`].
+    fn connection(
+        &mut self,
+        _server: SocketAddr,
+        _host: Option<&str>,
+        _protocol: Protocol,
+        _ts: Timestamp,
+    ) {
+    }
 }
 
 impl<F: FnMut(&Exchange)> ExchangeSink for F {
@@ -51,9 +60,10 @@ pub(crate) fn pass_event(ev: FlowEvent, sink: &mut impl ExchangeSink) {
     match ev {
         FlowEvent::Connection {
             server,
+            host,
             protocol,
             ts,
-        } => sink.connection(server, protocol, ts),
+        } => sink.connection(server, host.as_deref(), protocol, ts),
         FlowEvent::Tls(hs) => sink.tls_handshake(&hs),
     }
 }

@@ -74,8 +74,14 @@ struct Sinks {
 }
 
 impl ExchangeSink for Sinks {
-    fn connection(&mut self, server: SocketAddr, protocol: Protocol, ts: Timestamp) {
-        self.metrics.connection(server, None, protocol, ts);
+    fn connection(
+        &mut self,
+        server: SocketAddr,
+        host: Option<&str>,
+        protocol: Protocol,
+        ts: Timestamp,
+    ) {
+        self.metrics.connection(server, host, protocol, ts);
         if protocol == Protocol::Other {
             if let Some(s) = &mut self.summary {
                 s.other_connection(server);
@@ -346,6 +352,9 @@ fn run_source(
         exchanges: 0,
     };
     let shared = sinks.metrics.shared();
+    if let Some(drops) = source.drop_reader() {
+        shared.add_drop_reader(drops);
+    }
     let server = match &cfg.listen_address {
         Some(addr) => {
             let web = cfg

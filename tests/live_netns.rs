@@ -2,7 +2,8 @@
 //! (made by the test, addresses 10.204.0.0/24 inside them only), a real HTTP
 //! server in one, a real client (curl) in the other, `apitap -i` on the
 //! server's veth. The exchange log must match what the client did, and the
-//! metrics must count it. Needs root and iproute2; skips otherwise.
+//! metrics must count it; and frames lost while apitap cannot read must be
+//! exported as drops. Needs root and iproute2; skips otherwise.
 
 mod common;
 
@@ -16,8 +17,15 @@ struct Netns {
 }
 
 impl Netns {
-    fn create() -> Option<Netns> {
-        let id = std::process::id() % 100_000;
+    /// Namespaces and a veth pair named after this process and `tag` (one
+    /// letter per test, so tests run side by side), and the name of the
+    /// server's end. None (the test skips) without root or iproute2.
+    fn create(tag: char) -> Option<(Netns, String)> {
+        if Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("skipped: no iproute2");
+            return None;
+        }
+        let id = format!("{}{tag}", std::process::id() % 100_000);
         let n = Netns {
             client: format!("apitap-t{id}-c"),
             server: format!("apitap-t{id}-s"),
@@ -52,7 +60,7 @@ impl Netns {
                 return None; // Drop cleans up what was made.
             }
         }
-        Some(n)
+        Some((n, vs))
     }
 
     fn exec(&self, ns: &str, cmd: &[&str]) -> Command {
@@ -60,6 +68,85 @@ impl Netns {
         c.args(["netns", "exec", ns]).args(cmd);
         c
     }
+
+    /// A Python HTTP server on 10.204.0.1:8080 serving `dir`.
+    fn http_server(&self, dir: &std::path::Path) -> KillOnDrop {
+        KillOnDrop(
+            self.exec(
+                &self.server,
+                &[
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "8080",
+                    "--bind",
+                    "10.204.0.1",
+                ],
+            )
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 http.server"),
+        )
+    }
+
+    /// `apitap ARGS` in the server's namespace, stderr captured.
+    fn apitap(&self, args: &[&str]) -> KillOnDrop {
+        let mut cmd = vec![env!("CARGO_BIN_EXE_apitap")];
+        cmd.extend_from_slice(args);
+        KillOnDrop(
+            self.exec(&self.server, &cmd)
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("apitap starts"),
+        )
+    }
+
+    /// The client's `curl` of `path` on the server, the body discarded.
+    fn fetch(&self, path: &str) -> Command {
+        let url = format!("http://10.204.0.1:8080{path}");
+        self.exec(&self.client, &["curl", "-s", "-o", "/dev/null", &url])
+    }
+
+    /// The client fetches `path` from the server, until it answers.
+    fn wait_for_server(&self, path: &str) {
+        wait_for("the server", || {
+            self.fetch(path).status().is_ok_and(|s| s.success())
+        });
+    }
+}
+
+/// `kill SIG PID`.
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// SIGINT, then wait (at most 10 s) for apitap to exit: its status and
+/// stderr.
+fn interrupt(apitap: &mut KillOnDrop) -> (std::process::ExitStatus, String) {
+    signal(&apitap.0, "-INT");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = apitap.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "apitap did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(e) = apitap.0.stderr.as_mut() {
+        let _ = std::io::Read::read_to_string(e, &mut stderr);
+    }
+    (status, stderr)
 }
 
 impl Drop for Netns {
@@ -95,89 +182,37 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn live_capture_on_a_veth_matches_the_client() {
-    if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipped: no iproute2");
+    let Some((ns, veth)) = Netns::create('a') else {
         return;
-    }
-    let Some(ns) = Netns::create() else { return };
-    let veth = format!("at{}s", std::process::id() % 100_000);
+    };
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("exchanges.ndjson");
     let metrics = dir.path().join("metrics.prom");
 
-    let _server = KillOnDrop(
-        ns.exec(
-            &ns.server,
-            &[
-                "python3",
-                "-m",
-                "http.server",
-                "8080",
-                "--bind",
-                "10.204.0.1",
-            ],
-        )
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 http.server"),
-    );
+    let _server = ns.http_server(dir.path());
     std::fs::write(dir.path().join("hello.txt"), b"hello from the server\n").unwrap();
-    let apitap = ns
-        .exec(
-            &ns.server,
-            &[
-                env!("CARGO_BIN_EXE_apitap"),
-                "-i",
-                &veth,
-                "-f",
-                "tcp port 8080",
-                "--exchanges",
-                log.to_str().unwrap(),
-                "--metrics-out",
-                metrics.to_str().unwrap(),
-                "--web.listen-address",
-                "127.0.0.1:0",
-            ],
-        )
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("apitap starts");
-    let mut apitap = KillOnDrop(apitap);
+    let mut apitap = ns.apitap(&[
+        "-i",
+        &veth,
+        "-f",
+        "tcp port 8080",
+        "--exchanges",
+        log.to_str().unwrap(),
+        "--metrics-out",
+        metrics.to_str().unwrap(),
+        "--web.listen-address",
+        "127.0.0.1:0",
+    ]);
     // The server must answer before traffic counts.
-    wait_for("the server", || {
-        ns.exec(
-            &ns.client,
-            &[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "http://10.204.0.1:8080/hello.txt",
-            ],
-        )
-        .status()
-        .is_ok_and(|s| s.success())
-    });
+    ns.wait_for_server("/hello.txt");
     std::thread::sleep(Duration::from_millis(500));
     // What the client does: its own record of statuses.
     let targets = ["/hello.txt", "/missing", "/hello.txt?page=2", "/"];
     let mut sent = Vec::new();
     for t in targets {
         let out = ns
-            .exec(
-                &ns.client,
-                &[
-                    "curl",
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    &format!("http://10.204.0.1:8080{t}"),
-                ],
-            )
+            .fetch(t)
+            .args(["-w", "%{http_code}"])
             .output()
             .expect("curl");
         let code: u16 = String::from_utf8_lossy(&out.stdout)
@@ -188,24 +223,8 @@ fn live_capture_on_a_veth_matches_the_client() {
     }
     std::thread::sleep(Duration::from_millis(500));
     // SIGINT: capture stops, open exchanges are flushed, outputs written.
-    let pid = apitap.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = apitap.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "apitap did not stop on SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "apitap exit: {status:?}");
+    let (status, stderr) = interrupt(&mut apitap);
+    assert!(status.success(), "apitap exit: {status:?}\n{stderr}");
 
     let records: Vec<Value> = std::fs::read_to_string(&log)
         .unwrap()
@@ -243,5 +262,98 @@ fn live_capture_on_a_veth_matches_the_client() {
             "apitap_capture_dropped_packets_total{{interface=\"{veth}\"}}"
         ))),
         "drops exported"
+    );
+}
+
+/// The value of `name{interface="IFACE"}` in a text exposition.
+fn series(text: &str, name: &str, iface: &str) -> Option<f64> {
+    let prefix = format!("{name}{{interface=\"{iface}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().expect("a number"))
+}
+
+#[test]
+fn live_drops_are_exported_while_capturing() {
+    let Some((ns, veth)) = Netns::create('d') else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // 32 MiB to download; a 1 MiB capture buffer holds a few hundred frames.
+    std::fs::write(dir.path().join("big.bin"), vec![b'x'; 32 << 20]).unwrap();
+    let config = dir.path().join("apitap.toml");
+    std::fs::write(&config, "[capture]\nbuffer-size = 1048576\n").unwrap();
+    let metrics = dir.path().join("metrics.prom");
+    let _server = ns.http_server(dir.path());
+    let mut apitap = ns.apitap(&[
+        "--config.file",
+        config.to_str().unwrap(),
+        "-i",
+        &veth,
+        "-f",
+        "tcp port 8080",
+        "--metrics-out",
+        metrics.to_str().unwrap(),
+        "--web.listen-address",
+        "127.0.0.1:10190",
+    ]);
+    // Scraped from inside the server's namespace, where apitap listens.
+    let scrape = || -> Option<String> {
+        let out = ns
+            .exec(
+                &ns.server,
+                &["curl", "-sf", "http://127.0.0.1:10190/metrics"],
+            )
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let mut first = String::new();
+    wait_for("the first scrape", || {
+        first = scrape().unwrap_or_default();
+        !first.is_empty()
+    });
+    // Both families, labelled with the interface, before any drop.
+    for family in [
+        "apitap_capture_dropped_packets_total",
+        "apitap_capture_interface_dropped_packets_total",
+    ] {
+        assert_eq!(series(&first, family, &veth), Some(0.0), "{first}");
+    }
+    ns.wait_for_server("/");
+
+    // apitap stopped: nobody reads the capture buffer while the download
+    // goes through, so the kernel drops what does not fit.
+    signal(&apitap.0, "-STOP");
+    let download = ns.fetch("/big.bin").status();
+    signal(&apitap.0, "-CONT");
+    assert!(download.is_ok_and(|s| s.success()), "the download");
+    let mut dropped = 0.0;
+    wait_for("drops in a scrape", || {
+        let text = scrape().unwrap_or_default();
+        dropped = series(&text, "apitap_capture_dropped_packets_total", &veth).unwrap_or(0.0);
+        dropped > 0.0
+    });
+    // A veth has no hardware queue to overflow: all of it is kernel drops.
+    let text = scrape().unwrap();
+    assert_eq!(
+        series(
+            &text,
+            "apitap_capture_interface_dropped_packets_total",
+            &veth
+        ),
+        Some(0.0)
+    );
+
+    let (status, stderr) = interrupt(&mut apitap);
+    assert!(status.success(), "apitap exit: {status:?}\n{stderr}");
+    let last = std::fs::read_to_string(&metrics).unwrap();
+    let final_drops = series(&last, "apitap_capture_dropped_packets_total", &veth).unwrap();
+    assert!(final_drops >= dropped, "{final_drops} < {dropped}");
+    assert!(
+        stderr.contains("dropped packets"),
+        "the final warning: {stderr}"
     );
 }

@@ -3,6 +3,7 @@
 //! with `promtool check metrics` (when installed), and check the values
 //! against the exchanges of the same replay.
 
+mod common;
 mod metrics_support;
 
 use apitap::http::exchange::{Exchange, Outcome};
@@ -183,4 +184,87 @@ fn serve_reports_a_busy_port() {
     let err = serve(&busy, m.shared(), None).err().expect("port in use");
     assert!(err.to_string().contains(&busy), "{err}");
     first.shutdown();
+}
+
+/// `apitap -r FILE` with the exchange log and the final metrics: (exchange
+/// records, metric samples).
+fn run_binary(file: &std::path::Path) -> (Vec<serde_json::Value>, Vec<Sample>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, prom) = (dir.path().join("x.ndjson"), dir.path().join("m.prom"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apitap"))
+        .arg("-r")
+        .arg(file)
+        .arg("--exchanges")
+        .arg(&log)
+        .arg("--metrics-out")
+        .arg(&prom)
+        .output()
+        .expect("apitap runs");
+    assert!(out.status.success(), "{out:?}");
+    let records = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (records, parse(&std::fs::read_to_string(&prom).unwrap()))
+}
+
+/// `server_address` → value of `name`'s series with `protocol` (when given).
+fn by_server(samples: &[Sample], name: &str, protocol: Option<&str>) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    for s in samples
+        .iter()
+        .filter(|s| s.name == name && protocol.is_none_or(|p| s.label("protocol") == p))
+    {
+        *m.entry(s.label("server_address").to_string()).or_default() += s.value;
+    }
+    m
+}
+
+#[test]
+fn connections_are_labelled_by_first_host_and_sni() {
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/captures/demo.pcap");
+    let (records, samples) = run_binary(&demo);
+
+    // HTTP: each connection under the Host of its first request (a name),
+    // else its server's IP, as the exchange metrics label it.
+    let mut first: BTreeMap<(String, String), String> = BTreeMap::new();
+    for r in &records {
+        let server = r["server"].as_str().unwrap();
+        let ip = server.rsplit_once(':').unwrap().0.to_string();
+        let label = match r["host"].as_str() {
+            Some(h) if h.parse::<std::net::IpAddr>().is_err() => {
+                h.rsplit_once(':').map_or(h, |(n, _)| n).to_string()
+            }
+            _ => ip,
+        };
+        first
+            .entry((r["client"].to_string(), server.to_string()))
+            .or_insert(label);
+    }
+    let mut want: BTreeMap<String, f64> = BTreeMap::new();
+    for label in first.values() {
+        *want.entry(label.clone()).or_default() += 1.0;
+    }
+    assert!(want.contains_key("api.example.com"), "{want:?}");
+    let got = by_server(&samples, "apitap_connections_total", Some("http"));
+    assert_eq!(got, want, "http connections by server_address");
+
+    // TLS: under the SNI, as the handshakes are; demo.pcap's clients all
+    // send one.
+    let tls = by_server(&samples, "apitap_connections_total", Some("tls"));
+    let handshakes = by_server(&samples, "apitap_tls_handshakes_total", None);
+    assert_eq!(tls, handshakes, "tls connections by server_address");
+    assert!(tls.contains_key("secure.example.com"), "{tls:?}");
+}
+
+#[test]
+fn corpus_tls_connections_carry_the_sni() {
+    let Some(corpus) = common::corpus_dir() else {
+        eprintln!("skipped: no corpus");
+        return;
+    };
+    let (_, samples) = run_binary(&corpus.join("ndpi-neg-tls-curl.pcap"));
+    let tls = by_server(&samples, "apitap_connections_total", Some("tls"));
+    assert_eq!(tls, BTreeMap::from([("www.ntop.org".to_string(), 1.0)]));
 }

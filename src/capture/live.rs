@@ -19,26 +19,33 @@
 //!   another thread: a `next_event` waiting for traffic wakes at once and
 //!   returns `Ok(None)`, and so does every later call.
 //! - [`PacketSource::stats`] counts frames and their wire bytes as they are
-//!   yielded. Kernel and interface drops come from `pcap_stats` (`ps_drop`,
-//!   `ps_ifdrop`), widened to 64 bits across wraps. The trait's `stats`
-//!   takes `&self` but `pcap_stats` needs the handle mutably, so `next_event`
-//!   re-reads them when about a second has passed (by packet or tick time):
-//!   drops may lag by that much. [`LiveSource::refresh_stats`] reads them
-//!   now (e.g. before the final report).
+//!   yielded, and reads the drops now through the source's [`LiveDrops`].
+//! - Drops ([`LiveDrops`], also handed out as the source's
+//!   [`DropReader`]) are read without the libpcap handle, which only the
+//!   capture thread may use (`pcap_stats` is not safe beside a read in
+//!   progress): kernel drops with `getsockopt(PACKET_STATISTICS)` on a
+//!   duplicate of the capture socket, interface drops from
+//!   `/sys/class/net/<interface>/statistics/rx_{missed,fifo}_errors` as
+//!   libpcap reads them, counted from a baseline taken at open (none for
+//!   `any`). The kernel resets its counters at every `PACKET_STATISTICS`
+//!   read, so `LiveDrops` must be their only reader: it accumulates, and
+//!   apitap never calls `pcap_stats`. Closing the source takes a last
+//!   reading and closes the duplicate socket; the counts then stay.
 //! - Read errors after opening (the interface went away) are one line too;
 //!   what to do about them is the caller's choice.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{CaptureError, LinkType, PacketSource, RawPacket, SourceEvent, SourceStats};
+use super::{
+    CaptureError, DropCounts, DropReader, LinkType, PacketSource, RawPacket, SourceEvent,
+    SourceStats,
+};
 use crate::clock::Timestamp;
-
-/// How often (in capture/wall time) libpcap's drop counters are re-read.
-const STATS_REFRESH_MICROS: i64 = 1_000_000;
 
 /// How a live capture is opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,19 +105,150 @@ impl Stopper {
     }
 }
 
-/// libpcap's cumulative counters are 32-bit on most platforms and wrap; this
-/// keeps a 64-bit running total from successive readings.
+/// Turns raw drop readings into counts since open.
 #[derive(Clone, Copy, Debug, Default)]
-struct WrappingCounter {
-    last_raw: u32,
-    total: u64,
+struct DropAccumulator {
+    counts: DropCounts,
+    /// The interface's last raw counter (since boot); the first reading is
+    /// the baseline.
+    if_last: Option<u64>,
 }
 
-impl WrappingCounter {
-    fn update(&mut self, raw: u32) {
-        self.total += u64::from(raw.wrapping_sub(self.last_raw));
-        self.last_raw = raw;
+impl DropAccumulator {
+    /// `PACKET_STATISTICS`' drops: those since the previous read (the kernel
+    /// resets its counter on every read).
+    fn kernel(&mut self, since_last_read: u32) {
+        self.counts.kernel = self
+            .counts
+            .kernel
+            .saturating_add(u64::from(since_last_read));
     }
+
+    /// The interface's raw counter now. Lower than the last reading means
+    /// the counter was reset (driver reload): count it from zero.
+    fn interface(&mut self, raw: u64) {
+        if let Some(last) = self.if_last {
+            let delta = raw.checked_sub(last).unwrap_or(raw);
+            self.counts.interface = self.counts.interface.saturating_add(delta);
+        }
+        self.if_last = Some(raw);
+    }
+}
+
+struct DropState {
+    /// A duplicate of the capture socket; None once the source is closed.
+    socket: Option<OwnedFd>,
+    acc: DropAccumulator,
+}
+
+/// A live handle's drop counters, readable from any thread (see the module
+/// doc). The lock is held for one `getsockopt` and two small sysfs reads,
+/// never while waiting for anything else.
+pub struct LiveDrops {
+    interface: String,
+    /// `/sys/class/net/<interface>/statistics`; None for `any`.
+    sysfs: Option<PathBuf>,
+    state: Mutex<DropState>,
+}
+
+impl LiveDrops {
+    /// Takes the baselines now: drops count from here.
+    fn new(interface: &str, socket: BorrowedFd<'_>) -> std::io::Result<LiveDrops> {
+        let sysfs = Some(
+            PathBuf::from("/sys/class/net")
+                .join(interface)
+                .join("statistics"),
+        )
+        .filter(|p| interface != "any" && !interface.contains('/') && p.is_dir());
+        let drops = LiveDrops {
+            interface: interface.to_string(),
+            sysfs,
+            state: Mutex::new(DropState {
+                socket: Some(socket.try_clone_to_owned()?),
+                acc: DropAccumulator::default(),
+            }),
+        };
+        drops.read();
+        Ok(drops)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, DropState> {
+        // A panic elsewhere while holding it leaves plain counters behind.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read the kernel's and the interface's counters into `st`, unless
+    /// closed. A failed read keeps the counts as they were.
+    fn refresh(&self, st: &mut DropState) {
+        let Some(socket) = &st.socket else {
+            return;
+        };
+        if let Some(d) = kernel_drops(socket.as_fd()) {
+            st.acc.kernel(d);
+        }
+        if let Some(raw) = self.sysfs.as_deref().and_then(interface_drops) {
+            st.acc.interface(raw);
+        }
+    }
+
+    /// A last reading, then the duplicate socket is closed.
+    fn close(&self) {
+        let mut st = self.state();
+        self.refresh(&mut st);
+        st.socket = None;
+    }
+}
+
+impl DropReader for LiveDrops {
+    fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    fn read(&self) -> DropCounts {
+        let mut st = self.state();
+        self.refresh(&mut st);
+        st.acc.counts
+    }
+}
+
+/// Frames the kernel dropped on this packet socket since the previous call
+/// (which the call resets), or None when the socket cannot say.
+fn kernel_drops(socket: BorrowedFd<'_>) -> Option<u32> {
+    // The v3 layout starts like v1/v2's; the kernel fills what the socket's
+    // ring version has and sets `len` accordingly.
+    let mut st = libc::tpacket_stats_v3 {
+        tp_packets: 0,
+        tp_drops: 0,
+        tp_freeze_q_cnt: 0,
+    };
+    let mut len = std::mem::size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
+    // SAFETY: `st` is a live, writable `tpacket_stats_v3` and `len` says
+    // its size, so the kernel writes at most that many bytes into it; the
+    // descriptor is borrowed, so it stays open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats_v3).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(st.tp_drops)
+}
+
+/// The interface's raw drop counter as libpcap reads it:
+/// `rx_missed_errors + rx_fifo_errors`. None when either cannot be read
+/// (a partial sum would look like a counter reset).
+fn interface_drops(statistics: &std::path::Path) -> Option<u64> {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(statistics.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(read("rx_missed_errors")?.saturating_add(read("rx_fifo_errors")?))
 }
 
 /// One frame read from libpcap, detached from the borrow of the handle (see
@@ -148,11 +286,13 @@ pub struct LiveSource {
     tick: Duration,
     packets: u64,
     bytes: u64,
-    dropped: WrappingCounter,
-    if_dropped: WrappingCounter,
-    /// Time of the latest packet or tick, and of the latest stats reading.
-    last_seen: Timestamp,
-    last_refresh: Timestamp,
+    drops: Arc<LiveDrops>,
+}
+
+impl Drop for LiveSource {
+    fn drop(&mut self) {
+        self.drops.close();
+    }
 }
 
 impl std::fmt::Debug for LiveSource {
@@ -200,7 +340,8 @@ impl LiveSource {
         let (wake_tx, wake_rx) = UnixDatagram::pair()
             .and_then(|(tx, rx)| tx.set_nonblocking(true).map(|()| (tx, rx)))
             .map_err(|e| CaptureError::Live(format!("cannot capture on {iface}: {e}")))?;
-        let now = Timestamp::now_wall();
+        let drops = LiveDrops::new(iface, capture.as_fd())
+            .map_err(|e| CaptureError::Live(format!("cannot capture on {iface}: {e}")))?;
         Ok(LiveSource {
             pcap_fd: capture.as_raw_fd(),
             capture,
@@ -212,10 +353,7 @@ impl LiveSource {
             tick: Duration::from_millis(u64::from(tick_ms.unsigned_abs())),
             packets: 0,
             bytes: 0,
-            dropped: WrappingCounter::default(),
-            if_dropped: WrappingCounter::default(),
-            last_seen: now,
-            last_refresh: now,
+            drops: Arc::new(drops),
         })
     }
 
@@ -231,23 +369,6 @@ impl LiveSource {
     /// The link type libpcap reports for this handle (every packet has it).
     pub fn link_type(&self) -> LinkType {
         self.link
-    }
-
-    /// Read libpcap's drop counters now (e.g. once more before exiting).
-    /// A failing `pcap_stats` keeps the previous values: drops are
-    /// diagnostics, not a reason to stop capturing.
-    pub fn refresh_stats(&mut self) {
-        if let Ok(s) = self.capture.stats() {
-            self.dropped.update(s.dropped);
-            self.if_dropped.update(s.if_dropped);
-        }
-        self.last_refresh = self.last_seen;
-    }
-
-    fn stats_due(&self) -> bool {
-        let since = self.last_seen.as_micros() - self.last_refresh.as_micros();
-        // A clock stepped back by more than the period also re-arms it.
-        !(-STATS_REFRESH_MICROS..STATS_REFRESH_MICROS).contains(&since)
     }
 
     /// One non-blocking read: a frame, or `None` when libpcap has none now.
@@ -328,9 +449,6 @@ fn tick_millis(tick_micros: i64) -> i32 {
 
 impl PacketSource for LiveSource {
     fn next_event(&mut self) -> Result<Option<SourceEvent<'_>>, CaptureError> {
-        if self.stats_due() {
-            self.refresh_stats();
-        }
         // Set at the first empty read, so the packet path reads no clock.
         let mut deadline: Option<Instant> = None;
         let frame = loop {
@@ -355,16 +473,11 @@ impl PacketSource for LiveSource {
                     self.stopped.store(true, Ordering::SeqCst);
                     return Ok(None);
                 }
-                Wake::Timeout => {
-                    let now = Timestamp::now_wall();
-                    self.last_seen = now;
-                    return Ok(Some(SourceEvent::Tick(now)));
-                }
+                Wake::Timeout => return Ok(Some(SourceEvent::Tick(Timestamp::now_wall()))),
             }
         };
         self.packets += 1;
         self.bytes += u64::from(frame.wire_len);
-        self.last_seen = frame.ts;
         // SAFETY: `frame.data` points at `frame.len` bytes that libpcap keeps
         // valid until the next read on this handle. The slice gets the
         // lifetime of this `&mut self` borrow, and every read on
@@ -387,12 +500,17 @@ impl PacketSource for LiveSource {
     }
 
     fn stats(&self) -> SourceStats {
+        let drops = self.drops.read();
         SourceStats {
             packets: self.packets,
             bytes: self.bytes,
-            dropped: self.dropped.total,
-            if_dropped: self.if_dropped.total,
+            dropped: drops.kernel,
+            if_dropped: drops.interface,
         }
+    }
+
+    fn drop_reader(&self) -> Option<Arc<dyn DropReader>> {
+        Some(self.drops.clone())
     }
 }
 
@@ -485,7 +603,11 @@ mod tests {
 
     /// Opens `lo`, or `None` (test skipped) when this user may not capture.
     fn open_lo_or_skip(filter: &str) -> Option<LiveSource> {
-        match LiveSource::open(&lo_options(filter)) {
+        open_lo_or_skip_with(lo_options(filter))
+    }
+
+    fn open_lo_or_skip_with(opts: LiveOptions) -> Option<LiveSource> {
+        match LiveSource::open(&opts) {
             Ok(s) => Some(s),
             Err(CaptureError::Live(m)) if m.contains("needs CAP_NET_RAW") => {
                 eprintln!("skipped: {m}");
@@ -593,12 +715,122 @@ mod tests {
     }
 
     #[test]
-    fn wrapping_counter_survives_u32_wrap() {
-        let mut c = WrappingCounter::default();
-        for raw in [10, u32::MAX - 5, 4, 4] {
-            c.update(raw);
+    fn drop_accumulator_table() {
+        // (kernel reads since the last, interface raw readings) → counts.
+        let cases: [(&[u32], &[u64], DropCounts); 6] = [
+            (&[], &[], DropCounts::default()),
+            // The first interface reading is the baseline.
+            (&[0], &[500], DropCounts::default()),
+            // Kernel reads are deltas (the kernel resets on read).
+            (
+                &[3, 0, 4],
+                &[500, 502, 502, 510],
+                DropCounts {
+                    kernel: 7,
+                    interface: 10,
+                },
+            ),
+            // Past u32 in total.
+            (
+                &[u32::MAX, 5],
+                &[],
+                DropCounts {
+                    kernel: u64::from(u32::MAX) + 5,
+                    interface: 0,
+                },
+            ),
+            // A reset interface counter counts again from zero.
+            (
+                &[],
+                &[500, 520, 3, 7],
+                DropCounts {
+                    kernel: 0,
+                    interface: 27,
+                },
+            ),
+            // Nonsense from sysfs saturates rather than overflowing.
+            (
+                &[],
+                &[0, u64::MAX, 0, u64::MAX],
+                DropCounts {
+                    kernel: 0,
+                    interface: u64::MAX,
+                },
+            ),
+        ];
+        for (kernel, iface, want) in cases {
+            let mut a = DropAccumulator::default();
+            kernel.iter().for_each(|&d| a.kernel(d));
+            iface.iter().for_each(|&r| a.interface(r));
+            assert_eq!(a.counts, want, "{kernel:?} {iface:?}");
         }
-        assert_eq!(c.total, u64::from(u32::MAX) + 5);
+    }
+
+    #[test]
+    fn interface_drops_read_sysfs_and_refuse_partial_sums() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(interface_drops(dir.path()), None);
+        std::fs::write(dir.path().join("rx_missed_errors"), "12\n").unwrap();
+        assert_eq!(interface_drops(dir.path()), None, "fifo missing");
+        std::fs::write(dir.path().join("rx_fifo_errors"), "30\n").unwrap();
+        assert_eq!(interface_drops(dir.path()), Some(42));
+        std::fs::write(dir.path().join("rx_fifo_errors"), "x").unwrap();
+        assert_eq!(interface_drops(dir.path()), None);
+    }
+
+    #[test]
+    fn kernel_drops_are_read_at_any_time_without_the_capture_loop() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let Some(src) = open_lo_or_skip_with(LiveOptions {
+            buffer_size: 1 << 20,
+            ..lo_options(&format!("tcp port {port}"))
+        }) else {
+            return;
+        };
+        let reader = src.drop_reader().expect("live sources have one");
+        assert_eq!(reader.interface(), "lo");
+        let metrics = crate::metrics::Metrics::new(Default::default(), "lo");
+        let shared = metrics.shared();
+        shared.add_drop_reader(reader.clone());
+        // Nobody calls `next_event`: 32 MiB through a 1 MiB capture buffer
+        // must overflow it.
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut sink = Vec::new();
+            conn.read_to_end(&mut sink).unwrap();
+        });
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..512 {
+            c.write_all(&chunk).unwrap();
+        }
+        drop(c);
+        server.join().unwrap();
+        // Read from another thread, as a scrape does.
+        let first = std::thread::spawn({
+            let r = reader.clone();
+            move || r.read()
+        })
+        .join()
+        .unwrap();
+        assert!(first.kernel > 0, "{first:?}");
+        let again = reader.read();
+        assert!(again.kernel >= first.kernel, "accumulates: {again:?}");
+        let text = shared.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("apitap_capture_dropped_packets_total{interface=\"lo\"}"))
+            .unwrap_or_else(|| panic!("{text}"));
+        let scraped: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(scraped >= again.kernel, "{line} vs {again:?}");
+        assert_eq!(src.stats().dropped, reader.read().kernel);
+
+        // Closed: the counts stay, the socket is gone.
+        drop(src);
+        let closed = reader.read();
+        assert!(closed.kernel >= scraped, "{closed:?}");
+        assert_eq!(reader.read(), closed);
     }
 
     #[test]
@@ -667,7 +899,6 @@ mod tests {
         let stats = src.stats();
         assert!(stats.packets >= 3, "{stats:?}");
         assert!(stats.bytes >= stats.packets * 40, "{stats:?}");
-        src.refresh_stats();
         assert_eq!(src.stats().dropped, 0);
     }
 

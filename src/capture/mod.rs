@@ -6,6 +6,10 @@
 //! [`SourceEvent::Tick`] carrying the wall clock when no packet arrived for a
 //! while, so timeouts fire on a quiet link. Sources never interpret bytes
 //! above the link layer: that is `decode`'s job.
+//!
+//! A live source also hands out a [`DropReader`]: its drop counters, read
+//! from any thread at any time (a scrape) without touching the handle the
+//! capture thread is using.
 
 pub mod file;
 pub mod live;
@@ -13,6 +17,7 @@ pub mod mapped;
 pub mod replay;
 
 use crate::clock::Timestamp;
+use std::sync::Arc;
 
 /// A LINKTYPE_* value as found in pcap/pcapng headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -79,9 +84,38 @@ pub enum SourceEvent<'a> {
 pub struct SourceStats {
     pub packets: u64,
     pub bytes: u64,
-    /// Packets the kernel or interface dropped (live; libpcap's statistics).
+    /// Live: frames the kernel dropped because the capture buffer was full
+    /// ([`DropCounts::kernel`]).
     pub dropped: u64,
+    /// Live: frames the interface could not deliver
+    /// ([`DropCounts::interface`]).
     pub if_dropped: u64,
+}
+
+/// A live capture handle's drops, cumulative since it was opened (what
+/// libpcap's `ps_drop` and `ps_ifdrop` mean on Linux).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    /// Frames the kernel dropped for this handle because its capture buffer
+    /// was full (apitap did not read fast enough). Per handle: several
+    /// handles' counts add up.
+    pub kernel: u64,
+    /// Frames the interface itself could not deliver to the host (its
+    /// `rx_missed_errors + rx_fifo_errors`). Per interface: handles on the
+    /// same interface each report the same loss.
+    pub interface: u64,
+}
+
+/// Reads a live handle's [`DropCounts`] from any thread.
+///
+/// Contract: `read` is cheap enough for every scrape (a few system calls,
+/// no waiting on the capture thread) and never returns less than an
+/// earlier reading. After the source is closed it keeps returning the last
+/// counts.
+pub trait DropReader: Send + Sync {
+    /// The interface the counts are about (the `interface` label).
+    fn interface(&self) -> &str;
+    fn read(&self) -> DropCounts;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +140,11 @@ pub trait PacketSource {
     /// The interface name (live) or a label (`file`) for metrics.
     fn interface(&self) -> &str;
     fn stats(&self) -> SourceStats;
+    /// Live sources: the drop counters, for the metrics to read at scrape
+    /// time. Files have none.
+    fn drop_reader(&self) -> Option<Arc<dyn DropReader>> {
+        None
+    }
     /// For files: set when the file ended in the middle of a record; the text
     /// says where. Processing of everything before it went on.
     fn truncation(&self) -> Option<&str> {

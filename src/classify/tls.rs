@@ -404,6 +404,19 @@ impl HandshakeReader {
         self.client.done() && self.server.done()
     }
 
+    /// The client's hello is decided: parsed, refused, or lost in a gap.
+    pub fn client_done(&self) -> bool {
+        self.client.done()
+    }
+
+    /// The SNI of the client's hello, once parsed (before `finish`).
+    pub fn sni(&self) -> Option<&str> {
+        match &self.client {
+            Side::Done(Some(c)) => c.sni.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Heap bytes held while hellos are being read.
     pub fn heap_bytes(&self) -> usize {
         self.client.heap_bytes() + self.server.heap_bytes()

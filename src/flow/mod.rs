@@ -120,9 +120,14 @@ impl Default for FlowConfig {
 /// (drained by the caller with [`FlowTable::drain_events`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FlowEvent {
-    /// A connection's protocol became known (once per connection).
+    /// A connection, once per connection: for HTTP when its first request
+    /// head is parsed (`host`: that request's Host), for TLS when the
+    /// client's hello is read (`host`: its SNI), for other protocols when
+    /// they are recognised (`host` None). A connection that ends first is
+    /// reported as it ends, with whatever was learnt (often `host` None).
     Connection {
         server: SocketAddr,
+        host: Option<String>,
         protocol: Protocol,
         ts: Timestamp,
     },
@@ -175,6 +180,24 @@ struct TlsConn {
     reader: HandshakeReader,
     /// The connection's first byte seen.
     ts: Timestamp,
+    /// Its `FlowEvent::Connection` was sent.
+    announced: bool,
+}
+
+impl TlsConn {
+    /// Report the connection once the client's hello is decided (its SNI
+    /// names the server).
+    fn announce(&mut self, server: SocketAddr, ts: Timestamp, events: &mut Vec<FlowEvent>) {
+        if !self.announced && self.reader.client_done() {
+            self.announced = true;
+            events.push(FlowEvent::Connection {
+                server,
+                host: self.reader.sni().map(str::to_string),
+                protocol: Protocol::Tls,
+                ts,
+            });
+        }
+    }
 }
 
 struct HttpConn {
@@ -182,6 +205,35 @@ struct HttpConn {
     req: MessageParser,
     resp: MessageParser,
     session: HttpSession,
+    /// Its `FlowEvent::Connection` was sent.
+    announced: bool,
+}
+
+impl HttpConn {
+    /// Report the connection once its first request head is parsed (its
+    /// Host names the server); `end`: the connection ends, report it now.
+    fn announce(
+        &mut self,
+        server: SocketAddr,
+        end: Option<Timestamp>,
+        events: &mut Vec<FlowEvent>,
+    ) {
+        if self.announced {
+            return;
+        }
+        let (host, ts) = match (&self.session.first_request, end) {
+            (Some(first), _) => (first.host.clone(), first.ts),
+            (None, Some(now)) => (None, now),
+            (None, None) => return,
+        };
+        self.announced = true;
+        events.push(FlowEvent::Connection {
+            server,
+            host,
+            protocol: Protocol::Http,
+            ts,
+        });
+    }
 }
 
 enum App {
@@ -528,6 +580,12 @@ impl FlowTable {
         for s in &streams {
             stats.stream.merge(s.stats());
         }
+        // The server as the connection knew it (the client is known once
+        // HTTP or TLS was recognised).
+        let server = match client_is_lo {
+            Some(false) => key.lo,
+            _ => key.hi,
+        };
         match app {
             App::Http(mut h) => {
                 h.session.set_ending(why);
@@ -535,6 +593,7 @@ impl FlowTable {
                 h.req.end_of_stream(now, reset, &mut h.session);
                 h.resp.end_of_stream(now, reset, &mut h.session);
                 h.session.close(now);
+                h.announce(server, Some(now), events);
                 for (total, n) in stats
                     .http_parse_errors
                     .iter_mut()
@@ -557,17 +616,24 @@ impl FlowTable {
                     };
                     events.push(FlowEvent::Connection {
                         server,
+                        host: None,
                         protocol: Protocol::Other,
                         ts: now,
                     });
                 }
             }
             App::Tls(mut t) => {
-                let (client, server) = match client_is_lo {
-                    Some(false) => (key.hi, key.lo),
-                    _ => (key.lo, key.hi),
-                };
-                events.push(FlowEvent::Tls(t.reader.finish(t.ts, client, server)));
+                let client = if server == key.hi { key.lo } else { key.hi };
+                let hs = t.reader.finish(t.ts, client, server);
+                if !t.announced {
+                    events.push(FlowEvent::Connection {
+                        server,
+                        host: hs.sni().map(str::to_string),
+                        protocol: Protocol::Tls,
+                        ts: now,
+                    });
+                }
+                events.push(FlowEvent::Tls(hs));
             }
             App::Done => {}
         }
@@ -640,14 +706,19 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
         }
     }
 
-    /// The connection's protocol is known: count it and tell the caller.
+    /// The connection's protocol is known: count it. HTTP and TLS tell the
+    /// caller later, when the name of the server is known (their
+    /// `announce`); other protocols have none to wait for.
     fn decided(&mut self, protocol: Protocol, server: SocketAddr, ts: Timestamp) {
         *self.stats.connections.entry(protocol).or_default() += 1;
-        self.events.push(FlowEvent::Connection {
-            server,
-            protocol,
-            ts,
-        });
+        if protocol == Protocol::Other {
+            self.events.push(FlowEvent::Connection {
+                server,
+                host: None,
+                protocol,
+                ts,
+            });
+        }
     }
 
     /// The HTTP direction of a side, once the client is known.
@@ -663,14 +734,20 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
 
     fn event(&mut self, side: Side, ev: StreamEvent<'_>) {
         let dir = self.direction(side);
+        let server = self.client_server().1;
         match ev {
             StreamEvent::Data(chunk) => self.data(side, &chunk),
             StreamEvent::Gap { seq, len, ts } => match self.app {
                 App::Undecided(sn) => sn[side].gap_at(seq.wrapping_add(len)),
-                App::Tls(t) => t.reader.gap(dir == Some(Direction::ToServer)),
+                App::Tls(t) => {
+                    t.reader.gap(dir == Some(Direction::ToServer));
+                    t.announce(server, ts, self.events);
+                }
                 App::Http(h) => {
                     let dir = dir.expect("known once HTTP");
-                    let HttpConn { req, resp, session } = &mut **h;
+                    let HttpConn {
+                        req, resp, session, ..
+                    } = &mut **h;
                     match dir {
                         Direction::ToServer => req.gap(seq, len, ts, session),
                         Direction::ToClient => resp.gap(seq, len, ts, session),
@@ -684,7 +761,9 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 self.ended[side] = true;
                 if let App::Http(h) = self.app {
                     let dir = dir.expect("known once HTTP");
-                    let HttpConn { req, resp, session } = &mut **h;
+                    let HttpConn {
+                        req, resp, session, ..
+                    } = &mut **h;
                     if reset || dir == Direction::ToClient {
                         // The server can send nothing more: what waits fails.
                         session.set_ending(StreamEnd::Closed);
@@ -708,7 +787,9 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
         let sniffers = match self.app {
             App::Http(h) => {
                 let dir = dir.expect("known once HTTP");
-                let HttpConn { req, resp, session } = &mut **h;
+                let HttpConn {
+                    req, resp, session, ..
+                } = &mut **h;
                 match dir {
                     Direction::ToServer => req.feed(chunk, session),
                     Direction::ToClient => resp.feed(chunk, session),
@@ -718,7 +799,9 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
             }
             App::Tls(t) => {
                 let to_server = dir == Some(Direction::ToServer);
-                if t.reader.push(to_server, chunk.data) {
+                let done = t.reader.push(to_server, chunk.data);
+                t.announce(server, chunk.ts, self.events);
+                if done {
                     let hs = t.reader.finish(t.ts, client, server);
                     self.events.push(FlowEvent::Tls(hs));
                     *self.app = App::Done;
@@ -760,6 +843,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                     req: MessageParser::new(Direction::ToServer, limits, req_sync),
                     resp: MessageParser::new(Direction::ToClient, limits, resp_sync),
                     session: HttpSession::new(client, server, self.cfg.transaction_timeout_micros),
+                    announced: false,
                 }));
                 self.decided(Protocol::Http, server, chunk.ts);
                 // The other direction's held bytes come first: they were
@@ -789,6 +873,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 *self.app = App::Tls(Box::new(TlsConn {
                     reader: HandshakeReader::default(),
                     ts: chunk.ts,
+                    announced: false,
                 }));
                 self.data(side, chunk);
             }
@@ -805,7 +890,9 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
 
     /// Apply the session's deferred parser commands and pass on exchanges.
     fn after_parse(&mut self) {
+        let server = self.client_server().1;
         if let App::Http(h) = self.app {
+            h.announce(server, None, self.events);
             for (total, n) in self
                 .stats
                 .http_parse_errors
@@ -967,6 +1054,87 @@ mod tests {
         s.finish();
         assert!(s.out.is_empty());
         assert_eq!(s.table.stats().connections.get(&Protocol::Other), Some(&1));
+    }
+
+    /// A TLS 1.3 ClientHello naming `sni`.
+    fn hello_with_sni(sni: &str) -> Vec<u8> {
+        crate::classify::tls::tests::client_hello(0x0303, &[0x0304], Some(sni), 1 << 14)
+    }
+
+    /// The connection events drained so far, as (host, protocol).
+    fn connections(t: &mut FlowTable) -> Vec<(Option<String>, Protocol)> {
+        t.drain_events()
+            .filter_map(|e| match e {
+                FlowEvent::Connection { host, protocol, .. } => Some((host, protocol)),
+                FlowEvent::Tls(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn http_connection_reported_once_with_the_host_of_its_first_request() {
+        let mut s = Script::new();
+        s.handshake();
+        s.seg(
+            true,
+            TcpFlags::ACK | TcpFlags::PSH,
+            b"GET /a HTTP/1.1\r\nHost: API.Example.com:80\r\n\r\n",
+        );
+        // Reported when the head is parsed, before any response.
+        assert_eq!(
+            connections(&mut s.table),
+            [(Some("api.example.com".to_string()), Protocol::Http)]
+        );
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        s.seg(
+            true,
+            TcpFlags::ACK | TcpFlags::PSH,
+            b"GET /b HTTP/1.1\r\nHost: other.example\r\n\r\n",
+        );
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        s.finish();
+        assert_eq!(connections(&mut s.table), []);
+        assert_eq!(s.out.len(), 2);
+    }
+
+    #[test]
+    fn tls_connection_reported_once_at_the_client_hello_with_its_sni() {
+        let hello = hello_with_sni("API.example.com");
+        let mut s = Script::new();
+        s.handshake();
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, &hello);
+        // The server has not answered: the hello alone names the server.
+        assert_eq!(
+            connections(&mut s.table),
+            [(Some("api.example.com".to_string()), Protocol::Tls)]
+        );
+        s.finish();
+        let events: Vec<FlowEvent> = s.table.drain_events().collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(
+            matches!(&events[0], FlowEvent::Tls(hs) if hs.sni() == Some("api.example.com")),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn connections_without_a_request_or_hello_are_reported_at_their_end() {
+        // HTTP recognised from a response; no request ever comes.
+        let mut s = Script::new();
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        assert_eq!(connections(&mut s.table), []);
+        s.finish();
+        assert_eq!(connections(&mut s.table), [(None, Protocol::Http)]);
+
+        // TLS whose hello is cut short by the end of the capture.
+        let hello = hello_with_sni("api.example.com");
+        let mut s = Script::new();
+        s.handshake();
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, &hello[..20]);
+        assert_eq!(connections(&mut s.table), []);
+        s.finish();
+        assert_eq!(connections(&mut s.table), [(None, Protocol::Tls)]);
+        assert_eq!(s.table.stats().connections.get(&Protocol::Tls), Some(&1));
     }
 
     #[test]

@@ -125,7 +125,20 @@ pub struct HttpSession {
     /// Messages that could not be framed since the last take, per direction
     /// ([requests, responses]); the flow table moves them into its stats.
     pub parse_errors: [u64; 2],
+    /// Set once, when the connection's first request head is parsed (the
+    /// flow layer labels the connection with it).
+    pub first_request: Option<FirstRequest>,
     out: Vec<Exchange>,
+}
+
+/// What the flow layer needs of a connection's first request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirstRequest {
+    /// Its Host as [`crate::classify::host_of`] reads it (the same value the
+    /// exchange metrics use); None when it named none.
+    pub host: Option<String>,
+    /// Its first byte.
+    pub ts: Timestamp,
 }
 
 fn seq_lt(a: u32, b: u32) -> bool {
@@ -146,6 +159,7 @@ impl HttpSession {
             ending: StreamEnd::CaptureEnded,
             commands: ParserCommands::default(),
             parse_errors: [0; 2],
+            first_request: None,
             out: Vec::new(),
         }
     }
@@ -428,6 +442,12 @@ impl MessageSink for HttpSession {
         if head.method == Method::Connect {
             // Bytes after a CONNECT belong to the tunnel unless it is refused.
             self.commands.request_enter_tunnel = true;
+        }
+        if self.first_request.is_none() {
+            self.first_request = Some(FirstRequest {
+                host: crate::classify::host_of(&head.target, &head.headers),
+                ts: start.ts,
+            });
         }
         let p = self.new_pending(Some(head), start);
         self.open_request = Some(p.id);

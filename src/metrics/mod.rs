@@ -12,12 +12,22 @@
 //!   atomic add per changed bucket, never a lock), and gives idle label slots
 //!   back by capture time. Call it about once a second and at the end.
 //! - A scrape ([`SharedMetrics::render`], [`server::serve`]) never holds
-//!   anything the packet thread waits for, with one bounded exception:
+//!   anything the packet thread waits for, with two bounded exceptions:
 //!   creating or removing a series takes its family's write lock, which a
 //!   concurrent gather holds for the time it takes to snapshot that family
-//!   (bounded by the series budget). Histograms are snapshotted by the
-//!   `prometheus` crate's hot/cold shards, so `_count`, `_sum` and the
-//!   buckets of one series always agree (never torn).
+//!   (bounded by the series budget); and a live source's drop counters are
+//!   read at scrape time through its [`DropReader`] (registered with
+//!   [`SharedMetrics::add_drop_reader`]), whose lock the packet thread
+//!   also takes once a second, for a few system calls. Histograms are
+//!   snapshotted by the `prometheus` crate's hot/cold shards, so `_count`,
+//!   `_sum` and the buckets of one series always agree (never torn).
+//! - Drops: per interface, kernel drops are summed over the registered
+//!   readers (one per capture handle, e.g. the sockets of a fanout group)
+//!   and interface drops counted once (the largest reading: every handle
+//!   on an interface sees the same loss).
+//!   `apitap_capture_dropped_packets_total` is kernel + interface (SPEC's
+//!   family, unchanged), `apitap_capture_interface_dropped_packets_total`
+//!   the interface part alone.
 //! - Every label value that can come from the wire is bounded
 //!   ([`labels`]): server slots, routes per server, ports per server, a
 //!   global series budget; past a bound the value is `_other` and
@@ -39,7 +49,7 @@ pub mod labels;
 pub mod server;
 pub mod web;
 
-use crate::capture::SourceStats;
+use crate::capture::{DropCounts, DropReader, SourceStats};
 use crate::classify::findings::{FindingKind, Severity};
 use crate::classify::FailureCause;
 use crate::clock::Timestamp;
@@ -57,7 +67,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 pub use server::{serve, ServerError, ServerHandle, WebConfig};
 
@@ -103,24 +113,64 @@ impl Default for MetricsConfig {
     }
 }
 
-/// Pipeline totals, written by the packet thread (or, for drops, by a live
-/// source directly) and read at scrape time.
+/// Pipeline totals, written by the packet thread and read at scrape time,
+/// and the drop readers a scrape reads.
 #[derive(Debug, Default)]
 pub struct CaptureCounters {
     pub packets: AtomicU64,
     pub bytes: AtomicU64,
-    /// libpcap's `ps_drop + ps_ifdrop`.
-    pub dropped: AtomicU64,
     pub flows_active: AtomicU64,
     pub missing_bytes: AtomicU64,
     pub parse_errors_request: AtomicU64,
     pub parse_errors_response: AtomicU64,
+    drops: DropReaders,
 }
 
 impl CaptureCounters {
     /// Raise `cell` to `v`: totals from several readers never go backwards.
     fn raise(cell: &AtomicU64, v: u64) {
         cell.fetch_max(v, Ordering::Relaxed);
+    }
+}
+
+/// The live capture handles whose drops a scrape reads.
+#[derive(Default)]
+struct DropReaders(RwLock<Vec<Arc<dyn DropReader>>>);
+
+impl std::fmt::Debug for DropReaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // How many, not their counts: reading them here would be I/O inside Debug.
+        let handles = self.0.read().map_or(0, |r| r.len());
+        f.debug_struct("DropReaders")
+            .field("handles", &handles)
+            .finish()
+    }
+}
+
+impl DropReaders {
+    fn add(&self, reader: Arc<dyn DropReader>) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(reader);
+    }
+
+    /// Read every handle now; per interface (sorted), kernel drops summed
+    /// and interface drops counted once (see the module doc).
+    fn totals(&self) -> Vec<(String, DropCounts)> {
+        // Read outside the lock: a registration never waits for reads.
+        let readers = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut by_iface: std::collections::BTreeMap<&str, DropCounts> = Default::default();
+        for r in &readers {
+            let now = r.read();
+            let t = by_iface.entry(r.interface()).or_default();
+            t.kernel = t.kernel.saturating_add(now.kernel);
+            t.interface = t.interface.max(now.interface);
+        }
+        by_iface
+            .into_iter()
+            .map(|(i, c)| (i.to_string(), c))
+            .collect()
     }
 }
 
@@ -131,7 +181,7 @@ struct CaptureCollector {
     descs: Vec<Desc>,
 }
 
-const CAPTURE_FAMILIES: [(&str, &str, MetricType); 6] = [
+const CAPTURE_FAMILIES: [(&str, &str, MetricType); 7] = [
     (
         "apitap_capture_packets_total",
         "Frames the capture source delivered.",
@@ -144,7 +194,14 @@ const CAPTURE_FAMILIES: [(&str, &str, MetricType); 6] = [
     ),
     (
         "apitap_capture_dropped_packets_total",
-        "Frames libpcap reported dropped (kernel buffer full plus interface drops).",
+        "Frames lost before apitap read them: dropped by the kernel (capture buffer full) \
+         plus by the interface (live capture).",
+        MetricType::COUNTER,
+    ),
+    (
+        "apitap_capture_interface_dropped_packets_total",
+        "The part of apitap_capture_dropped_packets_total the interface dropped \
+         (rx_missed_errors + rx_fifo_errors since capture began).",
         MetricType::COUNTER,
     ),
     (
@@ -219,6 +276,17 @@ impl Collector for CaptureCollector {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let iface = || vec![label_pair("interface", &self.interface)];
+        let mut drops = c.drops.totals();
+        if drops.is_empty() {
+            // Read mode: the series exist, at zero.
+            drops.push((self.interface.clone(), DropCounts::default()));
+        }
+        let drop_series = |kind, value: fn(&DropCounts) -> u64| -> Vec<Metric> {
+            drops
+                .iter()
+                .map(|(i, d)| sample(vec![label_pair("interface", i)], kind, value(d)))
+                .collect()
+        };
         CAPTURE_FAMILIES
             .iter()
             .map(|&(name, help, kind)| {
@@ -226,7 +294,10 @@ impl Collector for CaptureCollector {
                     "apitap_capture_packets_total" => vec![sample(iface(), kind, get(&c.packets))],
                     "apitap_capture_bytes_total" => vec![sample(iface(), kind, get(&c.bytes))],
                     "apitap_capture_dropped_packets_total" => {
-                        vec![sample(iface(), kind, get(&c.dropped))]
+                        drop_series(kind, |d| d.kernel.saturating_add(d.interface))
+                    }
+                    "apitap_capture_interface_dropped_packets_total" => {
+                        drop_series(kind, |d| d.interface)
                     }
                     "apitap_tcp_flows_active" => vec![sample(vec![], kind, get(&c.flows_active))],
                     "apitap_tcp_missing_bytes_total" => {
@@ -285,10 +356,16 @@ impl SharedMetrics {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// The atomics scrapes read pipeline totals from; a live source may
-    /// store libpcap's drop count into `dropped` directly.
+    /// The atomics scrapes read pipeline totals from.
     pub fn capture_counters(&self) -> Arc<CaptureCounters> {
         self.capture.clone()
+    }
+
+    /// A live capture handle's drop counters, read at every scrape from now
+    /// on (and kept after the handle closes). Register each handle once;
+    /// with several handles (one per worker) register them all.
+    pub fn add_drop_reader(&self, reader: Arc<dyn DropReader>) {
+        self.capture.drops.add(reader);
     }
 }
 
@@ -849,8 +926,9 @@ impl Metrics {
         self.count_finding(placed.server, kind, severity);
     }
 
-    /// A connection whose protocol became known. `host`: the Host of its
-    /// first request, or the TLS SNI, when known.
+    /// A connection, counted once. `host`: the Host of its first request
+    /// (HTTP) or its SNI (TLS), when known; the label is then that name if
+    /// it is one, as for exchanges and handshakes, else the server's IP.
     pub fn connection(
         &mut self,
         server: SocketAddr,
@@ -909,7 +987,8 @@ impl Metrics {
 
     /// Pipeline and source totals (cumulative; stored, not added). Packets
     /// and bytes are the source's (wire bytes), or the pipeline's when the
-    /// source counts none. Drops are `dropped + if_dropped`.
+    /// source counts none. Drops are not taken from here: scrapes read them
+    /// from the registered [`DropReader`]s.
     pub fn pipeline(&mut self, stats: &PipelineStats, source: &SourceStats) {
         let c = &self.capture;
         let (packets, bytes) = if source.packets > 0 {
@@ -919,7 +998,6 @@ impl Metrics {
         };
         CaptureCounters::raise(&c.packets, packets);
         CaptureCounters::raise(&c.bytes, bytes);
-        CaptureCounters::raise(&c.dropped, source.dropped.saturating_add(source.if_dropped));
         CaptureCounters::raise(&c.missing_bytes, stats.flows.stream.missing_bytes);
         c.flows_active
             .store(stats.active_flows as u64, Ordering::Relaxed);

@@ -163,6 +163,7 @@ fn pipeline_totals_are_set_not_added() {
         active_flows: 3,
         ..PipelineStats::default()
     };
+    // Drops come from the drop readers, not from here.
     let source = SourceStats {
         dropped: 2,
         if_dropped: 1,
@@ -176,7 +177,8 @@ fn pipeline_totals_are_set_not_added() {
     for want in [
         "apitap_capture_packets_total{interface=\"eth0\"} 12",
         "apitap_capture_bytes_total{interface=\"eth0\"} 1000",
-        "apitap_capture_dropped_packets_total{interface=\"eth0\"} 3",
+        "apitap_capture_dropped_packets_total{interface=\"eth0\"} 0",
+        "apitap_capture_interface_dropped_packets_total{interface=\"eth0\"} 0",
         "apitap_tcp_flows_active 3",
         "apitap_http_parse_errors_total{direction=\"request\"} 4",
         "apitap_http_parse_errors_total{direction=\"response\"} 5",
@@ -205,4 +207,60 @@ fn connections_and_tls_are_bounded() {
     ] {
         assert!(text.contains(want), "{want}\n{text}");
     }
+}
+
+/// A capture handle's drop counters, set by the test.
+struct FakeDrops {
+    interface: &'static str,
+    kernel: AtomicU64,
+    iface: AtomicU64,
+}
+
+impl FakeDrops {
+    fn new(interface: &'static str, kernel: u64, iface: u64) -> Arc<FakeDrops> {
+        Arc::new(FakeDrops {
+            interface,
+            kernel: AtomicU64::new(kernel),
+            iface: AtomicU64::new(iface),
+        })
+    }
+}
+
+impl DropReader for FakeDrops {
+    fn interface(&self) -> &str {
+        self.interface
+    }
+    fn read(&self) -> DropCounts {
+        DropCounts {
+            kernel: self.kernel.load(Ordering::Relaxed),
+            interface: self.iface.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[test]
+fn drops_are_read_at_scrape_time_and_summed_over_handles() {
+    let m = Metrics::new(MetricsConfig::default(), "eth0");
+    let shared = m.shared();
+    // Two handles of one fanout group on eth0 (same interface loss, seen
+    // from handles opened at different times), one on eth1.
+    let a = FakeDrops::new("eth0", 5, 7);
+    let b = FakeDrops::new("eth0", 3, 6);
+    shared.add_drop_reader(a.clone());
+    shared.add_drop_reader(b);
+    shared.add_drop_reader(FakeDrops::new("eth1", 1, 0));
+    let text = shared.render();
+    for want in [
+        "apitap_capture_dropped_packets_total{interface=\"eth0\"} 15",
+        "apitap_capture_interface_dropped_packets_total{interface=\"eth0\"} 7",
+        "apitap_capture_dropped_packets_total{interface=\"eth1\"} 1",
+        "apitap_capture_interface_dropped_packets_total{interface=\"eth1\"} 0",
+    ] {
+        assert!(text.contains(want), "{want}\n{text}");
+    }
+    // No publish, no pipeline call: the next scrape reads the handles again.
+    a.kernel.store(105, Ordering::Relaxed);
+    let text = shared.render();
+    let want = "apitap_capture_dropped_packets_total{interface=\"eth0\"} 115";
+    assert!(text.contains(want), "{want}\n{text}");
 }
