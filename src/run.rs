@@ -180,7 +180,36 @@ pub fn run(cfg: &Config, cli: &Cli, log: LogHandle) -> Result<(), RunError> {
             let flag = stop.clone();
             on_signals(move || flag.stop(), reloader)
                 .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
-            run_source(cfg, source, &stop, &service)
+            let engine = new_engine(cfg, source.backing())?;
+            run_source(cfg, source, engine, &stop, &service)
+        }
+        Input::Interface(iface) if cfg.workers > 1 => {
+            let opts = LiveOptions {
+                interface: iface.clone(),
+                filter: cfg.filter.clone(),
+                ..cfg.capture.clone()
+            };
+            let sources = crate::capture::live::open_fanout(&opts, cfg.workers)?;
+            let (sharded, ticker) = Sharded::live(
+                sources,
+                DecoderConfig::default(),
+                cfg.flow.clone(),
+                classifier(cfg)?,
+                stop.clone(),
+            )
+            .map_err(|e| RunError::Setup(format!("cannot start worker threads: {e}")))?;
+            let flag = stop.clone();
+            // The ticker sees the flag; `finish` stops the handles.
+            on_signals(move || flag.stop(), reloader)
+                .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
+            tracing::info!(interface = %iface, filter = %cfg.filter, workers = cfg.workers, "capturing");
+            run_source(
+                cfg,
+                ticker,
+                Engine::Many(Box::new(sharded)),
+                &stop,
+                &service,
+            )
         }
         Input::Interface(iface) => {
             let opts = LiveOptions {
@@ -200,7 +229,8 @@ pub fn run(cfg: &Config, cli: &Cli, log: LogHandle) -> Result<(), RunError> {
             )
             .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
             tracing::info!(interface = %iface, filter = %cfg.filter, "capturing");
-            run_source(cfg, source, &stop, &service)
+            let engine = new_engine(cfg, None)?;
+            run_source(cfg, source, engine, &stop, &service)
         }
     }
 }
@@ -291,30 +321,39 @@ impl LogOutputs {
     }
 }
 
-/// The capture loop, the same for files and interfaces.
-fn run_source(
-    cfg: &Config,
-    mut source: impl PacketSource,
-    stop: &StopFlag,
-    service: &Service,
-) -> Result<(), RunError> {
-    let live = matches!(cfg.input, Input::Interface(_));
-    let classifier =
-        Classifier::new(cfg.classify.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
-    let mut pipeline = if cfg.workers > 1 {
+fn classifier(cfg: &Config) -> Result<Classifier, RunError> {
+    Classifier::new(cfg.classify.clone()).map_err(|e| RunError::Setup(e.to_string()))
+}
+
+/// One pipeline, or `cfg.workers` fed by this thread (`backing`: the mapped
+/// capture file the packets lie in, if any).
+fn new_engine(cfg: &Config, backing: Option<crate::capture::Backing>) -> Result<Engine, RunError> {
+    let classifier = classifier(cfg)?;
+    Ok(if cfg.workers > 1 {
         let sharded = Sharded::new(
             DecoderConfig::default(),
             cfg.flow.clone(),
             classifier,
             cfg.workers,
-            source.backing(),
+            backing,
         )
         .map_err(|e| RunError::Setup(format!("cannot start worker threads: {e}")))?;
         Engine::Many(Box::new(sharded))
     } else {
         let one = Pipeline::new(DecoderConfig::default(), cfg.flow.clone(), classifier);
         Engine::One(Box::new(one))
-    };
+    })
+}
+
+/// The capture loop, the same for files and interfaces.
+fn run_source(
+    cfg: &Config,
+    mut source: impl PacketSource,
+    mut pipeline: Engine,
+    stop: &StopFlag,
+    service: &Service,
+) -> Result<(), RunError> {
+    let live = matches!(cfg.input, Input::Interface(_));
     let mut outs = LogOutputs::default();
     let log = match &cfg.exchanges {
         Some(p) => {
@@ -352,7 +391,7 @@ fn run_source(
         exchanges: 0,
     };
     let shared = sinks.metrics.shared();
-    if let Some(drops) = source.drop_reader() {
+    for drops in source.drop_readers() {
         shared.add_drop_reader(drops);
     }
     let server = match &cfg.listen_address {

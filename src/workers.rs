@@ -26,6 +26,13 @@
 //!   them. A lane's batch is sent when full or once the reader's clock is
 //!   [`BATCH_MAX_AGE_MICROS`] past its first segment (paced replays stay
 //!   live).
+//! - Live capture with N workers ([`Sharded::live`]): each worker owns its
+//!   own libpcap handle, the handles joined in one PACKET_FANOUT group
+//!   (the kernel hashes each flow, both directions, to one handle), and
+//!   decodes what its handle delivers; outputs go to the caller's thread as
+//!   they come (live traffic has no index to merge by). The caller's loop
+//!   is driven by a [`Ticker`] that yields clock ticks and sums the
+//!   handles' counters.
 //! - Bounds: each worker's table gets `1/N` of `max_flows` and of the
 //!   memory budget. Channels to workers are bounded (back-pressure on the
 //!   reader); replies come back on one unbounded channel that the reader
@@ -33,16 +40,23 @@
 //!   deadlock against a worker blocked on its reply. A worker returns each
 //!   batch's buffers with its reply, so steady state allocates no batches.
 
-use crate::capture::{Backing, RawPacket};
+use crate::capture::live::{LiveSource, Stopper};
+use crate::capture::replay::StopFlag;
+use crate::capture::{
+    Backing, CaptureError, DropReader, PacketSource, RawPacket, SourceEvent, SourceStats,
+};
 use crate::classify::Classifier;
 use crate::clock::{Clock, Timestamp};
-use crate::decode::{Decoded, Decoder, DecoderConfig, TcpFlags, TcpSegment};
+use crate::decode::{DecodeStats, Decoded, Decoder, DecoderConfig, TcpFlags, TcpSegment};
 use crate::flow::{FlowConfig, FlowEvent, FlowKey, FlowStats, FlowTable, SweepSchedule};
 use crate::http::exchange::Exchange;
 use crate::pipeline::{deliver, pass_event, ExchangeSink, Pipeline, PipelineStats};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// A batch is sent once it holds this many segments …
 const BATCH_SEGMENTS: usize = 256;
@@ -171,6 +185,8 @@ struct Reply {
     outputs: Vec<Tagged>,
     flows: FlowStats,
     active_flows: usize,
+    /// Live workers decode their own packets.
+    decode: Option<DecodeStats>,
 }
 
 struct Lane {
@@ -187,6 +203,7 @@ struct Lane {
     /// Latest flow statistics the worker reported.
     flows: FlowStats,
     active_flows: usize,
+    decode: DecodeStats,
 }
 
 /// The sharded pipeline (see the module doc).
@@ -204,6 +221,20 @@ pub struct Sharded {
     packets: u64,
     bytes: u64,
     finished: bool,
+    /// Live: the workers' handles (stopped at `finish`) and counters.
+    live: Option<LiveWorkers>,
+}
+
+struct LiveWorkers {
+    stoppers: Vec<Stopper>,
+    counters: Vec<Arc<LaneCounters>>,
+}
+
+/// A live worker's packet counters, read by the [`Ticker`].
+#[derive(Debug, Default)]
+struct LaneCounters {
+    packets: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl Sharded {
@@ -242,6 +273,7 @@ impl Sharded {
                 held: Default::default(),
                 flows: FlowStats::default(),
                 active_flows: 0,
+                decode: DecodeStats::default(),
             });
         }
         Ok(Sharded {
@@ -257,7 +289,79 @@ impl Sharded {
             packets: 0,
             bytes: 0,
             finished: false,
+            live: None,
         })
+    }
+
+    /// Live capture: one worker per handle of `sources` (joined in one
+    /// PACKET_FANOUT group by [`crate::capture::live::open_fanout`]). The
+    /// returned [`Ticker`] is the packet source for the caller's loop; it
+    /// ends when `stop` is raised.
+    pub fn live(
+        sources: Vec<LiveSource>,
+        decoder: DecoderConfig,
+        flows: FlowConfig,
+        classifier: Classifier,
+        stop: StopFlag,
+    ) -> std::io::Result<(Self, Ticker)> {
+        let n = sources.len().max(1);
+        let per_worker = FlowConfig {
+            max_flows: (flows.max_flows / n).max(1),
+            memory_budget_bytes: flows.memory_budget_bytes / n,
+            ..flows
+        };
+        let interface = sources
+            .first()
+            .map_or_else(String::new, |s| s.interface().to_string());
+        let (reply_tx, replies) = channel();
+        let (mut lanes, mut threads) = (Vec::new(), Vec::new());
+        let (mut stoppers, mut counters, mut drops) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, source) in sources.into_iter().enumerate() {
+            stoppers.push(source.stopper());
+            drops.extend(source.drop_readers());
+            let count = Arc::new(LaneCounters::default());
+            counters.push(count.clone());
+            let (cfg, dec, reply_tx) = (per_worker.clone(), decoder.clone(), reply_tx.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("apitap-capture-{id}"))
+                    .spawn(move || work_live(id, source, dec, cfg, count, reply_tx))?,
+            );
+            lanes.push(Lane {
+                tx: None,
+                batch: Batch::default(),
+                in_flight: 0,
+                answered: 0,
+                done: false,
+                held: Default::default(),
+                flows: FlowStats::default(),
+                active_flows: 0,
+                decode: DecodeStats::default(),
+            });
+        }
+        let ticker = Ticker {
+            interface,
+            stop,
+            every: Duration::from_millis(100),
+            counters: counters.clone(),
+            drops,
+        };
+        let sharded = Sharded {
+            clock: Clock::default(),
+            decoder: Decoder::new(decoder),
+            classifier,
+            backing: None,
+            sweeps: SweepSchedule::default(),
+            lanes,
+            replies,
+            free: Vec::new(),
+            threads,
+            packets: 0,
+            bytes: 0,
+            finished: false,
+            live: Some(LiveWorkers { stoppers, counters }),
+        };
+        Ok((sharded, ticker))
     }
 
     pub fn workers(&self) -> usize {
@@ -320,6 +424,15 @@ impl Sharded {
     /// Live mode: the wall clock, when no packet came for a while. Every
     /// worker hears it (its flows may time out).
     pub fn tick(&mut self, wall: Timestamp, sink: &mut impl ExchangeSink) {
+        if self.live.is_some() {
+            // Live workers tick on their own handles' clocks.
+            self.clock.observe(wall);
+            while let Ok(reply) = self.replies.try_recv() {
+                self.take(reply);
+            }
+            self.release(sink);
+            return;
+        }
         let now = self.clock.observe(wall);
         if self.sweeps.due(now) {
             // After every packet read so far.
@@ -342,6 +455,11 @@ impl Sharded {
             return;
         }
         self.finished = true;
+        if let Some(live) = &self.live {
+            for s in &live.stoppers {
+                s.stop();
+            }
+        }
         let now = self.clock.now().unwrap_or_default();
         for i in 0..self.lanes.len() {
             self.send(i, sink);
@@ -370,10 +488,26 @@ impl Sharded {
         for l in &self.lanes {
             flows.merge(&l.flows);
         }
+        let (packets, bytes, decode) = match &self.live {
+            None => (self.packets, self.bytes, self.decoder.stats().clone()),
+            Some(live) => {
+                let mut decode = DecodeStats::default();
+                for l in &self.lanes {
+                    decode.merge(&l.decode);
+                }
+                let sum = |f: fn(&LaneCounters) -> &AtomicU64| {
+                    live.counters
+                        .iter()
+                        .map(|c| f(c).load(Ordering::Relaxed))
+                        .sum()
+                };
+                (sum(|c| &c.packets), sum(|c| &c.bytes), decode)
+            }
+        };
         PipelineStats {
-            packets: self.packets,
-            bytes: self.bytes,
-            decode: self.decoder.stats().clone(),
+            packets,
+            bytes,
+            decode,
             flows,
             active_flows: self.lanes.iter().map(|l| l.active_flows).sum(),
             last_ts: self.clock.now(),
@@ -432,9 +566,13 @@ impl Sharded {
             outputs,
             flows,
             active_flows,
+            decode,
         } = reply;
         self.free.push(batch);
         if let Some(lane) = self.lanes.get_mut(worker) {
+            if let Some(d) = decode {
+                lane.decode = d;
+            }
             lane.flows = flows;
             lane.active_flows = active_flows;
             lane.in_flight = lane.in_flight.saturating_sub(1);
@@ -446,6 +584,10 @@ impl Sharded {
 
     /// The highest packet index up to which every lane's outputs are in.
     fn watermark(&self) -> u64 {
+        if self.live.is_some() {
+            // Live outputs have no index to merge by: released as they come.
+            return u64::MAX;
+        }
         let lane_mark = |l: &Lane| {
             if l.done {
                 u64::MAX
@@ -573,6 +715,7 @@ fn work(
             outputs,
             flows: flows.stats().clone(),
             active_flows: flows.active_flows(),
+            decode: None,
         };
         if tx.send(reply).is_err() || end.is_some() {
             return;
@@ -636,5 +779,129 @@ mod tests {
         let other = [0u8; 10];
         assert_eq!(locate(&other, Some(&data)), None);
         assert_eq!(locate(&inner[10..20], None), None);
+    }
+}
+
+/// A live worker: reads its own handle until stopped, decoding and
+/// reassembling; replies with each output as it comes, and with its
+/// counters at least every [`LIVE_REPLY_EVERY`].
+fn work_live(
+    id: usize,
+    mut source: LiveSource,
+    decoder: DecoderConfig,
+    cfg: FlowConfig,
+    counters: Arc<LaneCounters>,
+    tx: Sender<Reply>,
+) {
+    let mut decoder = Decoder::new(decoder);
+    let mut flows = FlowTable::new(cfg);
+    let mut clock = Clock::default();
+    let mut outputs: Vec<Tagged> = Vec::new();
+    let mut last_reply = Instant::now();
+    let tag = |out: Output| (Order::of(0, OWN, &out), out);
+    loop {
+        let (end, tick) = match source.next_event() {
+            Ok(Some(SourceEvent::Packet(pkt))) => {
+                counters.packets.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .bytes
+                    .fetch_add(u64::from(pkt.wire_len), Ordering::Relaxed);
+                let now = clock.observe(pkt.ts);
+                let mut emit = |ex| outputs.push(tag(Output::Exchange(ex)));
+                match decoder.decode(&pkt) {
+                    Decoded::Tcp(seg) => flows.segment(&seg, now, &mut emit),
+                    Decoded::Skipped(_) => flows.tick(now, &mut emit),
+                }
+                (false, false)
+            }
+            Ok(Some(SourceEvent::Tick(t))) => {
+                let now = clock.observe(t);
+                flows.tick(now, &mut |ex| outputs.push(tag(Output::Exchange(ex))));
+                (false, true)
+            }
+            Ok(None) => (true, false),
+            Err(e) => {
+                tracing::error!(worker = id, "{e}");
+                (true, false)
+            }
+        };
+        if end {
+            let now = clock.now().unwrap_or_default();
+            flows.finish_all(now, &mut |ex| outputs.push(tag(Output::Exchange(ex))));
+        }
+        outputs.extend(flows.drain_events().map(|e| tag(Output::Event(e))));
+        // Outputs go at once (an exchange should not wait for the next
+        // packet); the counters at least every LIVE_REPLY_EVERY.
+        if end || tick || !outputs.is_empty() || last_reply.elapsed() >= LIVE_REPLY_EVERY {
+            last_reply = Instant::now();
+            let reply = Reply {
+                worker: id,
+                batch: Batch::default(),
+                upto: if end { u64::MAX } else { 0 },
+                outputs: std::mem::take(&mut outputs),
+                flows: flows.stats().clone(),
+                active_flows: flows.active_flows(),
+                decode: Some(decoder.stats().clone()),
+            };
+            if tx.send(reply).is_err() || end {
+                return;
+            }
+        }
+    }
+}
+
+/// How stale a live worker's counters may get.
+const LIVE_REPLY_EVERY: Duration = Duration::from_millis(20);
+
+/// The caller's packet source in live mode with several workers: a clock
+/// tick every 100 ms (the loop then takes the workers' outputs, publishes
+/// metrics, applies reloads), the handles' counters summed.
+pub struct Ticker {
+    interface: String,
+    stop: StopFlag,
+    every: Duration,
+    counters: Vec<Arc<LaneCounters>>,
+    drops: Vec<Arc<dyn DropReader>>,
+}
+
+impl PacketSource for Ticker {
+    fn next_event(&mut self) -> Result<Option<SourceEvent<'_>>, CaptureError> {
+        let until = Instant::now() + self.every;
+        loop {
+            if self.stop.is_stopped() {
+                return Ok(None);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Some(SourceEvent::Tick(Timestamp::now_wall())));
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+    }
+
+    fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// Packets summed over handles; kernel drops summed (each handle has
+    /// its own buffer), interface drops once (they are the interface's).
+    fn stats(&self) -> SourceStats {
+        let sum = |f: fn(&LaneCounters) -> &AtomicU64| {
+            self.counters
+                .iter()
+                .map(|c| f(c).load(Ordering::Relaxed))
+                .sum()
+        };
+        let drops: Vec<_> = self.drops.iter().map(|d| d.read()).collect();
+        SourceStats {
+            packets: sum(|c| &c.packets),
+            bytes: sum(|c| &c.bytes),
+            dropped: drops.iter().map(|d| d.kernel).sum(),
+            if_dropped: drops.iter().map(|d| d.interface).max().unwrap_or(0),
+        }
+    }
+
+    fn drop_readers(&self) -> Vec<Arc<dyn DropReader>> {
+        self.drops.clone()
     }
 }

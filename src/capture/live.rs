@@ -305,6 +305,26 @@ impl std::fmt::Debug for LiveSource {
     }
 }
 
+/// Open `n` handles on `opts.interface` joined in one PACKET_FANOUT group
+/// (see [`LiveSource::join_fanout`]), with what reached them before the
+/// group was whole thrown away, so no frame is seen twice.
+pub fn open_fanout(opts: &LiveOptions, n: usize) -> Result<Vec<LiveSource>, CaptureError> {
+    // Group ids are per network namespace; the process id keeps two
+    // apitaps on one host apart.
+    let group = (std::process::id() & 0xffff) as u16;
+    let mut sources = (0..n)
+        .map(|_| {
+            let s = LiveSource::open(opts)?;
+            s.join_fanout(group)?;
+            Ok(s)
+        })
+        .collect::<Result<Vec<_>, CaptureError>>()?;
+    for s in &mut sources {
+        s.discard_queued()?;
+    }
+    Ok(sources)
+}
+
 impl LiveSource {
     /// Open and activate a capture on `opts.interface` with `opts.filter`.
     pub fn open(opts: &LiveOptions) -> Result<LiveSource, CaptureError> {
@@ -369,6 +389,46 @@ impl LiveSource {
     /// The link type libpcap reports for this handle (every packet has it).
     pub fn link_type(&self) -> LinkType {
         self.link
+    }
+
+    /// Join the kernel's PACKET_FANOUT group `group` (flow hash, with IP
+    /// defragmentation before hashing): the group's handles then share the
+    /// interface's packets, each flow's (both directions) on one handle.
+    pub fn join_fanout(&self, group: u16) -> Result<(), CaptureError> {
+        // linux/if_packet.h; not exported by the libc crate at top level.
+        const PACKET_FANOUT: libc::c_int = 18;
+        const PACKET_FANOUT_HASH: u32 = 0;
+        const PACKET_FANOUT_FLAG_DEFRAG: u32 = 0x8000;
+        let arg: u32 = u32::from(group) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16);
+        // SAFETY: `arg` is a live u32 whose size is passed with it; the
+        // descriptor is the handle's own packet socket, open while `self` is.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.pcap_fd,
+                libc::SOL_PACKET,
+                PACKET_FANOUT,
+                (&arg as *const u32).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(CaptureError::Live(format!(
+                "cannot share {} between workers (PACKET_FANOUT): {err}; try --workers 1",
+                self.interface
+            )));
+        }
+        Ok(())
+    }
+
+    /// Throw away what is queued now (frames that reached every handle
+    /// before the whole fanout group was formed). Returns how many.
+    pub fn discard_queued(&mut self) -> Result<u64, CaptureError> {
+        let mut n = 0;
+        while self.read_frame()?.is_some() {
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// One non-blocking read: a frame, or `None` when libpcap has none now.

@@ -145,6 +145,10 @@ pub trait PacketSource {
     fn drop_reader(&self) -> Option<Arc<dyn DropReader>> {
         None
     }
+    /// Every drop reader of the source (several handles: several readers).
+    fn drop_readers(&self) -> Vec<Arc<dyn DropReader>> {
+        self.drop_reader().into_iter().collect()
+    }
     /// For files: set when the file ended in the middle of a record; the text
     /// says where. Processing of everything before it went on.
     fn truncation(&self) -> Option<&str> {

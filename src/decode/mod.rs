@@ -133,6 +133,25 @@ pub struct DecodeStats {
     pub fragments_evicted: u64,
 }
 
+impl DecodeStats {
+    /// Add another decoder's counters (live workers each decode).
+    pub fn merge(&mut self, o: &DecodeStats) {
+        self.tcp_segments += o.tcp_segments;
+        self.not_tcp += o.not_tcp;
+        self.malformed += o.malformed;
+        self.truncated += o.truncated;
+        self.fragments += o.fragments;
+        self.fragments_reassembled += o.fragments_reassembled;
+        self.fragments_dropped += o.fragments_dropped;
+        self.tunnelled += o.tunnelled;
+        for (k, v) in &o.unsupported_links {
+            *self.unsupported_links.entry(*k).or_insert(0) += v;
+        }
+        self.fragments_timed_out += o.fragments_timed_out;
+        self.fragments_evicted += o.fragments_evicted;
+    }
+}
+
 /// Bounds of the decoder (the fragment pool is its only memory).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecoderConfig {
