@@ -766,22 +766,6 @@ impl Engine {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locate_finds_only_slices_inside_the_backing() {
-        let data: Backing = std::sync::Arc::new(vec![0u8; 100]);
-        let inner: &[u8] = (*data).as_ref();
-        assert_eq!(locate(&inner[10..20], Some(&data)), Some(10));
-        assert_eq!(locate(&inner[..0], Some(&data)), Some(0));
-        let other = [0u8; 10];
-        assert_eq!(locate(&other, Some(&data)), None);
-        assert_eq!(locate(&inner[10..20], None), None);
-    }
-}
-
 /// A live worker: reads its own handle until stopped, decoding and
 /// reassembling; replies with each output as it comes, and with its
 /// counters at least every [`LIVE_REPLY_EVERY`].
@@ -903,5 +887,21 @@ impl PacketSource for Ticker {
 
     fn drop_readers(&self) -> Vec<Arc<dyn DropReader>> {
         self.drops.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_only_slices_inside_the_backing() {
+        let data: Backing = std::sync::Arc::new(vec![0u8; 100]);
+        let inner: &[u8] = (*data).as_ref();
+        assert_eq!(locate(&inner[10..20], Some(&data)), Some(10));
+        assert_eq!(locate(&inner[..0], Some(&data)), Some(0));
+        let other = [0u8; 10];
+        assert_eq!(locate(&other, Some(&data)), None);
+        assert_eq!(locate(&inner[10..20], None), None);
     }
 }
