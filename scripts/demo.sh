@@ -92,7 +92,7 @@ dashboards/grafana-dashboards.yaml). With Docker, for example:
   docker run --rm --network host \\
     -v $ROOT/dashboards/grafana-datasource.yaml:/etc/grafana/provisioning/datasources/apitap.yaml:ro \\
     -v $ROOT/dashboards/grafana-dashboards.yaml:/etc/grafana/provisioning/dashboards/apitap.yaml:ro \\
-    -v $ROOT/dashboards:/var/lib/grafana/dashboards/apitap:ro grafana/grafana
+    -v $ROOT/dashboards:/usr/share/apitap/dashboards:ro grafana/grafana
 then open http://127.0.0.1:3000 (admin/admin), folder "apitap". Rates need about a
 minute of scrapes; the alerts that fire on the demo traffic go pending, then firing.
 Ctrl-C stops apitap and Prometheus.

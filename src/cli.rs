@@ -27,7 +27,13 @@ open exchange and exit 0.
 
 Files: /etc/apitap/apitap.toml (the packaged configuration), \
 /etc/default/apitap (extra flags for the systemd unit), /var/log/apitap/ \
-(the exchange and findings logs under the unit).
+(the exchange and findings logs under the unit), /usr/share/apitap/ \
+(Grafana dashboards and provisioning, alert and recording rules).
+
+Logs: under systemd (JOURNAL_STREAM names stderr) the logfmt log goes to \
+the journal, apitap's fields as APITAP_<NAME>. Warnings are limited to 5 a \
+minute per call site; the rest are counted in one \"N similar warnings \
+suppressed\" line.
 
 Privileges: live capture needs CAP_NET_RAW. Once the capture is open apitap \
 drops it; started as root it switches to the user named by `[daemon] user`.
@@ -64,7 +70,8 @@ pub struct Cli {
     #[arg(long = "web.listen-address", alias = "listen", value_name = "ADDR")]
     pub web_listen_address: Option<String>,
 
-    /// TLS and basic auth for the listener (exporter-toolkit web-config format).
+    /// TLS and basic auth for the listener (exporter-toolkit web-config
+    /// format); re-read when it or its certificates change.
     #[arg(long = "web.config.file", value_name = "FILE")]
     pub web_config_file: Option<PathBuf>,
 

@@ -21,6 +21,7 @@
 //! - [`ReopenFile`] is an append-only file writer that reopens its path
 //!   when asked (SIGHUP after logrotate moved the file).
 
+pub mod journald;
 pub mod logging;
 
 use std::fs::{File, OpenOptions};

@@ -57,7 +57,10 @@ fn main() -> ExitCode {
         }
     }
     let log = apitap::daemon::logging::init(cfg.log_level, cfg.log_format);
-    match apitap::run::run(&cfg, &cli, log) {
+    let result = apitap::run::run(&cfg, &cli, log.clone());
+    // Warnings the rate limit held back are reported, not lost, at exit.
+    log.flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("apitap: {e}");

@@ -162,7 +162,7 @@ fn replay_scrape_matches_exchanges_and_passes_promtool() {
 }
 
 #[test]
-fn serve_refuses_web_config_until_supported() {
+fn serve_refuses_a_web_config_file_it_cannot_read() {
     let m = Metrics::new(MetricsConfig::default(), "file");
     let err = serve(
         "127.0.0.1:0",
@@ -173,7 +173,11 @@ fn serve_refuses_web_config_until_supported() {
     )
     .err()
     .expect("refused");
-    assert!(err.to_string().contains("web.yml"), "{err}");
+    let err = err.to_string();
+    assert!(
+        err.contains("web.yml") && err.contains("cannot read"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -145,6 +145,19 @@ fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/http-mix-sample.pcap")
 }
 
+/// apitap replaying the sample, then serving its metrics on `addr` with the
+/// web config `web`.
+fn serving(addr: &str, web: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_apitap"));
+    cmd.arg("-r")
+        .arg(sample())
+        .args(["--metrics-out", "/dev/null", "--web.listen-address", addr])
+        .arg("--web.config.file")
+        .arg(web)
+        .stdout(Stdio::null());
+    cmd
+}
+
 #[test]
 fn tls_client_certs_and_basic_auth_with_a_real_prometheus() {
     for tool in ["openssl", "curl", "promtool", "prometheus"] {
@@ -175,17 +188,7 @@ fn tls_client_certs_and_basic_auth_with_a_real_prometheus() {
 
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let _apitap = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_apitap"))
-            .arg("-r")
-            .arg(sample())
-            .args(["--metrics-out", "/dev/null", "--web.listen-address", &addr])
-            .arg("--web.config.file")
-            .arg(&web)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _apitap = KillOnDrop(serving(&addr, &web).spawn().unwrap());
     let url = format!("https://localhost:{port}/metrics");
     let full = [
         "--cacert",
@@ -300,4 +303,111 @@ fn a_web_config_with_an_unknown_key_is_refused_at_start() {
         err.contains("tls_server_confg") && err.lines().count() == 1,
         "{err}"
     );
+}
+
+/// One HTTP/1.1 exchange on `conn`: the status code. Reads the body by its
+/// Content-Length so the connection can carry the next request.
+fn exchange(conn: &mut std::net::TcpStream, auth: Option<&str>) -> u16 {
+    use base64::Engine;
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut req = String::from("GET /metrics HTTP/1.1\r\nHost: apitap\r\n");
+    if let Some(a) = auth {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(a);
+        req.push_str(&format!("Authorization: Basic {b64}\r\n"));
+    }
+    req.push_str("\r\n");
+    conn.write_all(req.as_bytes()).unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    status
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {status:?}"))
+}
+
+fn status(addr: &str, auth: Option<&str>) -> u16 {
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    exchange(&mut conn, auth)
+}
+
+fn users_file(path: &Path, user: &str, password: &str) {
+    let hash = bcrypt::hash(password, 4).unwrap();
+    // Written beside and renamed, as config management does.
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, format!("basic_auth_users:\n  {user}: '{hash}'\n")).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn a_changed_password_applies_without_restart_and_a_broken_file_keeps_the_old_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let web = tmp.path().join("web.yml");
+    users_file(&web, "prom", "old pass");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = serving(&addr, &web).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for("apitap serving", || {
+        match std::net::TcpStream::connect(&addr) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    assert_eq!(status(&addr, Some("prom:old pass")), 200);
+    assert_eq!(status(&addr, Some("prom:new pass")), 401);
+    // Prometheus keeps its connection open: the change must reach it too.
+    let mut kept = std::net::TcpStream::connect(&addr).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(exchange(&mut kept, Some("prom:old pass")), 200);
+
+    users_file(&web, "prom", "new pass");
+    assert_eq!(exchange(&mut kept, Some("prom:old pass")), 401);
+    assert_eq!(exchange(&mut kept, Some("prom:new pass")), 200);
+    assert_eq!(status(&addr, Some("prom:old pass")), 401);
+    assert_eq!(status(&addr, Some("prom:new pass")), 200);
+
+    // A password pasted where the hash belongs: refused, the last good
+    // file serves, one warning names the key and not the password.
+    std::fs::write(&web, "basic_auth_users:\n  prom: pasted-plaintext-pw\n").unwrap();
+    for _ in 0..3 {
+        assert_eq!(status(&addr, Some("prom:new pass")), 200);
+        assert_eq!(status(&addr, Some("prom:pasted-plaintext-pw")), 401);
+        assert_eq!(status(&addr, None), 401);
+    }
+    users_file(&web, "prom", "third pass");
+    assert_eq!(status(&addr, Some("prom:third pass")), 200);
+    assert_eq!(status(&addr, Some("prom:new pass")), 401);
+
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let kept_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("serving with the previous web config"))
+        .collect();
+    assert_eq!(kept_lines.len(), 1, "{log}");
+    assert!(
+        kept_lines[0].contains("level=warn") && kept_lines[0].contains("basic_auth_users.prom"),
+        "{log}"
+    );
+    assert!(!log.contains("pasted-plaintext-pw"), "{log}");
+    assert_eq!(log.matches("web config reloaded").count(), 2, "{log}");
 }

@@ -3,7 +3,7 @@ complete -c apitap -s r -l read -d 'Read a pcap or pcapng file (`-` = stdin) as 
 complete -c apitap -s f -l filter -d 'Capture filter (BPF). Default: tcp' -r
 complete -c apitap -l config.file -d 'TOML configuration file; dotted flags are tables (`[web] listen-address`)' -r -F
 complete -c apitap -l web.listen-address -d 'Serve /metrics, /-/healthy, /-/ready and a landing page at ADDR' -r
-complete -c apitap -l web.config.file -d 'TLS and basic auth for the listener (exporter-toolkit web-config format)' -r -F
+complete -c apitap -l web.config.file -d 'TLS and basic auth for the listener (exporter-toolkit web-config format); re-read when it or its certificates change' -r -F
 complete -c apitap -l exchanges -d 'Write the exchange log (NDJSON) to PATH; `-` = stdout' -r
 complete -c apitap -l findings -d 'Write the findings log (NDJSON) to PATH; `-` = stdout' -r
 complete -c apitap -l metrics-out -d 'At exit, write the final Prometheus text exposition to PATH; `-` = stdout' -r

@@ -20,9 +20,12 @@
 //!   is read and validated before binding: TLS (the handshake must finish
 //!   within [`HEADER_TIMEOUT`]), client certificates, basic auth on every
 //!   path (401 with `WWW-Authenticate`), and the extra headers on every
-//!   response.
+//!   response. Each new connection takes its TLS settings, and each request
+//!   its users and headers, from [`WebWatch::current`]: a changed file
+//!   applies to the next connection or request without a restart (an open
+//!   TLS session keeps the certificate it was made with).
 
-use super::web::WebSettings;
+use super::web::{WebSettings, WebWatch};
 use super::SharedMetrics;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -134,14 +137,17 @@ pub fn serve(
     shared: SharedMetrics,
     web: Option<WebConfig>,
 ) -> Result<ServerHandle, ServerError> {
-    let settings = match web {
-        Some(w) => WebSettings::load(&w.path)?,
-        None => WebSettings {
-            tls: None,
-            auth: None,
-            headers: Vec::new(),
+    let web = Web {
+        watch: match web {
+            Some(w) => Some(Arc::new(WebWatch::load(&w.path)?)),
+            None => None,
         },
+        plain: Arc::new(WebSettings::plain()),
     };
+    let initial = web
+        .watch
+        .as_ref()
+        .map_or(web.plain.clone(), |w| w.current());
     let mut last_err = None;
     let mut listener = None;
     for a in listen_addrs(addr)? {
@@ -166,7 +172,7 @@ pub fn serve(
     listener
         .set_nonblocking(true)
         .map_err(ServerError::Runtime)?;
-    let (tls, basic_auth) = (settings.tls.is_some(), settings.auth.is_some());
+    let (tls, basic_auth) = (initial.tls.is_some(), initial.auth.is_some());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -176,7 +182,7 @@ pub fn serve(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("apitap-metrics".into())
-        .spawn(move || rt.block_on(accept_loop(listener, shared, settings, rx)))
+        .spawn(move || rt.block_on(accept_loop(listener, shared, web, tls, rx)))
         .map_err(ServerError::Runtime)?;
     tracing::info!(address = %local, tls, basic_auth, "serving metrics");
     Ok(ServerHandle {
@@ -186,14 +192,33 @@ pub fn serve(
     })
 }
 
+/// The web config as the connections see it.
+#[derive(Clone)]
+struct Web {
+    watch: Option<Arc<WebWatch>>,
+    /// What is served without a web config.
+    plain: Arc<WebSettings>,
+}
+
+impl Web {
+    /// The current settings; re-reading runs bcrypt, so off the async thread.
+    async fn current(&self) -> Arc<WebSettings> {
+        let Some(w) = self.watch.clone() else {
+            return self.plain.clone();
+        };
+        tokio::task::spawn_blocking(move || w.current())
+            .await
+            .unwrap_or_else(|_| self.plain.clone())
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     shared: SharedMetrics,
-    settings: WebSettings,
+    web: Web,
+    tls: bool,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let acceptor = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let settings = Arc::new(settings);
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -221,10 +246,19 @@ async fn accept_loop(
             continue;
         };
         let shared = shared.clone();
-        let settings = settings.clone();
-        let acceptor = acceptor.clone();
+        let web = web.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| guarded(req, shared.clone(), settings.clone()));
+            // TLS settings as of this connection (see the module doc); the
+            // protocol itself was fixed at start.
+            let acceptor = if tls {
+                match web.current().await.tls.clone() {
+                    Some(c) => Some(tokio_rustls::TlsAcceptor::from(c)),
+                    None => return,
+                }
+            } else {
+                None
+            };
+            let service = service_fn(move |req| guarded(req, shared.clone(), web.clone()));
             let http = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -276,33 +310,43 @@ fn reply(
     r
 }
 
-/// Basic auth (when configured), then the route, then the extra headers.
+/// Basic auth (when configured), then the route, then the extra headers,
+/// all as the web config says at this request.
 async fn guarded(
     req: Request<Incoming>,
     shared: SharedMetrics,
-    settings: Arc<WebSettings>,
+    web: Web,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if let Some(auth) = settings.auth.clone() {
-        let header = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .map(|v| v.as_bytes().to_vec());
-        let ok = tokio::task::spawn_blocking(move || auth.check(header.as_deref()))
+    let (settings, ok) = match web.watch.clone() {
+        None => (web.plain.clone(), true),
+        Some(watch) => {
+            let header = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .map(|v| v.as_bytes().to_vec());
+            // One trip to the blocking pool: a re-read and bcrypt both block.
+            tokio::task::spawn_blocking(move || {
+                let s = watch.current();
+                let ok = s.auth.as_ref().is_none_or(|a| a.check(header.as_deref()));
+                (s, ok)
+            })
             .await
-            .unwrap_or(false);
-        if !ok {
-            let mut r = reply(
-                StatusCode::UNAUTHORIZED,
-                "text/plain; charset=utf-8",
-                "Unauthorized\n",
-            );
-            r.headers_mut().insert(
-                hyper::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic"),
-            );
-            add_headers(&mut r, &settings);
-            return Ok(r);
+            // Fail closed if the check panicked.
+            .unwrap_or_else(|_| (web.plain.clone(), false))
         }
+    };
+    if !ok {
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain; charset=utf-8",
+            "Unauthorized\n",
+        );
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic"),
+        );
+        add_headers(&mut r, &settings);
+        return Ok(r);
     }
     let mut r = respond(req, shared).await?;
     add_headers(&mut r, &settings);

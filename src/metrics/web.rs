@@ -3,10 +3,23 @@
 //! web-config format (the YAML that `promtool check web-config` checks).
 //!
 //! Contract:
-//! - [`WebSettings::load`] reads and validates the whole file at start:
-//!   unknown keys, unreadable certificates or keys, bad bcrypt hashes and
-//!   options this build cannot honour are errors naming the key, so apitap
-//!   never serves with less protection than the file asks for.
+//! - [`WebSettings::load`] reads and validates the whole file: unknown keys,
+//!   unreadable certificates or keys, bad bcrypt hashes and options this
+//!   build cannot honour are errors naming the key, so apitap never serves
+//!   with less protection than the file asks for. At start such an error
+//!   is fatal (exit 2).
+//! - While serving, [`WebWatch::current`] re-reads the file, as the
+//!   exporter toolkit does, so new passwords and certificates take effect
+//!   without a restart: it is asked on every new connection and request,
+//!   and re-parses only when the bytes of the file or of a certificate, key
+//!   or CA file it names changed (compared by SHA-256). A new file that
+//!   fails validation, or that adds or removes `tls_server_config` (the
+//!   listener's protocol is fixed at start, as in the toolkit), is not used:
+//!   the last good settings stay and one warning says why, once per change
+//!   of the files.
+//! - Error texts name keys and paths, never values: quoted values in YAML
+//!   errors are replaced by `"…"` (a password pasted where a hash belongs
+//!   must not reach the log).
 //! - Supported: `tls_server_config` (`cert_file`, `key_file`,
 //!   `client_auth_type` NoClientCert / VerifyClientCertIfGiven /
 //!   RequireAndVerifyClientCert, `client_ca_file`, `min_version`,
@@ -81,6 +94,8 @@ pub struct WebSettings {
     pub auth: Option<Arc<BasicAuth>>,
     /// Extra response headers, names canonical.
     pub headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    /// The certificate, key and CA files the settings were read from.
+    pub files: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for WebSettings {
@@ -111,10 +126,19 @@ impl WebSettings {
         let file: WebFile = if text.trim().is_empty() {
             WebFile::default()
         } else {
-            serde_norway::from_str(text).map_err(|e| e.to_string())?
+            serde_norway::from_str(text).map_err(|e| without_values(&e.to_string()))?
         };
+        let mut files = Vec::new();
         let tls = match file.tls_server_config {
-            Some(t) => Some(Arc::new(tls_config(t, base)?)),
+            Some(t) => {
+                files.extend(
+                    [&t.cert_file, &t.key_file, &t.client_ca_file]
+                        .into_iter()
+                        .flatten()
+                        .map(|f| resolve(base, f)),
+                );
+                Some(Arc::new(tls_config(t, base)?))
+            }
             None => None,
         };
         let auth = match file.basic_auth_users {
@@ -140,7 +164,131 @@ impl WebSettings {
                 headers.push((hyper::header::HeaderName::from_static(lower(canon)), v));
             }
         }
-        Ok(WebSettings { tls, auth, headers })
+        Ok(WebSettings {
+            tls,
+            auth,
+            headers,
+            files,
+        })
+    }
+
+    /// No TLS, no auth, no headers: the listener without a web config.
+    pub fn plain() -> WebSettings {
+        WebSettings {
+            tls: None,
+            auth: None,
+            headers: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+}
+
+/// `text` with every double-quoted part replaced by `"…"`: YAML errors
+/// quote the offending value (`invalid type: string "…"`), key names come
+/// in backticks and stay.
+fn without_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..open]);
+        out.push_str("\"…\"");
+        match rest[open + 1..].find('"') {
+            Some(close) => rest = &rest[open + 1 + close + 1..],
+            None => {
+                rest = "";
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What identifies one version of a file: a SHA-256 of its bytes. File
+/// times are coarse (a kernel tick), so a same-size rewrite right after a
+/// read could keep its mtime and be missed; these files are a few KiB, and
+/// reading them per check costs microseconds.
+type Stamp = [u8; 32];
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let bytes = std::fs::read(path).ok()?;
+    ring::digest::digest(&ring::digest::SHA256, &bytes)
+        .as_ref()
+        .try_into()
+        .ok()
+}
+
+/// The web config file as served (see the module doc).
+pub struct WebWatch {
+    path: PathBuf,
+    state: Mutex<Watched>,
+}
+
+struct Watched {
+    current: Arc<WebSettings>,
+    /// Stamps of the file and the files it names, when `current` was read.
+    stamps: Vec<Option<Stamp>>,
+    /// Stamps of the last version refused (warned about once).
+    refused: Option<Vec<Option<Stamp>>>,
+}
+
+impl WebWatch {
+    /// Read and validate `path` (see [`WebSettings::load`]).
+    pub fn load(path: &Path) -> Result<WebWatch, WebConfigError> {
+        // Stamps first: a change while loading is seen by the next check.
+        let before = stamp(path);
+        let current = WebSettings::load(path)?;
+        let mut stamps = vec![before];
+        stamps.extend(current.files.iter().map(|f| stamp(f)));
+        Ok(WebWatch {
+            path: path.to_path_buf(),
+            state: Mutex::new(Watched {
+                current: Arc::new(current),
+                stamps,
+                refused: None,
+            }),
+        })
+    }
+
+    /// The settings to serve with now, re-read if the files changed. Runs
+    /// bcrypt when it re-reads: call it off the async threads.
+    pub fn current(&self) -> Arc<WebSettings> {
+        // The state is only assigned whole, so a panic elsewhere while
+        // holding the lock cannot leave it half-written.
+        let mut w = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut now = vec![stamp(&self.path)];
+        now.extend(w.current.files.iter().map(|f| stamp(f)));
+        if now == w.stamps || w.refused.as_ref() == Some(&now) {
+            return w.current.clone();
+        }
+        let tls_before = w.current.tls.is_some();
+        match WebSettings::load(&self.path) {
+            Ok(new) if new.tls.is_some() != tls_before => {
+                tracing::warn!(
+                    file = %self.path.display(),
+                    "web config: tls_server_config was added or removed, which needs a \
+                     restart; serving with the previous web config"
+                );
+                w.refused = Some(now);
+            }
+            Ok(new) => {
+                // Stamps of the files the new version names.
+                let mut stamps = vec![now[0]];
+                stamps.extend(new.files.iter().map(|f| stamp(f)));
+                w.current = Arc::new(new);
+                w.stamps = stamps;
+                w.refused = None;
+                tracing::info!(file = %self.path.display(), "web config reloaded");
+            }
+            Err(e) => {
+                tracing::warn!("{e}; serving with the previous web config until the file is fixed");
+                w.refused = Some(now);
+            }
+        }
+        w.current.clone()
     }
 }
 
@@ -453,5 +601,71 @@ mod tests {
         assert_eq!(s.headers[0].0.as_str(), "x-frame-options");
         let s = WebSettings::parse("", Path::new(".")).unwrap();
         assert!(s.tls.is_none() && s.auth.is_none());
+    }
+
+    #[test]
+    fn yaml_errors_keep_key_names_and_drop_values() {
+        let err =
+            WebSettings::parse("basic_auth_users: hunter2-pasted", Path::new(".")).unwrap_err();
+        assert!(err.contains("basic_auth_users"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert_eq!(without_values(r#"a "x" b `k` "y"#), r#"a "…" b `k` "…""#);
+    }
+
+    fn basic(user_pass: &str) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(user_pass);
+        format!("Basic {b64}")
+    }
+
+    fn users(pairs: &[(&str, &str)]) -> String {
+        let mut text = String::from("basic_auth_users:\n");
+        for (u, p) in pairs {
+            let hash = bcrypt::hash(p, 4).unwrap();
+            text.push_str(&format!("  {u}: '{hash}'\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn watch_rereads_a_changed_file_and_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yml");
+        std::fs::write(&path, users(&[("alice", "one")])).unwrap();
+        let watch = WebWatch::load(&path).unwrap();
+        let ok = |w: &WebWatch, up: &str| {
+            w.current()
+                .auth
+                .as_ref()
+                .unwrap()
+                .check(Some(basic(up).as_bytes()))
+        };
+        assert!(ok(&watch, "alice:one"));
+        let first = watch.current();
+        assert!(
+            Arc::ptr_eq(&first, &watch.current()),
+            "unchanged: not re-read"
+        );
+
+        std::fs::write(&path, users(&[("alice", "two")])).unwrap();
+        assert!(!ok(&watch, "alice:one"));
+        assert!(ok(&watch, "alice:two"));
+
+        // Broken, then TLS added: both refused, the last good one serves.
+        std::fs::write(&path, "basic_auth_users:\n  alice: two\n").unwrap();
+        assert!(ok(&watch, "alice:two"));
+        let kept = watch.current();
+        assert!(
+            Arc::ptr_eq(&kept, &watch.current()),
+            "a refused file is not re-parsed"
+        );
+        std::fs::write(&path, "tls_server_config:\n  cert_file: c\n  key_file: k\n").unwrap();
+        assert!(ok(&watch, "alice:two"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(ok(&watch, "alice:two"));
+
+        std::fs::write(&path, users(&[("bob", "three")])).unwrap();
+        assert!(ok(&watch, "bob:three"));
+        assert!(!ok(&watch, "alice:two"));
     }
 }
