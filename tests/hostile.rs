@@ -352,3 +352,33 @@ fn concurrent_flows_over_the_budget_are_evicted_oldest_first() {
         .count();
     assert!(api > 0 && api <= flows as usize, "{api}");
 }
+
+#[test]
+fn idle_established_flows_cost_under_1_kib_each() {
+    // RSS growth from 1,000 to N idle connections (handshake done, nothing
+    // sent), budget large enough that none is evicted. The mapped capture
+    // pages are not subtracted, so this overstates the cost.
+    let n = size(200_000, 1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("apitap.toml");
+    std::fs::write(&cfg, "[flow]\nmemory-budget = 4294967296\n").unwrap();
+    let peak = |flows: u32| {
+        let pcap = dir.path().join(format!("idle-{flows}.pcap"));
+        let plan = Plan::new(Scenario::Idle {
+            flows,
+            exchange: false,
+        });
+        gen::write_file(&plan, &pcap).unwrap();
+        let args = [
+            "--config.file",
+            cfg.to_str().unwrap(),
+            "-r",
+            pcap.to_str().unwrap(),
+        ];
+        run_measured(dir.path(), &args).peak_kib
+    };
+    let (small, large) = (peak(1000), peak(n));
+    let per_flow = (large.saturating_sub(small)) * 1024 / u64::from(n - 1000);
+    eprintln!("idle flows: {small} KiB at 1,000, {large} KiB at {n}: {per_flow} bytes each");
+    assert!(per_flow <= 1024, "{per_flow} bytes per idle connection");
+}

@@ -1171,6 +1171,48 @@ mod tests {
         assert_eq!(table.stats().memory_bytes, 0);
     }
 
+    #[test]
+    fn idle_established_flow_is_accounted_under_1_kib() {
+        // Issue #8: at most 1 KiB per idle tracked connection, the table's
+        // share included (measured at its emptiest, just after growing).
+        let mut table = FlowTable::new(FlowConfig::default());
+        let server: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let mut out = Vec::new();
+        let n = 20_000u32;
+        for i in 0..n {
+            let client: SocketAddr = format!("10.{}.{}.{}:40000", i >> 16, (i >> 8) & 255, i & 255)
+                .parse()
+                .unwrap();
+            let ts = Timestamp::from_micros(1_000_000 + i64::from(i));
+            let seg = |src, dst, seq, ack, flags| TcpSegment {
+                ts,
+                src,
+                dst,
+                seq,
+                ack,
+                flags: TcpFlags(flags),
+                window: 1,
+                payload: b"",
+                missing: 0,
+            };
+            for s in [
+                seg(client, server, 100, 0, TcpFlags::SYN),
+                seg(server, client, 500, 101, TcpFlags::SYN | TcpFlags::ACK),
+                seg(client, server, 101, 501, TcpFlags::ACK),
+            ] {
+                table.segment(&s, ts, &mut |e| out.push(e));
+            }
+        }
+        assert_eq!(table.active_flows(), n as usize);
+        let per_flow = table.stats().memory_bytes / n as usize;
+        let worst = CONNECTION_BYTES + table_bytes(1 << 20) / (1 << 19);
+        assert!(per_flow <= 1024, "{per_flow} bytes per idle connection");
+        assert!(
+            worst <= 1024,
+            "{worst} bytes per idle connection in a half-empty table"
+        );
+    }
+
     /// (target, status, request body, response body, outcome, capture loss)
     type ExchangeSummary = (Option<String>, Option<u16>, u64, u64, Outcome, bool);
 
