@@ -29,20 +29,74 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 /// A connection's identity, the same for both directions.
+///
+/// Compact (40 bytes, against 64 for two `SocketAddr`s): it is stored once
+/// per tracked connection. Ordered like the `(lo, hi)` socket addresses it
+/// stands for (IPv4 before IPv6, then address, then port).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FlowKey {
-    lo: SocketAddr,
-    hi: SocketAddr,
+    lo: Endpoint,
+    hi: Endpoint,
+}
+
+/// A socket address without IPv6 flow label and scope (never in a packet's
+/// TCP/IP headers as decoded). Field order gives `SocketAddr`'s ordering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Endpoint {
+    v6: bool,
+    ip: [u8; 16],
+    port: u16,
+}
+
+impl Endpoint {
+    fn new(a: SocketAddr) -> Self {
+        let mut ip = [0; 16];
+        let v6 = match a.ip() {
+            IpAddr::V4(v) => {
+                ip[..4].copy_from_slice(&v.octets());
+                false
+            }
+            IpAddr::V6(v) => {
+                ip = v.octets();
+                true
+            }
+        };
+        Endpoint {
+            v6,
+            ip,
+            port: a.port(),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        let ip = if self.v6 {
+            IpAddr::from(self.ip)
+        } else {
+            IpAddr::from([self.ip[0], self.ip[1], self.ip[2], self.ip[3]])
+        };
+        SocketAddr::new(ip, self.port)
+    }
 }
 
 impl FlowKey {
     /// The key of a segment from `src` to `dst`, and whether `src` is `lo`.
     pub fn new(src: SocketAddr, dst: SocketAddr) -> (FlowKey, bool) {
-        if src <= dst {
-            (FlowKey { lo: src, hi: dst }, true)
+        let (a, b) = (Endpoint::new(src), Endpoint::new(dst));
+        if a <= b {
+            (FlowKey { lo: a, hi: b }, true)
         } else {
-            (FlowKey { lo: dst, hi: src }, false)
+            (FlowKey { lo: b, hi: a }, false)
         }
+    }
+
+    /// The lower of the two socket addresses.
+    pub fn lo(&self) -> SocketAddr {
+        self.lo.addr()
+    }
+
+    /// The higher of the two socket addresses.
+    pub fn hi(&self) -> SocketAddr {
+        self.hi.addr()
     }
 
     /// A hash that is the same for both directions and stable across runs
@@ -59,7 +113,7 @@ impl FlowKey {
             (ip.wrapping_mul(0x9E37_79B9_7F4A_7C15))
                 ^ (a.port() as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
         }
-        let h = mix(&self.lo).wrapping_add(mix(&self.hi));
+        let h = mix(&self.lo()).wrapping_add(mix(&self.hi()));
         h ^ (h >> 29)
     }
 }
@@ -245,8 +299,9 @@ enum App {
     Done,
 }
 
+/// One tracked connection (boxed in the table, so the table's spare
+/// buckets cost a pointer each rather than a whole connection).
 struct Connection {
-    key: FlowKey,
     /// [lo→hi, hi→lo]
     streams: [Reassembler; 2],
     /// Some(true): `lo` is the client.
@@ -267,7 +322,12 @@ type Side = usize;
 
 pub struct FlowTable {
     cfg: FlowConfig,
-    flows: HashMap<FlowKey, Connection, ahash::RandomState>,
+    flows: HashMap<FlowKey, Box<Connection>, ahash::RandomState>,
+    /// Sum of every connection's `accounted` (the table itself aside).
+    conns_bytes: usize,
+    /// Connections the table's buckets hold at most (the largest
+    /// `capacity()` seen: deletions lower `capacity()`, not the buckets).
+    table_capacity: usize,
     stats: FlowStats,
     events: Vec<FlowEvent>,
     /// None: the caller sweeps (see [`FlowTable::with_caller_sweeps`]).
@@ -306,6 +366,8 @@ impl FlowTable {
         FlowTable {
             cfg,
             flows: HashMap::with_hasher(ahash::RandomState::new()),
+            conns_bytes: 0,
+            table_capacity: 0,
             stats: FlowStats::default(),
             events: Vec::new(),
             sweeps: Some(SweepSchedule::default()),
@@ -347,19 +409,27 @@ impl FlowTable {
                     || c.ended.iter().any(|&e| e);
                 if reused {
                     let c = self.take(&key).expect("just seen");
-                    self.finish(c, now, StreamEnd::Closed, emit);
+                    self.finish(key, c, now, StreamEnd::Closed, emit);
                     self.stats.flows_closed += 1;
                 }
             }
         }
 
+        let starts = flags.syn() || !seg.payload.is_empty() || seg.missing > 0;
+        if starts
+            && self.flows.len() == self.flows.capacity()
+            && self.flows.len() < self.cfg.max_flows
+            && !self.flows.contains_key(&key)
+        {
+            self.make_room(now, emit);
+        }
         let flows_len = self.flows.len();
         let conn = match self.flows.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 // Only a handshake or data starts tracking; stray ACKs, FINs
                 // and RSTs of connections we never saw cost nothing.
-                if !flags.syn() && seg.payload.is_empty() && seg.missing == 0 {
+                if !starts {
                     return;
                 }
                 if flows_len >= self.cfg.max_flows {
@@ -367,7 +437,7 @@ impl FlowTable {
                     return;
                 }
                 self.stats.flows_created += 1;
-                e.insert(Connection::new(key, now))
+                e.insert(Box::new(Connection::new(now)))
             }
         };
         let cfg = &self.cfg;
@@ -392,9 +462,8 @@ impl FlowTable {
             client_is_lo,
             syn_seen,
             ended,
-            key: ckey,
             ..
-        } = conn;
+        } = &mut **conn;
         let [s0, s1] = streams;
         let (this, other) = if side == 0 { (s0, s1) } else { (s1, s0) };
         let mut ctx = Ctx {
@@ -404,7 +473,7 @@ impl FlowTable {
             client_is_lo,
             syn_seen,
             ended,
-            key: *ckey,
+            key,
             events,
             emit,
         };
@@ -434,11 +503,12 @@ impl FlowTable {
 
         let done = flags.rst() || (ended[0] && ended[1]);
         let mem = conn.mem_bytes();
-        self.stats.memory_bytes = (self.stats.memory_bytes + mem).saturating_sub(conn.accounted);
+        self.conns_bytes = (self.conns_bytes + mem).saturating_sub(conn.accounted);
         conn.accounted = mem;
+        self.update_memory();
         if done {
             let c = self.take(&key).expect("present");
-            self.finish(c, now, StreamEnd::Closed, emit);
+            self.finish(key, c, now, StreamEnd::Closed, emit);
             self.stats.flows_closed += 1;
         }
         if self.stats.memory_bytes > self.cfg.memory_budget_bytes {
@@ -453,24 +523,38 @@ impl FlowTable {
 
     /// End of capture: every connection ends, every open exchange is logged.
     pub fn finish_all(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
-        let mut all: Vec<Connection> = self.flows.drain().map(|(_, c)| c).collect();
-        self.stats.memory_bytes = 0;
         // Deterministic order, the same as a sweep's: connections by last
-        // activity, then addresses; exchanges by start, then addresses.
-        all.sort_by_key(|c| (c.last_seen, c.key.lo, c.key.hi));
+        // activity, then addresses; exchanges by start, then addresses. Only
+        // the keys are listed (their room is in each connection's account),
+        // and each connection is freed as soon as it is finished.
+        let mut order: Vec<(Timestamp, FlowKey)> =
+            self.flows.iter().map(|(k, c)| (c.last_seen, *k)).collect();
+        order.sort_unstable();
         let mut out = Vec::new();
-        for c in all {
-            self.finish(c, now, StreamEnd::CaptureEnded, &mut |ex| out.push(ex));
+        for (_, key) in order {
+            if let Some(c) = self.take(&key) {
+                self.finish(key, c, now, StreamEnd::CaptureEnded, &mut |ex| out.push(ex));
+            }
         }
+        self.flows.shrink_to_fit();
+        self.table_capacity = self.flows.capacity();
+        self.update_memory();
         out.sort_by_key(|ex| (ex.ts, ex.client, ex.server));
         out.into_iter().for_each(emit);
     }
 
     /// Remove a connection from the table and from the memory account.
-    fn take(&mut self, key: &FlowKey) -> Option<Connection> {
+    fn take(&mut self, key: &FlowKey) -> Option<Box<Connection>> {
         let c = self.flows.remove(key)?;
-        self.stats.memory_bytes = self.stats.memory_bytes.saturating_sub(c.accounted);
+        self.conns_bytes = self.conns_bytes.saturating_sub(c.accounted);
+        self.update_memory();
         Some(c)
+    }
+
+    /// `memory_bytes` = the connections' accounts plus the table's buckets.
+    fn update_memory(&mut self) {
+        self.table_capacity = self.table_capacity.max(self.flows.capacity());
+        self.stats.memory_bytes = self.conns_bytes + table_bytes(self.table_capacity);
     }
 
     /// Over the memory budget: end the connections idle longest until the
@@ -478,15 +562,85 @@ impl FlowTable {
     /// packet), and count them.
     fn evict_for_memory(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
         let target = self.cfg.memory_budget_bytes / 10 * 9;
-        let mut by_age: Vec<(Timestamp, FlowKey)> =
-            self.flows.iter().map(|(k, c)| (c.last_seen, *k)).collect();
-        by_age.sort_unstable();
-        for (_, key) in by_age {
-            if self.stats.memory_bytes <= target {
+        self.evict_oldest(target, usize::MAX, now, emit);
+    }
+
+    /// The table is full and a new connection comes. If doubling the table
+    /// (while the old one is still held, as a rehash does) would overrun the
+    /// budget, end the connections idle longest instead, to below half the
+    /// table: then the table reuses its buckets (hashbrown rehashes in place
+    /// when at most half full) rather than growing.
+    fn make_room(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
+        let cap = self.table_capacity;
+        let grown = table_bytes(cap.max(3) * 2);
+        let need = self.conns_bytes + table_bytes(cap) + grown + CONNECTION_BYTES;
+        if need > self.cfg.memory_budget_bytes {
+            let target = self.cfg.memory_budget_bytes / 10 * 9;
+            self.evict_oldest(target, (cap / 2).saturating_sub(1), now, emit);
+        }
+    }
+
+    /// End the connections idle longest (oldest `last_seen`, then lowest
+    /// key) until memory is at most `target` bytes and at most `max_flows`
+    /// remain; count them as evicted.
+    ///
+    /// Linear, without listing every connection: a histogram of the bytes
+    /// held by age finds the age below which enough is held; only those
+    /// connections are listed and sorted.
+    fn evict_oldest(
+        &mut self,
+        target: usize,
+        max_flows: usize,
+        now: Timestamp,
+        emit: &mut impl FnMut(Exchange),
+    ) {
+        const BINS: usize = 64;
+        let enough = |memory: usize, flows: usize| memory <= target && flows <= max_flows;
+        if enough(self.stats.memory_bytes, self.flows.len()) {
+            return;
+        }
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for c in self.flows.values() {
+            lo = lo.min(c.last_seen.as_micros());
+            hi = hi.max(c.last_seen.as_micros());
+        }
+        let width = ((hi.saturating_sub(lo)) as u64 / BINS as u64).max(1);
+        let bin = |c: &Connection| {
+            ((c.last_seen.as_micros().saturating_sub(lo) as u64 / width) as usize).min(BINS - 1)
+        };
+        let mut bytes = [0usize; BINS];
+        let mut count = [0usize; BINS];
+        for c in self.flows.values() {
+            bytes[bin(c)] += c.accounted;
+            count[bin(c)] += 1;
+        }
+        // The first bin whose connections, with all older ones, are enough.
+        let (mut freed, mut ended) = (0, 0);
+        let mut last = BINS - 1;
+        for b in 0..BINS {
+            freed += bytes[b];
+            ended += count[b];
+            if enough(
+                self.stats.memory_bytes.saturating_sub(freed),
+                self.flows.len() - ended,
+            ) {
+                last = b;
+                break;
+            }
+        }
+        let mut victims: Vec<(Timestamp, FlowKey)> = self
+            .flows
+            .iter()
+            .filter(|(_, c)| bin(c) <= last)
+            .map(|(k, c)| (c.last_seen, *k))
+            .collect();
+        victims.sort_unstable();
+        for (_, key) in victims {
+            if enough(self.stats.memory_bytes, self.flows.len()) {
                 break;
             }
             if let Some(c) = self.take(&key) {
-                self.finish(c, now, StreamEnd::CaptureEnded, emit);
+                self.finish(key, c, now, StreamEnd::CaptureEnded, emit);
                 self.stats.flows_evicted += 1;
             }
         }
@@ -536,14 +690,15 @@ impl FlowTable {
         expired.sort();
         for k in expired {
             let c = self.take(&k).expect("listed");
-            self.finish(c, now, StreamEnd::CaptureEnded, emit);
+            self.finish(k, c, now, StreamEnd::CaptureEnded, emit);
             self.stats.flows_expired += 1;
         }
     }
 
     fn finish(
         &mut self,
-        conn: Connection,
+        key: FlowKey,
+        conn: Box<Connection>,
         now: Timestamp,
         why: StreamEnd,
         emit: &mut impl FnMut(Exchange),
@@ -554,9 +709,8 @@ impl FlowTable {
             mut client_is_lo,
             mut syn_seen,
             mut ended,
-            key,
             ..
-        } = conn;
+        } = *conn;
         let cfg = &self.cfg;
         let stats = &mut self.stats;
         let events = &mut self.events;
@@ -583,8 +737,8 @@ impl FlowTable {
         // The server as the connection knew it (the client is known once
         // HTTP or TLS was recognised).
         let server = match client_is_lo {
-            Some(false) => key.lo,
-            _ => key.hi,
+            Some(false) => key.lo(),
+            _ => key.hi(),
         };
         match app {
             App::Http(mut h) => {
@@ -611,8 +765,8 @@ impl FlowTable {
                     // Without a verdict the server is the side that did not
                     // open the connection, when that is known.
                     let server = match client_is_lo {
-                        Some(true) | None => key.hi,
-                        Some(false) => key.lo,
+                        Some(true) | None => key.hi(),
+                        Some(false) => key.lo(),
                     };
                     events.push(FlowEvent::Connection {
                         server,
@@ -623,7 +777,11 @@ impl FlowTable {
                 }
             }
             App::Tls(mut t) => {
-                let client = if server == key.hi { key.lo } else { key.hi };
+                let client = if server == key.hi() {
+                    key.lo()
+                } else {
+                    key.hi()
+                };
                 let hs = t.reader.finish(t.ts, client, server);
                 if !t.announced {
                     events.push(FlowEvent::Connection {
@@ -640,11 +798,37 @@ impl FlowTable {
     }
 }
 
+/// What the allocator adds to each allocation (glibc: a size word, and
+/// rounding up to 16 bytes).
+const ALLOC_OVERHEAD: usize = 16;
+
+/// A connection's own cost: its box, and the entry that lists it when the
+/// capture ends or it is evicted (`finish_all`, `evict_oldest`).
+const CONNECTION_BYTES: usize = std::mem::size_of::<Connection>()
+    + ALLOC_OVERHEAD
+    + std::mem::size_of::<(Timestamp, FlowKey)>();
+
+/// Bytes of a table that can hold `capacity` connections without growing:
+/// hashbrown keeps a power of two of buckets at most 7/8 full, each bucket
+/// a key, a box pointer and a control byte.
+fn table_bytes(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = if capacity < 8 {
+        capacity + 1
+    } else {
+        capacity / 7 * 8
+    };
+    let bucket = std::mem::size_of::<(FlowKey, Box<Connection>)>() + 1;
+    buckets * bucket + 16 + ALLOC_OVERHEAD
+}
+
 impl Connection {
-    /// Bytes this connection holds: its own size plus every buffer.
+    /// Bytes this connection holds: its own size plus every buffer (the
+    /// table's bucket is counted with the table, see [`table_bytes`]).
     fn mem_bytes(&self) -> usize {
-        // The map stores the key and value inline, plus a control byte.
-        let own = std::mem::size_of::<Connection>() + std::mem::size_of::<FlowKey>() + 1;
+        let own = CONNECTION_BYTES;
         let streams: usize = self.streams.iter().map(Reassembler::buffered_bytes).sum();
         let app = match &self.app {
             App::Undecided(sn) => sn.iter().map(Sniffer::heap_bytes).sum(),
@@ -660,9 +844,8 @@ impl Connection {
         own + streams + app
     }
 
-    fn new(key: FlowKey, now: Timestamp) -> Self {
+    fn new(now: Timestamp) -> Self {
         Connection {
-            key,
             streams: [Reassembler::new(), Reassembler::new()],
             client_is_lo: None,
             syn_seen: [false; 2],
@@ -692,17 +875,17 @@ struct Ctx<'a, E: FnMut(Exchange)> {
 impl<E: FnMut(Exchange)> Ctx<'_, E> {
     fn addr(&self, side: Side) -> SocketAddr {
         if side == 0 {
-            self.key.lo
+            self.key.lo()
         } else {
-            self.key.hi
+            self.key.hi()
         }
     }
 
     /// (client, server) once the client is known; else (lo, hi).
     fn client_server(&self) -> (SocketAddr, SocketAddr) {
         match self.client_is_lo {
-            Some(false) => (self.key.hi, self.key.lo),
-            _ => (self.key.lo, self.key.hi),
+            Some(false) => (self.key.hi(), self.key.lo()),
+            _ => (self.key.lo(), self.key.hi()),
         }
     }
 
@@ -865,9 +1048,9 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 // unless the handshake said otherwise.
                 let client_is_lo = *self.client_is_lo.get_or_insert(side == 0);
                 let server = if client_is_lo {
-                    self.key.hi
+                    self.key.hi()
                 } else {
-                    self.key.lo
+                    self.key.lo()
                 };
                 self.decided(Protocol::Tls, server, chunk.ts);
                 *self.app = App::Tls(Box::new(TlsConn {
@@ -1207,9 +1390,55 @@ mod tests {
         assert!(table.active_flows() < 20_000);
         // The accounting matches what is really held.
         let held: usize = table.flows.values().map(|c| c.accounted).sum();
-        assert_eq!(held, table.stats().memory_bytes);
+        assert_eq!(
+            held + table_bytes(table.table_capacity),
+            table.stats().memory_bytes
+        );
+        assert!(table.table_capacity >= table.flows.capacity());
         table.finish_all(Timestamp::from_micros(2_000_000), &mut |e| out.push(e));
         assert_eq!(table.stats().memory_bytes, 0);
+    }
+
+    #[test]
+    fn idle_established_flow_is_accounted_under_1_kib() {
+        // Issue #8: at most 1 KiB per idle tracked connection, the table's
+        // share included (measured at its emptiest, just after growing).
+        let mut table = FlowTable::new(FlowConfig::default());
+        let server: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let mut out = Vec::new();
+        let n = 20_000u32;
+        for i in 0..n {
+            let client: SocketAddr = format!("10.{}.{}.{}:40000", i >> 16, (i >> 8) & 255, i & 255)
+                .parse()
+                .unwrap();
+            let ts = Timestamp::from_micros(1_000_000 + i64::from(i));
+            let seg = |src, dst, seq, ack, flags| TcpSegment {
+                ts,
+                src,
+                dst,
+                seq,
+                ack,
+                flags: TcpFlags(flags),
+                window: 1,
+                payload: b"",
+                missing: 0,
+            };
+            for s in [
+                seg(client, server, 100, 0, TcpFlags::SYN),
+                seg(server, client, 500, 101, TcpFlags::SYN | TcpFlags::ACK),
+                seg(client, server, 101, 501, TcpFlags::ACK),
+            ] {
+                table.segment(&s, ts, &mut |e| out.push(e));
+            }
+        }
+        assert_eq!(table.active_flows(), n as usize);
+        let per_flow = table.stats().memory_bytes / n as usize;
+        let worst = CONNECTION_BYTES + table_bytes(1 << 20) / (1 << 19);
+        assert!(per_flow <= 1024, "{per_flow} bytes per idle connection");
+        assert!(
+            worst <= 1024,
+            "{worst} bytes per idle connection in a half-empty table"
+        );
     }
 
     /// (target, status, request body, response body, outcome, capture loss)
