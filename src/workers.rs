@@ -68,7 +68,7 @@ pub const BATCH_MAX_AGE_MICROS: i64 = 50_000;
 /// hold back the release of the others' outputs for long).
 const BATCH_MAX_AGE_PACKETS: u64 = 4096;
 /// Batches queued per worker before the reader waits.
-const LANE_DEPTH: usize = 8;
+const LANE_DEPTH: usize = 4;
 
 /// Where a segment's payload is.
 #[derive(Clone, Copy, Debug)]

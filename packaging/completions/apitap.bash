@@ -23,7 +23,7 @@ _apitap() {
 
     case "${cmd}" in
         apitap)
-            opts="-i -r -f -h -V --interface --read --filter --config.file --web.listen-address --web.config.file --exchanges --findings --metrics-out --transaction-timeout --replay-speed --replay-loop --log.level --log.format --generate --help --version"
+            opts="-i -r -f -h -V --interface --read --filter --config.file --web.listen-address --web.config.file --exchanges --findings --metrics-out --transaction-timeout --replay-speed --replay-loop --workers --log.level --log.format --generate --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -82,6 +82,10 @@ _apitap() {
                     return 0
                     ;;
                 --replay-speed)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --workers)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -9,6 +9,7 @@ complete -c apitap -l findings -d 'Write the findings log (NDJSON) to PATH; `-` 
 complete -c apitap -l metrics-out -d 'At exit, write the final Prometheus text exposition to PATH; `-` = stdout' -r
 complete -c apitap -l transaction-timeout -d 'Seconds a request may wait for its response (default 30)' -r
 complete -c apitap -l replay-speed -d 'With -r: pace packets at X times real time' -r
+complete -c apitap -l workers -d 'Worker threads for reassembly and HTTP parsing (default: the number of CPUs; 1 = everything on one thread)' -r
 complete -c apitap -l log.level -d 'Log level: error, warn, info, debug' -r
 complete -c apitap -l log.format -d 'Log format: logfmt or json' -r
 complete -c apitap -l generate -d 'Print the man page (`man`) or a shell completion script (`bash`, `zsh`, `fish`) and exit; used by packaging' -r -f -a "man\t''

@@ -18,6 +18,9 @@ use std::sync::Arc;
 /// How much is read between two releases of the pages behind the reader.
 const RELEASE_EVERY: usize = 16 << 20;
 
+/// How far behind the reader pages stay mapped when released.
+const RELEASE_LAG: usize = 4 << 20;
+
 /// A record longer than both the file's snaplen and this is corrupt (as
 /// libpcap judges it).
 const MAX_SANE_RECORD: u32 = 256 * 1024;
@@ -87,7 +90,7 @@ impl MappedPcap {
         if self.off >= self.populated {
             self.populate_ahead();
         }
-        if self.off - self.released >= 2 * RELEASE_EVERY {
+        if self.off - self.released >= RELEASE_EVERY + RELEASE_LAG {
             self.release_behind();
         }
         let rest = self.map.get(self.off..)?;
@@ -155,10 +158,10 @@ impl MappedPcap {
     /// (the page cache keeps them), so RSS does not grow with the file.
     fn release_behind(&mut self) {
         let page = 4096;
-        // One window stays mapped behind the reader: worker threads may
-        // still be reading payloads there (see `backing`); past it they
-        // would only fault the pages back in.
-        let upto = self.off.saturating_sub(RELEASE_EVERY) / page * page;
+        // A little stays mapped behind the reader: worker threads may still
+        // be reading payloads there (see `backing`; at most a few batches
+        // behind); past it they would only fault the pages back in.
+        let upto = self.off.saturating_sub(RELEASE_LAG) / page * page;
         if upto <= self.released {
             return;
         }
