@@ -18,14 +18,16 @@
 //!   that produced it, and the caller's thread releases outputs in index
 //!   order, merging the workers' streams once every worker is past that
 //!   index. So the sink sees what one pipeline would have produced, in the
-//!   same order, except for what the periodic sweeps (timeouts, idle
-//!   expiry) emit: a worker sweeps on its own segments and at batch ends,
-//!   not at the same packet as one pipeline would.
-//! - Time: each segment carries its capture time and each batch the latest
-//!   time the reader saw, so a worker whose flows are quiet still expires
-//!   them. A lane's batch is sent when full or once the reader's clock is
-//!   [`BATCH_MAX_AGE_MICROS`] past its first segment (paced replays stay
-//!   live).
+//!   same order (`tests/workers.rs` checks it on every corpus capture).
+//! - Time: each segment carries the reader's monotonic clock at its packet.
+//!   Sweeps (idle expiry, request timeouts) are the reader's decision, on
+//!   the same [`SweepSchedule`] one pipeline uses: at the packet that
+//!   crosses a second boundary, every lane gets a sweep marker, so each
+//!   worker sweeps at the same point of the input as one table would (what
+//!   a sweep emits is sorted, see [`FlowTable::sweep`]). A lane's batch is
+//!   sent when full, or once the reader's clock is
+//!   [`BATCH_MAX_AGE_MICROS`] or [`BATCH_MAX_AGE_PACKETS`] past its first
+//!   item (paced replays stay live, quiet lanes do not hold the merge back).
 //! - Live capture with N workers ([`Sharded::live`]): each worker owns its
 //!   own libpcap handle, the handles joined in one PACKET_FANOUT group
 //!   (the kernel hashes each flow, both directions, to one handle), and
@@ -116,7 +118,7 @@ struct Batch {
     /// Packets read when it was sent: every packet of this lane up to this
     /// index is in this batch or an earlier one.
     upto: u64,
-    /// The capture time and index of its first segment.
+    /// The capture time and packet index of its first item.
     first: Option<(Timestamp, u64)>,
 }
 
