@@ -79,11 +79,22 @@ struct Run {
 /// after the report until SIGTERM. (`ru_maxrss` from wait4 would not do: it
 /// also counts this test process, whose memory the child shared until exec.)
 fn run_measured(dir: &Path, args: &[&str]) -> Run {
+    run_measured_with(dir, args, None)
+}
+
+/// [`run_measured`] with the capture on stdin (`-r -`): read, not mapped,
+/// so none of its pages count in the RSS.
+fn run_measured_with(dir: &Path, args: &[&str], stdin: Option<&Path>) -> Run {
     let out_path = dir.join("stdout");
     let out = std::fs::File::create(&out_path).expect("stdout file");
+    let stdin = match stdin {
+        Some(p) => std::process::Stdio::from(std::fs::File::open(p).expect("capture")),
+        None => std::process::Stdio::null(),
+    };
     let mut child = common::apitap()
         .args(args)
         .args(["--web.listen-address", "127.0.0.1:0", "--workers", "2"])
+        .stdin(stdin)
         .stdout(out)
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -367,32 +378,63 @@ fn concurrent_flows_over_the_budget_are_evicted_oldest_first() {
     assert!(api > 0 && api <= flows as usize, "{api}");
 }
 
-#[test]
-fn idle_established_flows_cost_under_1_kib_each() {
-    // RSS growth from 1,000 to N idle connections (handshake done, nothing
-    // sent), budget large enough that none is evicted. The mapped capture
-    // pages are not subtracted, so this overstates the cost.
-    let n = size(200_000, 1_000_000);
+/// Peak RSS growth per connection from 1,000 to `n` idle connections
+/// (`exchange`: each carried one complete exchange first, and stays open;
+/// they start in waves of [`gen::IDLE_WAVE`], so nearly all are idle at
+/// the peak), budget large enough that none is evicted. `stdin`: the
+/// capture is read from stdin, so its pages are not in the RSS; else the
+/// mapped pages are not subtracted, which overstates the cost.
+fn idle_bytes_per_flow(n: u32, exchange: bool, stdin: bool) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("apitap.toml");
     std::fs::write(&cfg, "[flow]\nmemory-budget = 4294967296\n").unwrap();
     let peak = |flows: u32| {
         let pcap = dir.path().join(format!("idle-{flows}.pcap"));
-        let plan = Plan::new(Scenario::Idle {
-            flows,
-            exchange: false,
-        });
+        let plan = Plan::new(Scenario::Idle { flows, exchange });
         gen::write_file(&plan, &pcap).unwrap();
-        let args = [
-            "--config.file",
-            cfg.to_str().unwrap(),
-            "-r",
-            pcap.to_str().unwrap(),
-        ];
-        run_measured(dir.path(), &args).peak_kib
+        let cfg_s = cfg.to_str().unwrap();
+        let kib = if stdin {
+            run_measured_with(
+                dir.path(),
+                &["--config.file", cfg_s, "-r", "-"],
+                Some(&pcap),
+            )
+            .peak_kib
+        } else {
+            run_measured(
+                dir.path(),
+                &["--config.file", cfg_s, "-r", pcap.to_str().unwrap()],
+            )
+            .peak_kib
+        };
+        std::fs::remove_file(&pcap).unwrap();
+        kib
     };
     let (small, large) = (peak(1000), peak(n));
     let per_flow = (large.saturating_sub(small)) * 1024 / u64::from(n - 1000);
-    eprintln!("idle flows: {small} KiB at 1,000, {large} KiB at {n}: {per_flow} bytes each");
+    let what = if exchange {
+        "keep-alive"
+    } else {
+        "handshake-only"
+    };
+    eprintln!("idle {what} flows: {small} KiB at 1,000, {large} KiB at {n}: {per_flow} bytes each");
+    per_flow
+}
+
+#[test]
+fn idle_established_flows_cost_under_1_kib_each() {
+    // Handshake done, nothing sent.
+    let per_flow = idle_bytes_per_flow(size(200_000, 1_000_000), false, false);
     assert!(per_flow <= 1024, "{per_flow} bytes per idle connection");
+}
+
+#[test]
+fn idle_keep_alive_flows_cost_under_1_kib_each() {
+    // One complete exchange each, then open and quiet: what the exchange
+    // needed (request queue, output, parser stats) is given back.
+    let per_flow = idle_bytes_per_flow(size(100_000, 1_000_000), true, true);
+    assert!(
+        per_flow <= 1024,
+        "{per_flow} bytes per idle keep-alive connection"
+    );
 }

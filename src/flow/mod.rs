@@ -20,7 +20,7 @@ use crate::clock::Timestamp;
 use crate::decode::TcpSegment;
 use crate::http::exchange::Exchange;
 use crate::http::parser::{MessageParser, ParserLimits};
-use crate::http::session::{HttpSession, StreamEnd};
+use crate::http::session::{HttpSession, SpareBuffers, StreamEnd};
 use crate::http::Direction;
 use reassembly::{Chunk, Reassembler, StreamEvent, StreamLimits, StreamStats};
 use sniff::{Sniffer, Verdict};
@@ -275,8 +275,9 @@ impl HttpConn {
         if self.announced {
             return;
         }
-        let (host, ts) = match (&self.session.first_request, end) {
-            (Some(first), _) => (first.host.clone(), first.ts),
+        // Taken, not copied: it is not needed again.
+        let (host, ts) = match (self.session.first_request.take(), end) {
+            (Some(first), _) => (first.host, first.ts),
             (None, Some(now)) => (None, now),
             (None, None) => return,
         };
@@ -291,7 +292,11 @@ impl HttpConn {
 }
 
 enum App {
-    Undecided([Sniffer; 2]),
+    /// No byte seen yet (a handshake, or nothing but ACKs): nothing held.
+    Fresh,
+    /// Sniffing the first bytes of each side (boxed: most connections
+    /// pass through this state quickly, or never leave `Fresh`).
+    Undecided(Box<[Sniffer; 2]>),
     Http(Box<HttpConn>),
     /// TLS: reading the hellos (versions, SNI); then `Done`.
     Tls(Box<TlsConn>),
@@ -330,6 +335,9 @@ pub struct FlowTable {
     table_capacity: usize,
     stats: FlowStats,
     events: Vec<FlowEvent>,
+    /// Room for HTTP sessions' queues and output, lent to the connection
+    /// being parsed, so idle connections hold none.
+    spare: SpareBuffers,
     /// None: the caller sweeps (see [`FlowTable::with_caller_sweeps`]).
     sweeps: Option<SweepSchedule>,
 }
@@ -370,6 +378,7 @@ impl FlowTable {
             table_capacity: 0,
             stats: FlowStats::default(),
             events: Vec::new(),
+            spare: SpareBuffers::default(),
             sweeps: Some(SweepSchedule::default()),
         }
     }
@@ -409,7 +418,7 @@ impl FlowTable {
                     || c.ended.iter().any(|&e| e);
                 if reused {
                     let c = self.take(&key).expect("just seen");
-                    self.finish(key, c, now, StreamEnd::Closed, emit);
+                    self.finish(key, *c, now, StreamEnd::Closed, emit);
                     self.stats.flows_closed += 1;
                 }
             }
@@ -443,6 +452,7 @@ impl FlowTable {
         let cfg = &self.cfg;
         let stats = &mut self.stats;
         let events = &mut self.events;
+        let spare = &mut self.spare;
         conn.last_seen = now;
         if flags.syn() {
             conn.syn_seen[side] = true;
@@ -475,6 +485,7 @@ impl FlowTable {
             ended,
             key,
             events,
+            spare,
             emit,
         };
 
@@ -508,7 +519,7 @@ impl FlowTable {
         self.update_memory();
         if done {
             let c = self.take(&key).expect("present");
-            self.finish(key, c, now, StreamEnd::Closed, emit);
+            self.finish(key, *c, now, StreamEnd::Closed, emit);
             self.stats.flows_closed += 1;
         }
         if self.stats.memory_bytes > self.cfg.memory_budget_bytes {
@@ -533,7 +544,9 @@ impl FlowTable {
         let mut out = Vec::new();
         for (_, key) in order {
             if let Some(c) = self.take(&key) {
-                self.finish(key, c, now, StreamEnd::CaptureEnded, &mut |ex| out.push(ex));
+                self.finish(key, *c, now, StreamEnd::CaptureEnded, &mut |ex| {
+                    out.push(ex)
+                });
             }
         }
         self.flows.shrink_to_fit();
@@ -554,7 +567,8 @@ impl FlowTable {
     /// `memory_bytes` = the connections' accounts plus the table's buckets.
     fn update_memory(&mut self) {
         self.table_capacity = self.table_capacity.max(self.flows.capacity());
-        self.stats.memory_bytes = self.conns_bytes + table_bytes(self.table_capacity);
+        self.stats.memory_bytes =
+            self.conns_bytes + table_bytes(self.table_capacity) + self.spare.heap_bytes();
     }
 
     /// Over the memory budget: end the connections idle longest until the
@@ -640,7 +654,7 @@ impl FlowTable {
                 break;
             }
             if let Some(c) = self.take(&key) {
-                self.finish(key, c, now, StreamEnd::CaptureEnded, emit);
+                self.finish(key, *c, now, StreamEnd::CaptureEnded, emit);
                 self.stats.flows_evicted += 1;
             }
         }
@@ -680,17 +694,19 @@ impl FlowTable {
                 expired.push(*k);
             } else if let App::Http(h) = &mut c.app {
                 if h.session.next_deadline().is_some_and(|d| d <= now) {
+                    h.session.borrow_buffers(&mut self.spare);
                     h.session.expire(now);
-                    for ex in h.session.drain() {
+                    for ex in h.session.drain(client_server(k, c.client_is_lo)) {
                         emit(ex);
                     }
+                    h.session.return_buffers(&mut self.spare);
                 }
             }
         }
         expired.sort();
         for k in expired {
             let c = self.take(&k).expect("listed");
-            self.finish(k, c, now, StreamEnd::CaptureEnded, emit);
+            self.finish(k, *c, now, StreamEnd::CaptureEnded, emit);
             self.stats.flows_expired += 1;
         }
     }
@@ -698,7 +714,7 @@ impl FlowTable {
     fn finish(
         &mut self,
         key: FlowKey,
-        conn: Box<Connection>,
+        conn: Connection,
         now: Timestamp,
         why: StreamEnd,
         emit: &mut impl FnMut(Exchange),
@@ -710,10 +726,11 @@ impl FlowTable {
             mut syn_seen,
             mut ended,
             ..
-        } = *conn;
+        } = conn;
         let cfg = &self.cfg;
         let stats = &mut self.stats;
         let events = &mut self.events;
+        let spare = &mut self.spare;
         {
             let mut ctx = Ctx {
                 cfg,
@@ -724,6 +741,7 @@ impl FlowTable {
                 ended: &mut ended,
                 key,
                 events,
+                spare,
                 emit,
             };
             for (side, s) in streams.iter_mut().enumerate() {
@@ -755,7 +773,7 @@ impl FlowTable {
                 {
                     *total += n;
                 }
-                for ex in h.session.drain() {
+                for ex in h.session.drain(client_server(&key, client_is_lo)) {
                     emit(ex);
                 }
             }
@@ -793,7 +811,7 @@ impl FlowTable {
                 }
                 events.push(FlowEvent::Tls(hs));
             }
-            App::Done => {}
+            App::Fresh | App::Done => {}
         }
     }
 }
@@ -831,11 +849,17 @@ impl Connection {
         let own = CONNECTION_BYTES;
         let streams: usize = self.streams.iter().map(Reassembler::buffered_bytes).sum();
         let app = match &self.app {
-            App::Undecided(sn) => sn.iter().map(Sniffer::heap_bytes).sum(),
+            App::Fresh => 0,
+            App::Undecided(sn) => {
+                std::mem::size_of::<[Sniffer; 2]>()
+                    + ALLOC_OVERHEAD
+                    + sn.iter().map(Sniffer::heap_bytes).sum::<usize>()
+            }
             App::Http(h) => {
                 std::mem::size_of::<HttpConn>()
-                    + h.req.buffered_bytes()
-                    + h.resp.buffered_bytes()
+                    + ALLOC_OVERHEAD
+                    + h.req.heap_bytes()
+                    + h.resp.heap_bytes()
                     + h.session.heap_bytes()
             }
             App::Tls(t) => std::mem::size_of::<TlsConn>() + t.reader.heap_bytes(),
@@ -851,11 +875,19 @@ impl Connection {
             syn_seen: [false; 2],
             isn: [None; 2],
             ended: [false; 2],
-            app: App::Undecided(Default::default()),
+            app: App::Fresh,
             last_seen: now,
             had_data: false,
             accounted: 0,
         }
+    }
+}
+
+/// (client, server) of a connection once the client is known; else (lo, hi).
+fn client_server(key: &FlowKey, client_is_lo: Option<bool>) -> (SocketAddr, SocketAddr) {
+    match client_is_lo {
+        Some(false) => (key.hi(), key.lo()),
+        _ => (key.lo(), key.hi()),
     }
 }
 
@@ -869,6 +901,7 @@ struct Ctx<'a, E: FnMut(Exchange)> {
     ended: &'a mut [bool; 2],
     key: FlowKey,
     events: &'a mut Vec<FlowEvent>,
+    spare: &'a mut SpareBuffers,
     emit: &'a mut E,
 }
 
@@ -883,10 +916,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
 
     /// (client, server) once the client is known; else (lo, hi).
     fn client_server(&self) -> (SocketAddr, SocketAddr) {
-        match self.client_is_lo {
-            Some(false) => (self.key.hi(), self.key.lo()),
-            _ => (self.key.lo(), self.key.hi()),
-        }
+        client_server(&self.key, *self.client_is_lo)
     }
 
     /// The connection's protocol is known: count it. HTTP and TLS tell the
@@ -921,6 +951,11 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
         match ev {
             StreamEvent::Data(chunk) => self.data(side, &chunk),
             StreamEvent::Gap { seq, len, ts } => match self.app {
+                App::Fresh => {
+                    let mut sn = Box::<[Sniffer; 2]>::default();
+                    sn[side].gap_at(seq.wrapping_add(len));
+                    *self.app = App::Undecided(sn);
+                }
                 App::Undecided(sn) => sn[side].gap_at(seq.wrapping_add(len)),
                 App::Tls(t) => {
                     t.reader.gap(dir == Some(Direction::ToServer));
@@ -931,6 +966,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                     let HttpConn {
                         req, resp, session, ..
                     } = &mut **h;
+                    session.borrow_buffers(self.spare);
                     match dir {
                         Direction::ToServer => req.gap(seq, len, ts, session),
                         Direction::ToClient => resp.gap(seq, len, ts, session),
@@ -947,6 +983,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                     let HttpConn {
                         req, resp, session, ..
                     } = &mut **h;
+                    session.borrow_buffers(self.spare);
                     if reset || dir == Direction::ToClient {
                         // The server can send nothing more: what waits fails.
                         session.set_ending(StreamEnd::Closed);
@@ -973,6 +1010,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 let HttpConn {
                     req, resp, session, ..
                 } = &mut **h;
+                session.borrow_buffers(self.spare);
                 match dir {
                     Direction::ToServer => req.feed(chunk, session),
                     Direction::ToClient => resp.feed(chunk, session),
@@ -992,22 +1030,21 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 return;
             }
             App::Done => return,
+            App::Fresh => {
+                *self.app = App::Undecided(Box::default());
+                return self.data(side, chunk);
+            }
             App::Undecided(s) => s,
         };
         let stream_start = self.syn_seen[side] && sniffers[side].seen == 0;
         match sniffers[side].push(chunk, stream_start) {
             Verdict::Http { seq, is_request } => {
-                let [s0, s1] = std::mem::take(sniffers);
+                let [s0, s1] = std::mem::take(&mut **sniffers);
                 let (mut this, mut other) = if side == 0 { (s0, s1) } else { (s1, s0) };
                 self.stats.sniff_skipped_bytes += this.seen_before(seq);
                 let sender_is_lo = side == 0;
                 *self.client_is_lo = Some(sender_is_lo == is_request);
-                let (client_side, server_side) = if is_request {
-                    (side, 1 - side)
-                } else {
-                    (1 - side, side)
-                };
-                let client = self.addr(client_side);
+                let server_side = if is_request { 1 - side } else { side };
                 let server = self.addr(server_side);
                 // The other direction is parsed from its first byte when
                 // that is known (held from the start, or not begun after a
@@ -1025,7 +1062,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 *self.app = App::Http(Box::new(HttpConn {
                     req: MessageParser::new(Direction::ToServer, limits, req_sync),
                     resp: MessageParser::new(Direction::ToClient, limits, resp_sync),
-                    session: HttpSession::new(client, server, self.cfg.transaction_timeout_micros),
+                    session: HttpSession::new(self.cfg.transaction_timeout_micros),
                     announced: false,
                 }));
                 self.decided(Protocol::Http, server, chunk.ts);
@@ -1073,7 +1110,8 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
 
     /// Apply the session's deferred parser commands and pass on exchanges.
     fn after_parse(&mut self) {
-        let server = self.client_server().1;
+        let ends = self.client_server();
+        let server = ends.1;
         if let App::Http(h) = self.app {
             h.announce(server, None, self.events);
             for (total, n) in self
@@ -1091,15 +1129,17 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
             if cmds.request_resume && h.req.in_tunnel() {
                 h.req.resume_from_tunnel();
             }
-            for ex in h.session.drain() {
+            for ex in h.session.drain(ends) {
                 (self.emit)(ex);
             }
+            h.session.return_buffers(self.spare);
         }
     }
 
     fn expire(&mut self, now: Timestamp) {
         if let App::Http(h) = self.app {
             if h.session.next_deadline().is_some_and(|d| d <= now) {
+                h.session.borrow_buffers(self.spare);
                 h.session.expire(now);
             }
         }
@@ -1399,20 +1439,18 @@ mod tests {
         assert_eq!(table.stats().memory_bytes, 0);
     }
 
-    #[test]
-    fn idle_established_flow_is_accounted_under_1_kib() {
-        // Issue #8: at most 1 KiB per idle tracked connection, the table's
-        // share included (measured at its emptiest, just after growing).
-        let mut table = FlowTable::new(FlowConfig::default());
+    /// `n` connections from distinct clients to one server, each through
+    /// its handshake and, with `talk` (request, response), one exchange
+    /// whose response the client acknowledges; all left open. What came out.
+    fn open_flows(table: &mut FlowTable, n: u32, talk: Option<(&[u8], &[u8])>) -> Vec<Exchange> {
         let server: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let mut out = Vec::new();
-        let n = 20_000u32;
         for i in 0..n {
             let client: SocketAddr = format!("10.{}.{}.{}:40000", i >> 16, (i >> 8) & 255, i & 255)
                 .parse()
                 .unwrap();
             let ts = Timestamp::from_micros(1_000_000 + i64::from(i));
-            let seg = |src, dst, seq, ack, flags| TcpSegment {
+            let seg = |src, dst, seq, ack, flags, payload| TcpSegment {
                 ts,
                 src,
                 dst,
@@ -1420,17 +1458,38 @@ mod tests {
                 ack,
                 flags: TcpFlags(flags),
                 window: 1,
-                payload: b"",
+                payload,
                 missing: 0,
             };
-            for s in [
-                seg(client, server, 100, 0, TcpFlags::SYN),
-                seg(server, client, 500, 101, TcpFlags::SYN | TcpFlags::ACK),
-                seg(client, server, 101, 501, TcpFlags::ACK),
-            ] {
-                table.segment(&s, ts, &mut |e| out.push(e));
+            let ack = TcpFlags::ACK;
+            let mut segs = vec![
+                seg(client, server, 100, 0, TcpFlags::SYN, &b""[..]),
+                seg(server, client, 500, 101, TcpFlags::SYN | ack, b""),
+                seg(client, server, 101, 501, ack, b""),
+            ];
+            if let Some((req, resp)) = talk {
+                let (req_end, resp_end) = (101 + req.len() as u32, 501 + resp.len() as u32);
+                let psh = ack | TcpFlags::PSH;
+                segs.extend([
+                    seg(client, server, 101, 501, psh, req),
+                    seg(server, client, 501, req_end, psh, resp),
+                    seg(client, server, req_end, resp_end, ack, b""),
+                ]);
+            }
+            for s in &segs {
+                table.segment(s, ts, &mut |e| out.push(e));
             }
         }
+        out
+    }
+
+    #[test]
+    fn idle_established_flow_is_accounted_under_1_kib() {
+        // Issue #8: at most 1 KiB per idle tracked connection, the table's
+        // share included (measured at its emptiest, just after growing).
+        let mut table = FlowTable::new(FlowConfig::default());
+        let n = 20_000u32;
+        open_flows(&mut table, n, None);
         assert_eq!(table.active_flows(), n as usize);
         let per_flow = table.stats().memory_bytes / n as usize;
         let worst = CONNECTION_BYTES + table_bytes(1 << 20) / (1 << 19);
@@ -1438,6 +1497,38 @@ mod tests {
         assert!(
             worst <= 1024,
             "{worst} bytes per idle connection in a half-empty table"
+        );
+    }
+
+    #[test]
+    fn keep_alive_flow_after_one_exchange_is_accounted_under_1_kib() {
+        // Issue #8: a connection left open after a complete exchange holds
+        // no room for requests or exchanges, and is counted in full.
+        const REQ: &[u8] =
+            b"GET /api/v1/items/42 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: t\r\n\r\n";
+        const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{\"id\": 42}";
+        let mut table = FlowTable::new(FlowConfig::default());
+        let n = 20_000u32;
+        let out = open_flows(&mut table, n, Some((REQ, RESP)));
+        assert_eq!(table.active_flows(), n as usize);
+        assert_eq!(out.len(), n as usize);
+        assert!(out.iter().all(|e| e.outcome == Outcome::Complete));
+        let one = table.flows.values().map(|c| c.accounted).max().unwrap();
+        assert_eq!(one, table.flows.values().next().unwrap().mem_bytes());
+        // Nothing but the connection and its parsers' and session's own
+        // state: no queue, no output room, no stats, no Host kept.
+        let bare = CONNECTION_BYTES + std::mem::size_of::<HttpConn>() + ALLOC_OVERHEAD;
+        assert_eq!(one, bare, "an idle keep-alive connection holds buffers");
+        let per_flow = table.stats().memory_bytes / n as usize;
+        let worst = one + table_bytes(1 << 20) / (1 << 19);
+        eprintln!("keep-alive after one exchange: {one} bytes each, {per_flow} with the table");
+        assert!(
+            per_flow <= 1024,
+            "{per_flow} bytes per idle keep-alive connection"
+        );
+        assert!(
+            worst <= 1024,
+            "{worst} bytes per idle keep-alive connection in a half-empty table"
         );
     }
 

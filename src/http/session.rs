@@ -25,12 +25,36 @@ use super::{
 };
 use crate::clock::Timestamp;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+/// The addresses of an exchange not yet drained.
+const UNSET_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 
 /// Most requests waiting for responses on one connection; past it the oldest
 /// is logged without a response (a flood of pipelined requests costs bounded
 /// memory).
 pub const MAX_PENDING: usize = 256;
+
+/// Largest output and queue (in exchanges, requests) the spare buffers keep.
+const SPARE_OUT_MAX: usize = 64;
+const SPARE_PENDING_MAX: usize = 64;
+
+/// Room for a session's finished exchanges and waiting requests, lent to
+/// one session at a time: one per flow table (see
+/// [`HttpSession::borrow_buffers`]). Always empty between uses.
+#[derive(Debug, Default)]
+pub struct SpareBuffers {
+    out: Vec<Exchange>,
+    pending: VecDeque<Pending>,
+}
+
+impl SpareBuffers {
+    /// Heap bytes held (counted with the flow table).
+    pub fn heap_bytes(&self) -> usize {
+        self.out.capacity() * std::mem::size_of::<Exchange>()
+            + self.pending.capacity() * std::mem::size_of::<Pending>()
+    }
+}
 
 /// Why a connection's streams ended, which decides what an unanswered
 /// request failed of.
@@ -110,11 +134,10 @@ struct InFlight {
 
 #[derive(Debug)]
 pub struct HttpSession {
-    client: SocketAddr,
-    server: SocketAddr,
     timeout_micros: i64,
     pending: VecDeque<Pending>,
-    in_flight: Option<InFlight>,
+    /// The response being parsed (boxed: an idle connection has none).
+    in_flight: Option<Box<InFlight>>,
     /// id of the request whose body is still being parsed.
     open_request: Option<u64>,
     next_id: u64,
@@ -126,8 +149,10 @@ pub struct HttpSession {
     /// ([requests, responses]); the flow table moves them into its stats.
     pub parse_errors: [u64; 2],
     /// Set once, when the connection's first request head is parsed (the
-    /// flow layer labels the connection with it).
-    pub first_request: Option<FirstRequest>,
+    /// flow layer labels the connection with it, and takes it).
+    pub first_request: Option<Box<FirstRequest>>,
+    /// A request head was parsed.
+    first_seen: bool,
     out: Vec<Exchange>,
 }
 
@@ -146,10 +171,10 @@ fn seq_lt(a: u32, b: u32) -> bool {
 }
 
 impl HttpSession {
-    pub fn new(client: SocketAddr, server: SocketAddr, timeout_micros: i64) -> Self {
+    /// The connection's addresses are given when exchanges are drained
+    /// (the flow table has them in its key: the session does not keep them).
+    pub fn new(timeout_micros: i64) -> Self {
         HttpSession {
-            client,
-            server,
             timeout_micros,
             pending: VecDeque::new(),
             in_flight: None,
@@ -160,25 +185,36 @@ impl HttpSession {
             commands: ParserCommands::default(),
             parse_errors: [0; 2],
             first_request: None,
+            first_seen: false,
             out: Vec::new(),
         }
     }
 
-    /// Exchanges finished since the last call.
-    pub fn drain(&mut self) -> std::vec::Drain<'_, Exchange> {
-        self.out.drain(..)
+    /// Exchanges finished since the last call, between `client` and
+    /// `server`.
+    pub fn drain(
+        &mut self,
+        (client, server): (SocketAddr, SocketAddr),
+    ) -> impl Iterator<Item = Exchange> + '_ {
+        self.out.drain(..).map(move |e| Exchange {
+            client,
+            server,
+            ..e
+        })
     }
 
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
     }
 
-    /// Heap bytes held by waiting requests and an open response (for the
-    /// flow table's memory budget; an estimate, not an allocator count).
+    /// Heap bytes held: the waiting requests' queue (its whole capacity)
+    /// and what they hold, an open response, finished exchanges not yet
+    /// drained (not what they hold: the flow layer drains them after each
+    /// call), the first request's Host (for the flow table's memory
+    /// budget; an estimate, not an allocator count).
     pub fn heap_bytes(&self) -> usize {
-        let pending = |p: &Pending| {
-            std::mem::size_of::<Pending>()
-                + p.body_prefix.capacity()
+        let request = |p: &Pending| {
+            p.body_prefix.capacity()
                 + p.head
                     .as_ref()
                     .map_or(0, |h| h.target.capacity() + h.headers.heap_bytes())
@@ -186,11 +222,49 @@ impl HttpSession {
         let in_flight = self.in_flight.as_ref().map_or(0, |f| {
             std::mem::size_of::<InFlight>()
                 + f.head.headers.heap_bytes()
-                + f.request.as_ref().map_or(0, pending)
+                + f.request.as_ref().map_or(0, request)
         });
-        self.pending.iter().map(pending).sum::<usize>()
+        let host = self.first_request.as_ref().map_or(0, |f| {
+            std::mem::size_of::<FirstRequest>() + f.host.as_ref().map_or(0, String::capacity)
+        });
+        self.pending.capacity() * std::mem::size_of::<Pending>()
+            + self.pending.iter().map(request).sum::<usize>()
             + in_flight
             + self.out.capacity() * std::mem::size_of::<Exchange>()
+            + host
+    }
+
+    /// Before feeding the parsers: use the spare buffers' room for the
+    /// queue and the output when this session holds none (so a connection
+    /// that went quiet costs no room for them, and busy ones allocate
+    /// nothing per exchange).
+    pub fn borrow_buffers(&mut self, spare: &mut SpareBuffers) {
+        if self.out.capacity() == 0 {
+            std::mem::swap(&mut self.out, &mut spare.out);
+        }
+        if self.pending.capacity() == 0 {
+            std::mem::swap(&mut self.pending, &mut spare.pending);
+        }
+    }
+
+    /// After draining: hand empty buffers back to `spare` (the larger of
+    /// its and ours is kept there, within bounds; the other is freed).
+    /// What still holds something stays.
+    pub fn return_buffers(&mut self, spare: &mut SpareBuffers) {
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            if self.out.capacity() <= SPARE_OUT_MAX && self.out.capacity() > spare.out.capacity() {
+                std::mem::swap(&mut self.out, &mut spare.out);
+            }
+            self.out = Vec::new();
+        }
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            if self.pending.capacity() <= SPARE_PENDING_MAX
+                && self.pending.capacity() > spare.pending.capacity()
+            {
+                std::mem::swap(&mut self.pending, &mut spare.pending);
+            }
+            self.pending = VecDeque::new();
+        }
     }
 
     /// Requests waiting for a response (including timed-out slots).
@@ -252,7 +326,7 @@ impl HttpSession {
     /// Log every request still waiting. `now`: the time the end was seen.
     pub fn close(&mut self, now: Timestamp) {
         self.expire(now);
-        if let Some(f) = self.in_flight.take() {
+        if let Some(f) = self.in_flight.take().map(|f| *f) {
             // A head without an end: the parser already reported the end if
             // it could; whatever remains is unknown.
             let outcome = self.end_outcome();
@@ -306,8 +380,9 @@ impl HttpSession {
         let end_ts = answer.end_ts.map(|e| e.max(start.ts));
         self.out.push(Exchange {
             ts: start.ts,
-            client: self.client,
-            server: self.server,
+            // Set by `drain`.
+            client: UNSET_ADDR,
+            server: UNSET_ADDR,
             request: head,
             response: answer.response,
             end_ts,
@@ -443,11 +518,12 @@ impl MessageSink for HttpSession {
             // Bytes after a CONNECT belong to the tunnel unless it is refused.
             self.commands.request_enter_tunnel = true;
         }
-        if self.first_request.is_none() {
-            self.first_request = Some(FirstRequest {
+        if !self.first_seen {
+            self.first_seen = true;
+            self.first_request = Some(Box::new(FirstRequest {
                 host: crate::classify::host_of(&head.target, &head.headers),
                 ts: start.ts,
-            });
+            }));
         }
         let p = self.new_pending(Some(head), start);
         self.open_request = Some(p.id);
@@ -456,7 +532,7 @@ impl MessageSink for HttpSession {
 
     fn response_head(&mut self, head: ResponseHead, start: StreamPos) -> RequestKind {
         let interim = (100..200).contains(&head.status) && head.status != 101;
-        if let Some(prev) = self.in_flight.take() {
+        if let Some(prev) = self.in_flight.take().map(|f| *f) {
             // A new head while one is open cannot happen with a correct
             // parser; keep the data rather than lose it.
             let outcome = self.end_outcome();
@@ -482,13 +558,13 @@ impl MessageSink for HttpSession {
         } else {
             kind_of(request.as_ref())
         };
-        self.in_flight = Some(InFlight {
+        self.in_flight = Some(Box::new(InFlight {
             head,
             start,
             request,
             interim,
             capture_loss,
-        });
+        }));
         kind
     }
 
@@ -504,7 +580,7 @@ impl MessageSink for HttpSession {
                 self.open_request = None;
             }
             Direction::ToClient => {
-                let Some(f) = self.in_flight.take() else {
+                let Some(f) = self.in_flight.take().map(|f| *f) else {
                     return;
                 };
                 if f.interim {
@@ -543,7 +619,7 @@ impl MessageSink for HttpSession {
                 self.push_pending(p);
             }
             Direction::ToClient => {
-                if let Some(f) = self.in_flight.take() {
+                if let Some(f) = self.in_flight.take().map(|f| *f) {
                     if f.interim {
                         self.pending_restore(f.request);
                     } else {
@@ -577,7 +653,7 @@ impl MessageSink for HttpSession {
                 self.push_pending(p);
             }
             Direction::ToClient => {
-                if let Some(f) = self.in_flight.take() {
+                if let Some(f) = self.in_flight.take().map(|f| *f) {
                     if f.interim {
                         self.pending_restore(f.request);
                     } else {
@@ -633,16 +709,19 @@ mod tests {
     }
 
     fn session() -> HttpSession {
-        HttpSession::new(
+        HttpSession::new(30_000_000)
+    }
+
+    fn ends() -> (SocketAddr, SocketAddr) {
+        (
             "10.0.0.2:40000".parse().unwrap(),
             "10.0.0.1:80".parse().unwrap(),
-            30_000_000,
         )
     }
 
     /// (target or "-", status, outcome, capture_loss) of each exchange.
     fn summary(s: &mut HttpSession) -> Vec<(String, Option<u16>, Outcome, bool)> {
-        s.drain()
+        s.drain(ends())
             .map(|e| {
                 let t = e
                     .request
@@ -673,7 +752,7 @@ mod tests {
         let mut s = session();
         send(&mut s, "/a", 1000, 5000, 0);
         assert_eq!(answer(&mut s, 200, 5000, 1011, 12), RequestKind::Other);
-        let ex: Vec<Exchange> = s.drain().collect();
+        let ex: Vec<Exchange> = s.drain(ends()).collect();
         assert_eq!(ex.len(), 1);
         assert_eq!(ex[0].status(), Some(200));
         assert_eq!(ex[0].duration_micros(), Some(12_000));
@@ -687,7 +766,7 @@ mod tests {
         let mut s = session();
         send(&mut s, "/a", 1000, 5000, 57);
         answer(&mut s, 200, 5000, 1011, 16);
-        let ex: Vec<Exchange> = s.drain().collect();
+        let ex: Vec<Exchange> = s.drain(ends()).collect();
         assert_eq!(ex[0].end_ts, Some(ex[0].ts));
         assert_eq!(ex[0].duration_micros(), Some(0));
     }
@@ -853,12 +932,39 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_session_gives_its_buffers_back() {
+        let mut spare = SpareBuffers::default();
+        let mut s = session();
+        s.borrow_buffers(&mut spare);
+        send(&mut s, "/a", 1000, 5000, 0);
+        s.return_buffers(&mut spare);
+        assert!(s.heap_bytes() > 0, "a waiting request keeps its queue");
+        answer(&mut s, 200, 5000, 1011, 1);
+        assert_eq!(s.drain(ends()).count(), 1);
+        s.return_buffers(&mut spare);
+        assert!(s.first_request.take().is_some(), "the flow layer takes it");
+        assert_eq!(s.heap_bytes(), 0, "quiet: no queue, no output room");
+        let room = spare.heap_bytes();
+        assert!(room > 0);
+        // The next busy session uses that room instead of allocating.
+        let mut t = session();
+        t.borrow_buffers(&mut spare);
+        assert_eq!(spare.heap_bytes(), 0);
+        send(&mut t, "/b", 1000, 5000, 0);
+        answer(&mut t, 200, 5000, 1011, 1);
+        assert_eq!(t.drain(ends()).count(), 1);
+        t.return_buffers(&mut spare);
+        t.first_request = None;
+        assert_eq!((t.heap_bytes(), spare.heap_bytes()), (0, room));
+    }
+
+    #[test]
     fn pending_is_bounded() {
         let mut s = session();
         for i in 0..(MAX_PENDING as u32 + 10) {
             send(&mut s, "/x", 1000 + i * 11, 5000, 0);
         }
         assert_eq!(s.pending_len(), MAX_PENDING);
-        assert_eq!(s.drain().count(), 10);
+        assert_eq!(s.drain(ends()).count(), 10);
     }
 }

@@ -417,8 +417,13 @@ pub enum Scenario {
     },
     /// `flows` connections, all open at the end: each shakes hands and, with
     /// `exchange`, carries one API exchange; then it stays open and idle.
+    /// They start in waves of [`IDLE_WAVE`], so at most that many are ever
+    /// between handshake and idle: the peak memory is that of idle ones.
     Idle { flows: u32, exchange: bool },
 }
+
+/// Connections of [`Scenario::Idle`] started together.
+pub const IDLE_WAVE: u32 = 1000;
 
 /// A whole capture: the scenario, the normal traffic mixed in, the seed.
 #[derive(Clone, Debug)]
@@ -715,10 +720,17 @@ pub fn write<W: Write>(plan: &Plan, out: W) -> io::Result<(W, Written)> {
         }
         Scenario::Idle { flows, exchange } => {
             let talk = ApiTalk { body: 200 };
-            let mut convs: Vec<Conversation> = (0..flows)
-                .map(|k| Conversation::new(k, attacker(k), VICTIM, u32::from(exchange), &mut rng))
-                .collect();
-            interleave(&mut o, &mut convs, &talk, true)?;
+            let mut next = 0;
+            while next < flows {
+                let wave = (flows - next).min(IDLE_WAVE);
+                let mut convs: Vec<Conversation> = (next..next + wave)
+                    .map(|k| {
+                        Conversation::new(k, attacker(k), VICTIM, u32::from(exchange), &mut rng)
+                    })
+                    .collect();
+                interleave(&mut o, &mut convs, &talk, true)?;
+                next += wave;
+            }
         }
     }
     let (w, hostile) = o.finish()?;

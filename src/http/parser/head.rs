@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use memchr::memchr;
 
-use super::{ParserLimits, ParserStats};
+use super::{LazyStats, ParserLimits};
 use crate::http::{Direction, Headers, Method, ParseError, RequestHead, ResponseHead};
 
 /// Whether bytes start an HTTP/1.x message.
@@ -218,7 +218,7 @@ impl StatusLine {
 pub(super) fn parse_header_block(
     block: &[u8],
     limits: &ParserLimits,
-    stats: &mut ParserStats,
+    stats: &mut LazyStats,
 ) -> Result<Headers, ParseError> {
     let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
     let n = limits.max_headers.min(STACK_HEADERS);
@@ -242,7 +242,7 @@ pub(super) fn parse_header_block(
 fn parse_header_block_lenient(
     block: &[u8],
     limits: &ParserLimits,
-    stats: &mut ParserStats,
+    stats: &mut LazyStats,
 ) -> Result<Headers, ParseError> {
     // (name, value): a value is owned only when obs-fold joined lines.
     let mut fields: Vec<(&[u8], Cow<'_, [u8]>)> = Vec::new();
@@ -271,35 +271,35 @@ fn parse_header_block_lenient(
                         }
                         v.extend_from_slice(more);
                     }
-                    stats.obs_fold += 1;
+                    stats.get().obs_fold += 1;
                 }
                 // RFC 9112 §2.2: a whitespace-preceded line before the first
                 // field is consumed without further processing.
-                _ => stats.whitespace_line_skipped += 1,
+                _ => stats.get().whitespace_line_skipped += 1,
             }
             continue;
         }
         foldable = false;
         let Some(colon) = memchr(b':', line) else {
-            stats.header_without_colon += 1;
+            stats.get().header_without_colon += 1;
             continue;
         };
         let raw_name = &line[..colon];
         let name = trim_ows(raw_name);
         if name.len() != raw_name.len() {
-            stats.space_before_colon += 1;
+            stats.get().space_before_colon += 1;
         }
         if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) || raw_name.first() != name.first()
         {
-            stats.invalid_header_name += 1;
+            stats.get().invalid_header_name += 1;
             continue;
         }
         let value = trim_ows(&line[colon + 1..]);
         if value.iter().any(|&b| b != b'\t' && (b < 0x20 || b == 0x7f)) {
-            stats.control_in_header_value += 1;
+            stats.get().control_in_header_value += 1;
         }
         if fields.len() >= limits.max_headers {
-            stats.too_many_headers += 1;
+            stats.get().too_many_headers += 1;
             return Err(ParseError::HeadTooLarge);
         }
         fields.push((name, Cow::Borrowed(value)));
@@ -325,7 +325,7 @@ pub(super) struct FramingFields {
 }
 
 impl FramingFields {
-    pub fn of(headers: &Headers, stats: &mut ParserStats) -> Self {
+    pub fn of(headers: &Headers, stats: &mut LazyStats) -> Self {
         let mut chunked = None;
         let mut length: Option<u64> = None;
         let mut cl_values = 0u32;
@@ -356,14 +356,14 @@ impl FramingFields {
             }
         }
         let length = if cl_bad {
-            stats.invalid_content_length += 1;
+            stats.get().invalid_content_length += 1;
             Err(ParseError::BadContentLength)
         } else if cl_conflict {
-            stats.conflicting_content_length += 1;
+            stats.get().conflicting_content_length += 1;
             Err(ParseError::BadContentLength)
         } else {
             if cl_values > 1 {
-                stats.duplicate_identical_content_length += 1;
+                stats.get().duplicate_identical_content_length += 1;
             }
             Ok(length)
         };
@@ -409,7 +409,7 @@ pub(super) fn parse_head(
     dir: Direction,
     head: &[u8],
     limits: &ParserLimits,
-    stats: &mut ParserStats,
+    stats: &mut LazyStats,
 ) -> Result<ParsedHead, ParseError> {
     let bad_start = match dir {
         Direction::ToServer => ParseError::BadRequestLine,
@@ -417,7 +417,7 @@ pub(super) fn parse_head(
     };
     let lf = memchr(b'\n', head).ok_or(bad_start)?;
     if memchr::memchr_iter(b'\n', head).any(|p| p == 0 || head[p - 1] != b'\r') {
-        stats.bare_lf += 1;
+        stats.get().bare_lf += 1;
     }
     let (line, block) = (&head[..lf], &head[lf + 1..]);
     match dir {
@@ -425,13 +425,13 @@ pub(super) fn parse_head(
             let rl = RequestLine::parse(line).ok_or(bad_start)?;
             let method = std::str::from_utf8(rl.method).map_err(|_| bad_start)?;
             if rl.multiple_spaces {
-                stats.multiple_spaces_in_start_line += 1;
+                stats.get().multiple_spaces_in_start_line += 1;
             }
             if rl.target.iter().any(|&b| b == b' ' || b == b'\t') {
-                stats.spaces_in_target += 1;
+                stats.get().spaces_in_target += 1;
             }
             if rl.target.iter().any(|&b| !(0x20..0x7f).contains(&b)) {
-                stats.control_or_non_ascii_in_target += 1;
+                stats.get().control_or_non_ascii_in_target += 1;
             }
             let headers = parse_header_block(block, limits, stats)?;
             let framing = FramingFields::of(&headers, stats);
@@ -446,10 +446,10 @@ pub(super) fn parse_head(
         Direction::ToClient => {
             let sl = StatusLine::parse(line).ok_or(bad_start)?;
             if sl.multiple_spaces {
-                stats.multiple_spaces_in_start_line += 1;
+                stats.get().multiple_spaces_in_start_line += 1;
             }
             if sl.no_reason {
-                stats.status_without_reason += 1;
+                stats.get().status_without_reason += 1;
             }
             let headers = parse_header_block(block, limits, stats)?;
             let framing = FramingFields::of(&headers, stats);

@@ -202,7 +202,8 @@ enum Body {
 ///   values are `malformed(BadContentLength)` (as servers do; one message is
 ///   never split into several).
 ///
-/// Size: about 400 bytes, no heap while idle; `buf` holds a head only while
+/// Size: about 170 bytes, no heap while idle and in sync (what the stats
+/// count beyond heads is allocated when first counted); `buf` holds a head only while
 /// it spans chunks, and is freed when the head is done.
 pub struct MessageParser {
     dir: Direction,
@@ -221,7 +222,34 @@ pub struct MessageParser {
     buf: Vec<u8>,
     /// Where in `buf` to resume looking for the end of the head.
     head_scan: usize,
-    stats: ParserStats,
+    stats: LazyStats,
+}
+
+/// A parser's [`ParserStats`]: the count of heads inline, the rest (what
+/// leniencies, errors and loss count) allocated when first counted, so a
+/// connection that saw only well-formed messages holds none.
+#[derive(Default)]
+pub(crate) struct LazyStats {
+    heads: u64,
+    rest: Option<Box<ParserStats>>,
+}
+
+impl LazyStats {
+    pub(crate) fn get(&mut self) -> &mut ParserStats {
+        self.rest.get_or_insert_with(Default::default)
+    }
+
+    fn snapshot(&self) -> ParserStats {
+        let mut s = self.rest.as_deref().cloned().unwrap_or_default();
+        s.heads = self.heads;
+        s
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.rest
+            .as_ref()
+            .map_or(0, |_| std::mem::size_of::<ParserStats>())
+    }
 }
 
 fn pos_in(chunk: &Chunk<'_>, off: usize) -> StreamPos {
@@ -260,12 +288,12 @@ impl MessageParser {
             body_prefix: Vec::new(),
             buf: Vec::new(),
             head_scan: 0,
-            stats: ParserStats::default(),
+            stats: LazyStats::default(),
         }
     }
 
-    pub fn stats(&self) -> &ParserStats {
-        &self.stats
+    pub fn stats(&self) -> ParserStats {
+        self.stats.snapshot()
     }
 
     /// Between messages (in sync or looking for one), nothing buffered.
@@ -277,9 +305,15 @@ impl MessageParser {
         matches!(self.state, State::Tunnel { .. })
     }
 
-    /// Heap held, for the global memory budget.
+    /// Heap held by the message in progress (head, chunk line, body prefix).
     pub fn buffered_bytes(&self) -> usize {
         self.buf.capacity() + self.body_prefix.capacity()
+    }
+
+    /// Every heap byte held: the message buffers and the stats, once some
+    /// beyond heads were counted (for the flow table's memory account).
+    pub fn heap_bytes(&self) -> usize {
+        self.buffered_bytes() + self.stats.heap_bytes()
     }
 
     /// Stop parsing: from now on bytes are only counted. A message in
@@ -355,7 +389,7 @@ impl MessageParser {
                     }
                     b'\n' => {
                         if !seen_cr {
-                            self.stats.bare_lf += 1;
+                            self.stats.get().bare_lf += 1;
                         }
                         self.state = State::ChunkSize;
                         i + 1
@@ -368,7 +402,7 @@ impl MessageParser {
                     len
                 }
                 State::Tunnel { bytes } => {
-                    self.stats.tunnel_bytes += (len - i) as u64;
+                    self.stats.get().tunnel_bytes += (len - i) as u64;
                     self.state = State::Tunnel {
                         bytes: bytes + (len - i) as u64,
                     };
@@ -395,7 +429,7 @@ impl MessageParser {
             .take_while(|&&b| b == b'\r' || b == b'\n')
             .count();
         if crlf > 0 {
-            self.stats.stray_crlf_bytes += crlf as u64;
+            self.stats.get().stray_crlf_bytes += crlf as u64;
             return i + crlf;
         }
         self.start = pos_in(chunk, i);
@@ -449,14 +483,14 @@ impl MessageParser {
             }
             match self.sniff(&data[c..]) {
                 Sniff::Yes => {
-                    self.stats.bytes_skipped_resync += (c - i) as u64;
+                    self.stats.get().bytes_skipped_resync += (c - i) as u64;
                     self.report_resync(pos_in(chunk, c), lost, sink);
                     self.state = State::Idle;
                     return c;
                 }
                 Sniff::NeedMore => {
                     // Keep the candidate; it is decided when its line ends.
-                    self.stats.bytes_skipped_resync += (c - i) as u64;
+                    self.stats.get().bytes_skipped_resync += (c - i) as u64;
                     self.start = pos_in(chunk, c);
                     return self.keep_candidate(chunk, c, lost);
                 }
@@ -465,7 +499,7 @@ impl MessageParser {
         }
         // No start in this chunk; the next chunk starts a line only if this
         // one ended with LF.
-        self.stats.bytes_skipped_resync += (data.len() - i) as u64;
+        self.stats.get().bytes_skipped_resync += (data.len() - i) as u64;
         self.state = State::Resync {
             lost,
             line_start: data.last() == Some(&b'\n'),
@@ -477,7 +511,7 @@ impl MessageParser {
     fn keep_candidate(&mut self, chunk: &Chunk<'_>, c: usize, lost: bool) -> usize {
         let data = &chunk.data[c..];
         if data.len() > self.limits.max_head_bytes {
-            self.stats.bytes_skipped_resync += data.len() as u64;
+            self.stats.get().bytes_skipped_resync += data.len() as u64;
             self.state = State::Resync {
                 lost,
                 line_start: false,
@@ -566,7 +600,7 @@ impl MessageParser {
         self.buf = Vec::new();
         match resync {
             Some(lost) => {
-                self.stats.bytes_skipped_resync += kept;
+                self.stats.get().bytes_skipped_resync += kept;
                 self.state = State::Resync { lost, line_start };
                 i
             }
@@ -606,13 +640,13 @@ impl MessageParser {
     }
 
     fn count_error(&mut self, err: ParseError) {
-        self.stats.malformed += 1;
+        self.stats.get().malformed += 1;
         match err {
-            ParseError::HeadTooLarge => self.stats.head_too_large += 1,
+            ParseError::HeadTooLarge => self.stats.get().head_too_large += 1,
             ParseError::BadRequestLine | ParseError::BadStatusLine => {
-                self.stats.bad_start_line += 1
+                self.stats.get().bad_start_line += 1
             }
-            ParseError::BadChunk => self.stats.bad_chunk += 1,
+            ParseError::BadChunk => self.stats.get().bad_chunk += 1,
             // Counted where found (conflicting/invalid CL, unknown TE).
             ParseError::BadHeader | ParseError::BadContentLength => {}
         }
@@ -681,12 +715,12 @@ impl MessageParser {
         match f.chunked {
             Some(true) => {
                 if !matches!(f.length, Ok(None)) {
-                    self.stats.te_and_cl += 1;
+                    self.stats.get().te_and_cl += 1;
                 }
                 Ok(Body::Chunked)
             }
             Some(false) => {
-                self.stats.unknown_transfer_encoding += 1;
+                self.stats.get().unknown_transfer_encoding += 1;
                 Err(ParseError::BadHeader)
             }
             None => Ok(f.length?.map_or(Body::None, Body::Length)),
@@ -704,12 +738,12 @@ impl MessageParser {
         let body = match f.chunked {
             Some(true) => {
                 if !matches!(f.length, Ok(None)) {
-                    self.stats.te_and_cl += 1;
+                    self.stats.get().te_and_cl += 1;
                 }
                 Body::Chunked
             }
             Some(false) => {
-                self.stats.unknown_transfer_encoding += 1;
+                self.stats.get().unknown_transfer_encoding += 1;
                 Body::Close
             }
             None => match f.length {
@@ -755,7 +789,7 @@ impl MessageParser {
             &line_buf
         };
         if line.last() != Some(&b'\r') {
-            self.stats.bare_lf += 1;
+            self.stats.get().bare_lf += 1;
         }
         let next = i + lf + 1;
         match self.state {
@@ -810,7 +844,7 @@ impl MessageParser {
         sink: &mut impl MessageSink,
     ) {
         if !complete {
-            self.stats.incomplete_messages += 1;
+            self.stats.get().incomplete_messages += 1;
         }
         let msg = MessageEnd {
             end,
@@ -837,7 +871,7 @@ impl MessageParser {
     }
 
     fn report_resync(&mut self, at: StreamPos, lost: bool, sink: &mut impl MessageSink) {
-        self.stats.resyncs += 1;
+        self.stats.get().resyncs += 1;
         sink.resync(self.dir, at, lost);
     }
 
@@ -875,7 +909,7 @@ impl MessageParser {
             let rest = len - off;
             match self.state {
                 State::Tunnel { bytes } => {
-                    self.stats.tunnel_bytes += rest;
+                    self.stats.get().tunnel_bytes += rest;
                     self.state = State::Tunnel {
                         bytes: bytes + rest,
                     };
@@ -919,7 +953,7 @@ impl MessageParser {
                     off = len;
                 }
                 State::Head { .. } => {
-                    self.stats.bytes_skipped_resync += self.buf.len() as u64;
+                    self.stats.get().bytes_skipped_resync += self.buf.len() as u64;
                     self.lose_sync(sink);
                     off = len;
                 }
@@ -934,7 +968,7 @@ impl MessageParser {
 
     fn skip_body(&mut self, n: u64) {
         if n > 0 {
-            self.stats.body_gaps_skipped += 1;
+            self.stats.get().body_gaps_skipped += 1;
         }
         self.body_bytes += n;
         self.body_missing += n;
@@ -943,7 +977,7 @@ impl MessageParser {
     /// A gap that framing cannot skip: end a reported message as incomplete
     /// and look for the next start right after the gap.
     fn lose_sync(&mut self, sink: &mut impl MessageSink) {
-        self.stats.gaps_lost_sync += 1;
+        self.stats.get().gaps_lost_sync += 1;
         if matches!(
             self.state,
             State::ChunkSize
@@ -979,7 +1013,7 @@ impl MessageParser {
             State::Head { resync, .. } => {
                 // A resync candidate was never a message; an in-sync head was.
                 if resync.is_none() {
-                    self.stats.incomplete_heads_at_end += 1;
+                    self.stats.get().incomplete_heads_at_end += 1;
                 }
                 self.state = State::Idle;
             }
