@@ -208,6 +208,31 @@ struct Lane {
     decode: DecodeStats,
 }
 
+impl Lane {
+    fn new(tx: Option<SyncSender<ToWorker>>) -> Lane {
+        Lane {
+            tx,
+            batch: Batch::default(),
+            in_flight: 0,
+            answered: 0,
+            done: false,
+            held: Default::default(),
+            flows: FlowStats::default(),
+            active_flows: 0,
+            decode: DecodeStats::default(),
+        }
+    }
+}
+
+/// One worker's share of the flow table limits.
+fn share(flows: FlowConfig, n: usize) -> FlowConfig {
+    FlowConfig {
+        max_flows: (flows.max_flows / n).max(1),
+        memory_budget_bytes: flows.memory_budget_bytes / n,
+        ..flows
+    }
+}
+
 /// The sharded pipeline (see the module doc).
 pub struct Sharded {
     clock: Clock,
@@ -239,6 +264,18 @@ struct LaneCounters {
     bytes: AtomicU64,
 }
 
+impl LaneCounters {
+    /// (packets, bytes) over all workers.
+    fn sum(all: &[Arc<LaneCounters>]) -> (u64, u64) {
+        all.iter().fold((0, 0), |(p, b), c| {
+            (
+                p + c.packets.load(Ordering::Relaxed),
+                b + c.bytes.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
 impl Sharded {
     /// Start `workers` (≥ 1) worker threads. `backing` is the mapped capture
     /// file the packets borrow from, if any (their payloads then travel as
@@ -251,11 +288,7 @@ impl Sharded {
         backing: Option<Backing>,
     ) -> std::io::Result<Self> {
         let n = workers.max(1);
-        let per_worker = FlowConfig {
-            max_flows: (flows.max_flows / n).max(1),
-            memory_budget_bytes: flows.memory_budget_bytes / n,
-            ..flows
-        };
+        let per_worker = share(flows, n);
         let (reply_tx, replies) = channel();
         let mut lanes = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -266,23 +299,25 @@ impl Sharded {
                 .name(format!("apitap-worker-{id}"))
                 .spawn(move || work(id, cfg, backing, rx, reply_tx))?;
             threads.push(handle);
-            lanes.push(Lane {
-                tx: Some(tx),
-                batch: Batch::default(),
-                in_flight: 0,
-                answered: 0,
-                done: false,
-                held: Default::default(),
-                flows: FlowStats::default(),
-                active_flows: 0,
-                decode: DecodeStats::default(),
-            });
+            lanes.push(Lane::new(Some(tx)));
         }
-        Ok(Sharded {
+        let mut sharded = Sharded::with(decoder, classifier, lanes, replies, threads);
+        sharded.backing = backing;
+        Ok(sharded)
+    }
+
+    fn with(
+        decoder: DecoderConfig,
+        classifier: Classifier,
+        lanes: Vec<Lane>,
+        replies: Receiver<Reply>,
+        threads: Vec<JoinHandle<()>>,
+    ) -> Sharded {
+        Sharded {
             clock: Clock::default(),
             decoder: Decoder::new(decoder),
             classifier,
-            backing,
+            backing: None,
             sweeps: SweepSchedule::default(),
             lanes,
             replies,
@@ -292,7 +327,7 @@ impl Sharded {
             bytes: 0,
             finished: false,
             live: None,
-        })
+        }
     }
 
     /// Live capture: one worker per handle of `sources` (joined in one
@@ -306,12 +341,7 @@ impl Sharded {
         classifier: Classifier,
         stop: StopFlag,
     ) -> std::io::Result<(Self, Ticker)> {
-        let n = sources.len().max(1);
-        let per_worker = FlowConfig {
-            max_flows: (flows.max_flows / n).max(1),
-            memory_budget_bytes: flows.memory_budget_bytes / n,
-            ..flows
-        };
+        let per_worker = share(flows, sources.len().max(1));
         let interface = sources
             .first()
             .map_or_else(String::new, |s| s.interface().to_string());
@@ -329,17 +359,7 @@ impl Sharded {
                     .name(format!("apitap-capture-{id}"))
                     .spawn(move || work_live(id, source, dec, cfg, count, reply_tx))?,
             );
-            lanes.push(Lane {
-                tx: None,
-                batch: Batch::default(),
-                in_flight: 0,
-                answered: 0,
-                done: false,
-                held: Default::default(),
-                flows: FlowStats::default(),
-                active_flows: 0,
-                decode: DecodeStats::default(),
-            });
+            lanes.push(Lane::new(None));
         }
         let ticker = Ticker {
             interface,
@@ -348,26 +368,9 @@ impl Sharded {
             counters: counters.clone(),
             drops,
         };
-        let sharded = Sharded {
-            clock: Clock::default(),
-            decoder: Decoder::new(decoder),
-            classifier,
-            backing: None,
-            sweeps: SweepSchedule::default(),
-            lanes,
-            replies,
-            free: Vec::new(),
-            threads,
-            packets: 0,
-            bytes: 0,
-            finished: false,
-            live: Some(LiveWorkers { stoppers, counters }),
-        };
+        let mut sharded = Sharded::with(decoder, classifier, lanes, replies, threads);
+        sharded.live = Some(LiveWorkers { stoppers, counters });
         Ok((sharded, ticker))
-    }
-
-    pub fn workers(&self) -> usize {
-        self.lanes.len()
     }
 
     pub fn packet(&mut self, pkt: &RawPacket<'_>, sink: &mut impl ExchangeSink) {
@@ -375,11 +378,7 @@ impl Sharded {
         self.bytes += pkt.data.len() as u64;
         let now = self.clock.observe(pkt.ts);
         if self.sweeps.due(now) {
-            let idx = self.packets;
-            for l in &mut self.lanes {
-                l.batch.first.get_or_insert((now, idx));
-                l.batch.items.push(Item::Sweep { idx, now });
-            }
+            self.mark_sweep(self.packets, now);
         }
         if let Decoded::Tcp(seg) = self.decoder.decode(pkt) {
             let (key, _) = FlowKey::new(seg.src, seg.dst);
@@ -417,10 +416,11 @@ impl Sharded {
                 self.send(i, sink);
             }
         }
+        // Outputs are released after each send (`send`): the merge needs
+        // no work per packet.
         if self.packets.is_multiple_of(64) {
             self.send_aged(now, sink);
         }
-        self.release(sink);
     }
 
     /// Live mode: the wall clock, when no packet came for a while. Every
@@ -438,11 +438,7 @@ impl Sharded {
         let now = self.clock.observe(wall);
         if self.sweeps.due(now) {
             // After every packet read so far.
-            let idx = self.packets.saturating_add(1);
-            for l in &mut self.lanes {
-                l.batch.first.get_or_insert((now, idx));
-                l.batch.items.push(Item::Sweep { idx, now });
-            }
+            self.mark_sweep(self.packets.saturating_add(1), now);
         }
         for i in 0..self.lanes.len() {
             self.send(i, sink);
@@ -497,13 +493,8 @@ impl Sharded {
                 for l in &self.lanes {
                     decode.merge(&l.decode);
                 }
-                let sum = |f: fn(&LaneCounters) -> &AtomicU64| {
-                    live.counters
-                        .iter()
-                        .map(|c| f(c).load(Ordering::Relaxed))
-                        .sum()
-                };
-                (sum(|c| &c.packets), sum(|c| &c.bytes), decode)
+                let (packets, bytes) = LaneCounters::sum(&live.counters);
+                (packets, bytes, decode)
             }
         };
         PipelineStats {
@@ -523,6 +514,14 @@ impl Sharded {
     /// See [`Pipeline::set_classifier`].
     pub fn set_classifier(&mut self, classifier: Classifier) {
         self.classifier.adopt(classifier);
+    }
+
+    /// Every worker sweeps at `now`, at packet `idx` of the input.
+    fn mark_sweep(&mut self, idx: u64, now: Timestamp) {
+        for l in &mut self.lanes {
+            l.batch.first.get_or_insert((now, idx));
+            l.batch.items.push(Item::Sweep { idx, now });
+        }
     }
 
     /// Send lanes whose first segment is older than the batch age.
@@ -624,15 +623,6 @@ impl Sharded {
                 Output::Exchange(ex) => deliver(&mut self.classifier, sink)(ex),
                 Output::Event(ev) => pass_event(ev, sink),
             }
-        }
-    }
-}
-
-impl Drop for Sharded {
-    fn drop(&mut self) {
-        // Workers exit when their channel closes; nothing is delivered.
-        for l in &mut self.lanes {
-            l.tx = None;
         }
     }
 }
@@ -872,16 +862,11 @@ impl PacketSource for Ticker {
     /// Packets summed over handles; kernel drops summed (each handle has
     /// its own buffer), interface drops once (they are the interface's).
     fn stats(&self) -> SourceStats {
-        let sum = |f: fn(&LaneCounters) -> &AtomicU64| {
-            self.counters
-                .iter()
-                .map(|c| f(c).load(Ordering::Relaxed))
-                .sum()
-        };
+        let (packets, bytes) = LaneCounters::sum(&self.counters);
         let drops: Vec<_> = self.drops.iter().map(|d| d.read()).collect();
         SourceStats {
-            packets: sum(|c| &c.packets),
-            bytes: sum(|c| &c.bytes),
+            packets,
+            bytes,
             dropped: drops.iter().map(|d| d.kernel).sum(),
             if_dropped: drops.iter().map(|d| d.interface).max().unwrap_or(0),
         }

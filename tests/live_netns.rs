@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::KillOnDrop;
+
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -157,15 +159,6 @@ impl Drop for Netns {
                 .stderr(Stdio::null())
                 .status();
         }
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -4,35 +4,13 @@
 //! logrotate moved it; a broken configuration on SIGHUP keeps the running
 //! one and the log says why; SIGTERM then flushes and exits 0.
 
+mod common;
+
+use common::{free_port, have, KillOnDrop};
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn records(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

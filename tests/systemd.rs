@@ -7,6 +7,10 @@
 //! open, and without it fails with one line naming CAP_NET_RAW.
 //! Tests needing systemd-analyze, root or curl/python3 skip without them.
 
+mod common;
+
+use common::{free_port, have, KillOnDrop};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,15 +18,6 @@ use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
 }
 
 fn is_root() -> bool {
@@ -150,23 +145,6 @@ fn version_carries_revision_compiler_and_target() {
         text.contains(", rustc ") && text.contains(", target "),
         "{text}"
     );
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 const SETPRIV_NET_RAW: [&str; 6] = [

@@ -5,28 +5,13 @@
 //! with `scheme: https`, `tls_config` and `basic_auth`. Skips when openssl,
 //! curl, promtool or prometheus is missing.
 
-use std::net::TcpListener;
+mod common;
+
+use common::{free_port, have, KillOnDrop};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("command runs");
@@ -36,14 +21,6 @@ fn run(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a client
