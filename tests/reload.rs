@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{free_port, have, KillOnDrop};
+use common::{free_port, have, http_server, KillOnDrop};
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -71,21 +71,7 @@ fn sighup_changes_routes_keeps_capture_and_survives_a_broken_file() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let port = free_port();
-    let _server = KillOnDrop(
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _server = http_server(dir, port);
     let cfg = dir.join("apitap.toml");
     let log = dir.join("exchanges.ndjson");
     let stderr = dir.join("stderr.log");

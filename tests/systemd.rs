@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{free_port, have, KillOnDrop};
+use common::{free_port, have, http_server, KillOnDrop};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -147,6 +147,20 @@ fn version_carries_revision_compiler_and_target() {
     );
 }
 
+/// apitap with `args` under a 200 ms watchdog, notifying `socket`.
+fn watched(args: &[&str], socket: &Path) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_apitap"))
+            .args(args)
+            .env("NOTIFY_SOCKET", socket)
+            .env("WATCHDOG_USEC", "200000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 const SETPRIV_NET_RAW: [&str; 6] = [
     "--reuid=65534",
     "--regid=65534",
@@ -172,21 +186,7 @@ fn unprivileged_user_with_only_cap_net_raw_captures_then_drops_it() {
         return;
     }
     let port = free_port();
-    let _server = KillOnDrop(
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _server = http_server(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), port);
     let mut apitap = KillOnDrop(
         Command::new("setpriv")
             .args(SETPRIV_NET_RAW)
@@ -385,17 +385,17 @@ fn watchdog_follows_loop_progress_not_traffic() {
     let rx = notify_listener(&socket);
     let pcap = tmp.path().join("gap.pcap");
     std::fs::write(&pcap, two_frames_one_second_apart()).unwrap();
-    let _stuck = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_apitap"))
-            .arg("-r")
-            .arg(&pcap)
-            .args(["--replay-speed", "0.0001", "--exchanges", "/dev/null"])
-            .env("NOTIFY_SOCKET", &socket)
-            .env("WATCHDOG_USEC", "200000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let pcap = pcap.to_str().unwrap();
+    let _stuck = watched(
+        &[
+            "-r",
+            pcap,
+            "--replay-speed",
+            "0.0001",
+            "--exchanges",
+            "/dev/null",
+        ],
+        &socket,
     );
     let mut seen = Vec::new();
     expect(&rx, "READY=1", &mut seen);
@@ -412,16 +412,16 @@ fn watchdog_follows_loop_progress_not_traffic() {
     }
     let socket = tmp.path().join("quiet.sock");
     let rx = notify_listener(&socket);
-    let _quiet = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_apitap"))
-            .args(["-i", "lo", "-f", "tcp port 9 and tcp port 10"])
-            .args(["--web.listen-address", "127.0.0.1:0"])
-            .env("NOTIFY_SOCKET", &socket)
-            .env("WATCHDOG_USEC", "200000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _quiet = watched(
+        &[
+            "-i",
+            "lo",
+            "-f",
+            "tcp port 9 and tcp port 10",
+            "--web.listen-address",
+            "127.0.0.1:0",
+        ],
+        &socket,
     );
     let mut seen = Vec::new();
     expect(&rx, "READY=1", &mut seen);

@@ -76,3 +76,22 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `python3 -m http.server` on 127.0.0.1:`port`, serving `dir`.
+pub fn http_server(dir: &Path, port: u16) -> KillOnDrop {
+    KillOnDrop(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 starts"),
+    )
+}
