@@ -200,8 +200,10 @@ struct Lane {
     answered: u64,
     /// The worker answered `Finish` (or is gone): nothing more will come.
     done: bool,
-    /// Outputs received and not released yet, in index order.
-    held: std::collections::VecDeque<Tagged>,
+    /// Outputs received and not released yet, in index order: the replies'
+    /// own vectors, not copied into one queue (an eviction round's burst
+    /// would be held twice while the queue grows).
+    held: std::collections::VecDeque<std::vec::IntoIter<Tagged>>,
     /// Latest flow statistics the worker reported.
     flows: FlowStats,
     active_flows: usize,
@@ -579,7 +581,9 @@ impl Sharded {
             lane.in_flight = lane.in_flight.saturating_sub(1);
             lane.answered = upto;
             lane.done |= upto == u64::MAX;
-            lane.held.extend(outputs);
+            if !outputs.is_empty() {
+                lane.held.push_back(outputs.into_iter());
+            }
         }
     }
 
@@ -612,13 +616,17 @@ impl Sharded {
                 .lanes
                 .iter()
                 .enumerate()
-                .filter_map(|(i, l)| l.held.front().map(|(o, _)| (*o, i)))
+                .filter_map(|(i, l)| Some((l.held.front()?.as_slice().first()?.0, i)))
                 .filter(|(o, _)| o.idx <= mark)
                 .min();
             let Some((_, i)) = next else { break };
-            let Some((_, out)) = self.lanes[i].held.pop_front() else {
+            let held = &mut self.lanes[i].held;
+            let Some((_, out)) = held.front_mut().and_then(Iterator::next) else {
                 break;
             };
+            if held.front().is_some_and(|c| c.len() == 0) {
+                held.pop_front();
+            }
             match out {
                 Output::Exchange(ex) => deliver(&mut self.classifier, sink)(ex),
                 Output::Event(ev) => pass_event(ev, sink),

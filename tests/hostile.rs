@@ -36,8 +36,10 @@ const SLACK_KIB: u64 = 6 * 1024;
 /// the classifying thread. An eviction round ends a tenth of a worker's
 /// share of the budget at once, and the connections' requests become
 /// exchanges that wait in the lanes (src/workers.rs: at most `LANE_DEPTH`
-/// batches per worker, merged by packet index). Measured: about 7 MiB at an
-/// 8 MiB budget on the concurrent-flows scenario, 0 with one worker.
+/// batches per worker, merged by packet index). Measured: 5-7 MiB more RSS
+/// than one worker at an 8 MiB budget on the concurrent-flows scenario
+/// (about 3.8 MiB of it the replies' output vectors, the rest allocator
+/// arenas of the worker threads).
 const IN_FLIGHT_KIB: u64 = 8 * 1024;
 
 /// Most of the capture file the reader keeps resident: it maps 16 MiB ahead
