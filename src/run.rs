@@ -37,7 +37,7 @@ use crate::output::findings_log::FindingsLog;
 use crate::output::open_output;
 use crate::output::summary::Summary;
 use crate::pipeline::{ExchangeSink, Pipeline};
-use crate::workers::{Engine, Sharded};
+use crate::workers::{lock, Engine, Sharded};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -382,15 +382,17 @@ fn run_source(
         && cfg.exchanges.is_none()
         && cfg.findings.is_none()
         && cfg.metrics_out.is_none();
-    let mut sinks = Sinks {
+    let metrics = Metrics::new(MetricsConfig::default(), source.interface());
+    let shared = metrics.shared();
+    // Shared with the merging thread when there are several workers.
+    let sinks = Arc::new(Mutex::new(Sinks {
         log,
         findings,
         summary: report.then(Summary::default),
-        metrics: Metrics::new(MetricsConfig::default(), source.interface()),
+        metrics,
         legacy_tls: cfg.classify.severities.get(FindingKind::LegacyTls),
         exchanges: 0,
-    };
-    let shared = sinks.metrics.shared();
+    }));
     for drops in source.drop_readers() {
         shared.add_drop_reader(drops);
     }
@@ -425,20 +427,27 @@ fn run_source(
     while let Some(ev) = source.next_event()? {
         let tick = match ev {
             SourceEvent::Packet(pkt) => {
-                pipeline.packet(&pkt, &mut sinks);
+                pipeline.packet(&pkt, &sinks);
                 false
             }
             SourceEvent::Tick(t) => {
-                pipeline.tick(t, &mut sinks);
+                pipeline.tick(t, &sinks);
                 true
             }
         };
         events = events.wrapping_add(1);
         Progress::set(&progress.events, events);
         if service.reload.flag.load(Ordering::Relaxed) {
-            apply_reload(&mut running, &mut pipeline, &mut sinks, &outs, service);
+            apply_reload(
+                &mut running,
+                &mut pipeline,
+                &mut lock(&sinks),
+                &outs,
+                service,
+            );
         }
         if (tick || events.is_multiple_of(256)) && last_publish.elapsed() >= PUBLISH_EVERY {
+            let mut sinks = lock(&sinks);
             publish(&mut sinks.metrics, &pipeline, &source);
             let st = source.stats();
             Progress::set(&progress.packets, st.packets);
@@ -452,7 +461,8 @@ fn run_source(
         }
     }
     service.notifier.stopping();
-    pipeline.finish(&mut sinks);
+    pipeline.finish(&sinks);
+    let mut sinks = lock(&sinks);
     publish(&mut sinks.metrics, &pipeline, &source);
     if let Some(p) = &cfg.metrics_out {
         let err = |source| RunError::Output {

@@ -1,8 +1,10 @@
 //! Flows sharded over worker threads (`--workers N`).
 //!
 //! Contract: [`Sharded`] is a drop-in for [`Pipeline`] on the caller's
-//! thread — the same methods, the same sink calls — with TCP reassembly and
-//! HTTP framing, the per-flow work, spread over N worker threads:
+//! thread — the same methods, the same sink calls, in the same order — with
+//! TCP reassembly and HTTP framing, the per-flow work, spread over N worker
+//! threads, and classification and the sink on a merging thread of their
+//! own ([`Engine`] hands both the sink behind a mutex):
 //!
 //! - The caller's thread reads and decodes every packet (IP fragments and
 //!   tunnels need one decoder that sees everything), picks a worker by
@@ -11,14 +13,18 @@
 //!   in the memory-mapped capture file travel as offsets into it (no copy);
 //!   others (streamed input, reassembled fragments) are copied into the
 //!   batch.
-//! - Finished exchanges and flow events come back to the caller's thread,
-//!   which classifies them and calls the sink, so everything that spans
-//!   flows (route inventory, `endpoint_gone`, label slots, the logs) stays
+//! - Finished exchanges and flow events go to the merging thread, which
+//!   classifies them and calls the sink, so everything that spans flows
+//!   (route inventory, `endpoint_gone`, label slots, the logs) stays
 //!   single-threaded. Each output is tagged with the index of the packet
-//!   that produced it, and the caller's thread releases outputs in index
+//!   that produced it, and the merging thread releases outputs in index
 //!   order, merging the workers' streams once every worker is past that
-//!   index. So the sink sees what one pipeline would have produced, in the
-//!   same order (`tests/workers.rs` checks it on every corpus capture).
+//!   index (a lane with nothing to say gets an empty batch now and then, to
+//!   say so). So the sink sees what one pipeline would have produced, in
+//!   the same order (`tests/workers.rs` checks it on every corpus capture).
+//!   The caller's thread is left to read, decode and dispatch: the three
+//!   stages overlap (a second core pays off even with one worker's worth of
+//!   flow work).
 //! - Time: each segment carries the reader's monotonic clock at its packet.
 //!   Sweeps (idle expiry, request timeouts) are the reader's decision, on
 //!   the same [`SweepSchedule`] one pipeline uses: at the packet that
@@ -31,16 +37,21 @@
 //! - Live capture with N workers ([`Sharded::live`]): each worker owns its
 //!   own libpcap handle, the handles joined in one PACKET_FANOUT group
 //!   (the kernel hashes each flow, both directions, to one handle), and
-//!   decodes what its handle delivers; outputs go to the caller's thread as
+//!   decodes what its handle delivers; outputs go to the merging thread as
 //!   they come (live traffic has no index to merge by). The caller's loop
 //!   is driven by a [`Ticker`] that yields clock ticks and sums the
 //!   handles' counters.
 //! - Bounds: each worker's table gets `1/N` of `max_flows` and of the
-//!   memory budget. Channels to workers are bounded (back-pressure on the
-//!   reader); replies come back on one unbounded channel that the reader
-//!   drains after every send, so a reader blocked on a full worker can never
-//!   deadlock against a worker blocked on its reply. A worker returns each
-//!   batch's buffers with its reply, so steady state allocates no batches.
+//!   memory budget. Every channel is bounded: the reader waits for a worker
+//!   whose queue is full, a worker for the merging thread (replies hold at
+//!   most [`REPLY_CHUNK`] outputs each, an eviction round's go in several),
+//!   and the merging thread waits on nothing but its channel (and the sink's
+//!   mutex, which the caller's thread holds only briefly and never while
+//!   waiting for a worker), so the chain cannot deadlock; a slow sink slows
+//!   the reader instead of queueing. Outputs a fast lane produced wait in
+//!   the merging thread until the slowest lane is past them (at most
+//!   [`BATCH_MAX_AGE_PACKETS`] packets behind, or the reader would be
+//!   waiting on it). Emptied batches go back to the reader for reuse.
 
 use crate::capture::live::{LiveSource, Stopper};
 use crate::capture::replay::StopFlag;
@@ -56,7 +67,7 @@ use crate::pipeline::{deliver, pass_event, ExchangeSink, Pipeline, PipelineStats
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -71,6 +82,9 @@ pub const BATCH_MAX_AGE_MICROS: i64 = 50_000;
 const BATCH_MAX_AGE_PACKETS: u64 = 4096;
 /// Batches queued per worker before the reader waits.
 const LANE_DEPTH: usize = 4;
+/// A worker replies before its batch is done once it holds this many
+/// outputs.
+const REPLY_CHUNK: usize = 64;
 
 /// Where a segment's payload is.
 #[derive(Clone, Copy, Debug)]
@@ -109,6 +123,15 @@ enum Item {
         idx: u64,
         now: Timestamp,
     },
+}
+
+impl Item {
+    fn idx(&self) -> u64 {
+        match *self {
+            Item::Seg(s) => s.idx,
+            Item::Sweep { idx, .. } => idx,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -182,7 +205,8 @@ struct Reply {
     worker: usize,
     /// The batch's buffers, emptied, for reuse.
     batch: Batch,
-    /// The `upto` of the batch answered (`u64::MAX` for `Finish`).
+    /// The `upto` of the batch answered (`u64::MAX` for `Finish`; 0 for a
+    /// part of a batch, which moves nothing on).
     upto: u64,
     outputs: Vec<Tagged>,
     flows: FlowStats,
@@ -191,23 +215,12 @@ struct Reply {
     decode: Option<DecodeStats>,
 }
 
+/// The reader's side of a worker.
 struct Lane {
     tx: Option<SyncSender<ToWorker>>,
     batch: Batch,
-    /// Batches sent and not answered yet.
-    in_flight: usize,
-    /// `upto` of the last batch answered.
-    answered: u64,
-    /// The worker answered `Finish` (or is gone): nothing more will come.
-    done: bool,
-    /// Outputs received and not released yet, in index order: the replies'
-    /// own vectors, not copied into one queue (an eviction round's burst
-    /// would be held twice while the queue grows).
-    held: std::collections::VecDeque<std::vec::IntoIter<Tagged>>,
-    /// Latest flow statistics the worker reported.
-    flows: FlowStats,
-    active_flows: usize,
-    decode: DecodeStats,
+    /// `upto` of the last batch sent.
+    sent_upto: u64,
 }
 
 impl Lane {
@@ -215,15 +228,148 @@ impl Lane {
         Lane {
             tx,
             batch: Batch::default(),
-            in_flight: 0,
-            answered: 0,
-            done: false,
-            held: Default::default(),
-            flows: FlowStats::default(),
-            active_flows: 0,
-            decode: DecodeStats::default(),
+            sent_upto: 0,
         }
     }
+}
+
+/// The merging thread's side of a worker.
+#[derive(Default)]
+struct MergeLane {
+    /// `upto` of the last batch answered: every output of this worker up to
+    /// that packet index is in `held` or released.
+    answered: u64,
+    /// The worker answered `Finish` (or is gone): nothing more will come.
+    done: bool,
+    /// Outputs received and not released yet, in index order: the replies'
+    /// own vectors, not copied into one queue (an eviction round's burst
+    /// would be held twice while the queue grows).
+    held: std::collections::VecDeque<std::vec::IntoIter<Tagged>>,
+}
+
+/// What a worker last reported, for [`Sharded::stats`].
+#[derive(Clone, Default)]
+struct LaneReport {
+    flows: FlowStats,
+    active_flows: usize,
+    /// Live workers decode their own packets.
+    decode: DecodeStats,
+}
+
+/// Shared between the reader and the merging thread.
+#[derive(Default)]
+struct MergeShared {
+    reports: Mutex<Vec<LaneReport>>,
+    /// A classifier to adopt before the next release (SIGHUP reload).
+    classifier: Mutex<Option<Classifier>>,
+}
+
+/// Lock, whether or not another thread panicked holding the lock (the data
+/// are counters and sinks: better used than lost).
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The merging thread: takes the workers' replies, releases their outputs
+/// in packet order to the classifier and the sink.
+struct Merger {
+    lanes: Vec<MergeLane>,
+    classifier: Classifier,
+    replies: Receiver<Reply>,
+    /// Emptied batches back to the reader.
+    free: Sender<Batch>,
+    shared: Arc<MergeShared>,
+    /// Live outputs have no index to merge by: released as they come.
+    live: bool,
+}
+
+impl Merger {
+    /// Until every worker has exited (the reply channel closes).
+    fn run<S: ExchangeSink>(mut self, sink: &Mutex<S>) {
+        while let Ok(reply) = self.replies.recv() {
+            self.take(reply);
+            while let Ok(reply) = self.replies.try_recv() {
+                self.take(reply);
+            }
+            if let Some(c) = lock(&self.shared.classifier).take() {
+                self.classifier.adopt(c);
+            }
+            self.release(&mut *lock(sink), self.watermark());
+        }
+        self.release(&mut *lock(sink), u64::MAX);
+    }
+
+    fn take(&mut self, reply: Reply) {
+        let Reply {
+            worker,
+            batch,
+            upto,
+            outputs,
+            flows,
+            active_flows,
+            decode,
+        } = reply;
+        if batch.items.capacity() > 0 {
+            let _ = self.free.send(batch);
+        }
+        if let Some(r) = lock(&self.shared.reports).get_mut(worker) {
+            if let Some(d) = decode {
+                r.decode = d;
+            }
+            r.flows = flows;
+            r.active_flows = active_flows;
+        }
+        if let Some(lane) = self.lanes.get_mut(worker) {
+            lane.answered = lane.answered.max(upto);
+            lane.done |= upto == u64::MAX;
+            if !outputs.is_empty() {
+                lane.held.push_back(outputs.into_iter());
+            }
+        }
+    }
+
+    /// The highest packet index up to which every lane's outputs are in.
+    fn watermark(&self) -> u64 {
+        if self.live {
+            return u64::MAX;
+        }
+        let lane_mark = |l: &MergeLane| if l.done { u64::MAX } else { l.answered };
+        self.lanes.iter().map(lane_mark).min().unwrap_or(u64::MAX)
+    }
+
+    /// Hand every held output up to `mark` to the sink, merging the lanes
+    /// by [`Order`] (each lane's queue is in that order).
+    fn release(&mut self, sink: &mut impl ExchangeSink, mark: u64) {
+        loop {
+            let next = self
+                .lanes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| Some((l.held.front()?.as_slice().first()?.0, i)))
+                .filter(|(o, _)| o.idx <= mark)
+                .min();
+            let Some((_, i)) = next else { break };
+            let held = &mut self.lanes[i].held;
+            let Some((_, out)) = held.front_mut().and_then(Iterator::next) else {
+                break;
+            };
+            if held.front().is_some_and(|c| c.len() == 0) {
+                held.pop_front();
+            }
+            match out {
+                Output::Exchange(ex) => deliver(&mut self.classifier, sink)(ex),
+                Output::Event(ev) => pass_event(ev, sink),
+            }
+        }
+    }
+}
+
+/// The merging thread, before and after it starts.
+enum MergeThread {
+    /// Not started: it starts with the first call that brings the sink.
+    Waiting(Box<Merger>),
+    Running(JoinHandle<()>),
+    Ended,
 }
 
 /// One worker's share of the flow table limits.
@@ -239,14 +385,14 @@ fn share(flows: FlowConfig, n: usize) -> FlowConfig {
 pub struct Sharded {
     clock: Clock,
     decoder: Decoder,
-    classifier: Classifier,
     backing: Option<Backing>,
     sweeps: SweepSchedule,
     lanes: Vec<Lane>,
-    replies: Receiver<Reply>,
-    /// Emptied batches to reuse.
-    free: Vec<Batch>,
+    /// Emptied batches to reuse, from the merging thread.
+    free: Receiver<Batch>,
     threads: Vec<JoinHandle<()>>,
+    merger: MergeThread,
+    shared: Arc<MergeShared>,
     packets: u64,
     bytes: u64,
     finished: bool,
@@ -291,7 +437,7 @@ impl Sharded {
     ) -> std::io::Result<Self> {
         let n = workers.max(1);
         let per_worker = share(flows, n);
-        let (reply_tx, replies) = channel();
+        let (reply_tx, replies) = reply_channel(n);
         let mut lanes = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for id in 0..n {
@@ -303,7 +449,7 @@ impl Sharded {
             threads.push(handle);
             lanes.push(Lane::new(Some(tx)));
         }
-        let mut sharded = Sharded::with(decoder, classifier, lanes, replies, threads);
+        let mut sharded = Sharded::with(decoder, classifier, lanes, replies, threads, false);
         sharded.backing = backing;
         Ok(sharded)
     }
@@ -314,17 +460,29 @@ impl Sharded {
         lanes: Vec<Lane>,
         replies: Receiver<Reply>,
         threads: Vec<JoinHandle<()>>,
+        live: bool,
     ) -> Sharded {
+        let shared = Arc::new(MergeShared::default());
+        *lock(&shared.reports) = vec![LaneReport::default(); lanes.len()];
+        let (free_tx, free) = channel();
+        let merger = Merger {
+            lanes: (0..lanes.len()).map(|_| MergeLane::default()).collect(),
+            classifier,
+            replies,
+            free: free_tx,
+            shared: shared.clone(),
+            live,
+        };
         Sharded {
             clock: Clock::default(),
             decoder: Decoder::new(decoder),
-            classifier,
             backing: None,
             sweeps: SweepSchedule::default(),
             lanes,
-            replies,
-            free: Vec::new(),
+            free,
             threads,
+            merger: MergeThread::Waiting(Box::new(merger)),
+            shared,
             packets: 0,
             bytes: 0,
             finished: false,
@@ -347,7 +505,7 @@ impl Sharded {
         let interface = sources
             .first()
             .map_or_else(String::new, |s| s.interface().to_string());
-        let (reply_tx, replies) = channel();
+        let (reply_tx, replies) = reply_channel(sources.len());
         let (mut lanes, mut threads) = (Vec::new(), Vec::new());
         let (mut stoppers, mut counters, mut drops) = (Vec::new(), Vec::new(), Vec::new());
         for (id, source) in sources.into_iter().enumerate() {
@@ -370,12 +528,38 @@ impl Sharded {
             counters: counters.clone(),
             drops,
         };
-        let mut sharded = Sharded::with(decoder, classifier, lanes, replies, threads);
+        let mut sharded = Sharded::with(decoder, classifier, lanes, replies, threads, true);
         sharded.live = Some(LiveWorkers { stoppers, counters });
         Ok((sharded, ticker))
     }
 
-    pub fn packet(&mut self, pkt: &RawPacket<'_>, sink: &mut impl ExchangeSink) {
+    /// Start the merging thread with the sink, the first time.
+    fn start<S: ExchangeSink + Send + 'static>(&mut self, sink: &Arc<Mutex<S>>) {
+        if !matches!(self.merger, MergeThread::Waiting(_)) {
+            return;
+        }
+        let MergeThread::Waiting(merger) = std::mem::replace(&mut self.merger, MergeThread::Ended)
+        else {
+            return;
+        };
+        let sink = sink.clone();
+        let spawned = std::thread::Builder::new()
+            .name("apitap-merge".into())
+            .spawn(move || merger.run(&sink));
+        match spawned {
+            Ok(handle) => self.merger = MergeThread::Running(handle),
+            // Workers then block once their replies fill the channel; the
+            // capture cannot go on without this thread.
+            Err(e) => tracing::error!("cannot start the merging thread: {e}"),
+        }
+    }
+
+    pub fn packet<S: ExchangeSink + Send + 'static>(
+        &mut self,
+        pkt: &RawPacket<'_>,
+        sink: &Arc<Mutex<S>>,
+    ) {
+        self.start(sink);
         self.packets += 1;
         self.bytes += pkt.data.len() as u64;
         let now = self.clock.observe(pkt.ts);
@@ -415,45 +599,43 @@ impl Sharded {
                 payload,
             }));
             if batch.items.len() >= BATCH_SEGMENTS || batch.bytes.len() >= BATCH_BYTES {
-                self.send(i, sink);
+                self.send(i);
             }
         }
-        // Outputs are released after each send (`send`): the merge needs
-        // no work per packet.
         if self.packets.is_multiple_of(64) {
-            self.send_aged(now, sink);
+            self.send_aged(now);
         }
     }
 
     /// Live mode: the wall clock, when no packet came for a while. Every
     /// worker hears it (its flows may time out).
-    pub fn tick(&mut self, wall: Timestamp, sink: &mut impl ExchangeSink) {
+    pub fn tick<S: ExchangeSink + Send + 'static>(
+        &mut self,
+        wall: Timestamp,
+        sink: &Arc<Mutex<S>>,
+    ) {
+        self.start(sink);
+        let now = self.clock.observe(wall);
         if self.live.is_some() {
             // Live workers tick on their own handles' clocks.
-            self.clock.observe(wall);
-            while let Ok(reply) = self.replies.try_recv() {
-                self.take(reply);
-            }
-            self.release(sink);
             return;
         }
-        let now = self.clock.observe(wall);
         if self.sweeps.due(now) {
             // After every packet read so far.
             self.mark_sweep(self.packets.saturating_add(1), now);
         }
         for i in 0..self.lanes.len() {
-            self.send(i, sink);
+            self.send(i);
         }
-        self.release(sink);
     }
 
     /// End of input: every worker flushes its flows; everything they held
     /// reaches the sink before this returns.
-    pub fn finish(&mut self, sink: &mut impl ExchangeSink) {
+    pub fn finish<S: ExchangeSink + Send + 'static>(&mut self, sink: &Arc<Mutex<S>>) {
         if self.finished {
             return;
         }
+        self.start(sink);
         self.finished = true;
         if let Some(live) = &self.live {
             for s in &live.stoppers {
@@ -462,20 +644,20 @@ impl Sharded {
         }
         let now = self.clock.now().unwrap_or_default();
         for i in 0..self.lanes.len() {
-            self.send(i, sink);
-            let lane = &mut self.lanes[i];
-            match lane.tx.take() {
-                Some(tx) if tx.send(ToWorker::Finish(now)).is_ok() => lane.in_flight += 1,
+            self.send(i);
+            if let Some(tx) = self.lanes[i].tx.take() {
                 // A worker that is gone was reported by `send`.
-                _ => lane.done = true,
+                let _ = tx.send(ToWorker::Finish(now));
             }
         }
         // Each worker drops its reply sender when it exits (the reader kept
-        // none), so this ends once every worker has answered `Finish`.
-        while let Ok(reply) = self.replies.recv() {
-            self.take(reply);
+        // none), so the merging thread ends once every worker has answered
+        // `Finish`, after releasing everything.
+        if let MergeThread::Running(t) = std::mem::replace(&mut self.merger, MergeThread::Ended) {
+            if t.join().is_err() {
+                tracing::error!("the merging thread failed; exchanges are missing");
+            }
         }
-        self.release(sink);
         for (id, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
             if t.join().is_err() {
                 tracing::error!(worker = id, "a worker thread failed; its flows are missing");
@@ -484,16 +666,17 @@ impl Sharded {
     }
 
     pub fn stats(&self) -> PipelineStats {
+        let reports = lock(&self.shared.reports);
         let mut flows = FlowStats::default();
-        for l in &self.lanes {
-            flows.merge(&l.flows);
+        for r in reports.iter() {
+            flows.merge(&r.flows);
         }
         let (packets, bytes, decode) = match &self.live {
             None => (self.packets, self.bytes, self.decoder.stats().clone()),
             Some(live) => {
                 let mut decode = DecodeStats::default();
-                for l in &self.lanes {
-                    decode.merge(&l.decode);
+                for r in reports.iter() {
+                    decode.merge(&r.decode);
                 }
                 let (packets, bytes) = LaneCounters::sum(&live.counters);
                 (packets, bytes, decode)
@@ -504,18 +687,18 @@ impl Sharded {
             bytes,
             decode,
             flows,
-            active_flows: self.lanes.iter().map(|l| l.active_flows).sum(),
+            active_flows: reports.iter().map(|r| r.active_flows).sum(),
             last_ts: self.clock.now(),
         }
     }
 
-    pub fn classifier(&self) -> &Classifier {
-        &self.classifier
-    }
-
-    /// See [`Pipeline::set_classifier`].
+    /// See [`Pipeline::set_classifier`]: adopted by the merging thread
+    /// before it releases anything more.
     pub fn set_classifier(&mut self, classifier: Classifier) {
-        self.classifier.adopt(classifier);
+        match &mut self.merger {
+            MergeThread::Waiting(m) => m.classifier.adopt(classifier),
+            _ => *lock(&self.shared.classifier) = Some(classifier),
+        }
     }
 
     /// Every worker sweeps at `now`, at packet `idx` of the input.
@@ -526,113 +709,48 @@ impl Sharded {
         }
     }
 
-    /// Send lanes whose first segment is older than the batch age.
-    fn send_aged(&mut self, now: Timestamp, sink: &mut impl ExchangeSink) {
+    /// Send lanes whose first segment is older than the batch age, and an
+    /// empty batch to lanes that have heard nothing for as long (the merge
+    /// waits for every lane to be past an index before releasing it).
+    fn send_aged(&mut self, now: Timestamp) {
         for i in 0..self.lanes.len() {
-            if let Some((ts, idx)) = self.lanes[i].batch.first {
-                if now.micros_since(ts) >= BATCH_MAX_AGE_MICROS
-                    || self.packets - idx >= BATCH_MAX_AGE_PACKETS
-                {
-                    self.send(i, sink);
+            let lane = &self.lanes[i];
+            let due = match lane.batch.first {
+                Some((ts, idx)) => {
+                    now.micros_since(ts) >= BATCH_MAX_AGE_MICROS
+                        || self.packets - idx >= BATCH_MAX_AGE_PACKETS
                 }
+                None => self.packets - lane.sent_upto >= BATCH_MAX_AGE_PACKETS,
+            };
+            if due {
+                self.send(i);
             }
         }
     }
 
-    /// Send lane `i`'s batch (even empty: it carries the time), then take
-    /// whatever the workers answered so far.
-    fn send(&mut self, i: usize, sink: &mut impl ExchangeSink) {
-        let fresh = self.free.pop().unwrap_or_default();
+    /// Send lane `i`'s batch (even empty: it carries the time and tells the
+    /// merge this lane is past `upto`).
+    fn send(&mut self, i: usize) {
+        let fresh = self.free.try_recv().unwrap_or_default();
         let mut batch = std::mem::replace(&mut self.lanes[i].batch, fresh);
         batch.upto = self.packets;
         let lane = &mut self.lanes[i];
+        lane.sent_upto = self.packets;
         if let Some(tx) = &lane.tx {
-            if tx.send(ToWorker::Batch(batch)).is_ok() {
-                lane.in_flight += 1;
-            } else {
+            if tx.send(ToWorker::Batch(batch)).is_err() {
                 tracing::error!(worker = i, "a worker thread stopped; its flows are lost");
                 lane.tx = None;
-                lane.done = true;
             }
         }
-        while let Ok(reply) = self.replies.try_recv() {
-            self.take(reply);
-        }
-        self.release(sink);
     }
+}
 
-    fn take(&mut self, reply: Reply) {
-        let Reply {
-            worker,
-            batch,
-            upto,
-            outputs,
-            flows,
-            active_flows,
-            decode,
-        } = reply;
-        self.free.push(batch);
-        if let Some(lane) = self.lanes.get_mut(worker) {
-            if let Some(d) = decode {
-                lane.decode = d;
-            }
-            lane.flows = flows;
-            lane.active_flows = active_flows;
-            lane.in_flight = lane.in_flight.saturating_sub(1);
-            lane.answered = upto;
-            lane.done |= upto == u64::MAX;
-            if !outputs.is_empty() {
-                lane.held.push_back(outputs.into_iter());
-            }
-        }
-    }
-
-    /// The highest packet index up to which every lane's outputs are in.
-    fn watermark(&self) -> u64 {
-        if self.live.is_some() {
-            // Live outputs have no index to merge by: released as they come.
-            return u64::MAX;
-        }
-        let lane_mark = |l: &Lane| {
-            if l.done {
-                u64::MAX
-            } else if l.in_flight > 0 {
-                l.answered
-            } else if let Some((_, idx)) = l.batch.first {
-                idx - 1
-            } else {
-                self.packets
-            }
-        };
-        self.lanes.iter().map(lane_mark).min().unwrap_or(u64::MAX)
-    }
-
-    /// Hand every held output up to the watermark to the sink, merging the
-    /// lanes by [`Order`] (each lane's queue is in that order).
-    fn release(&mut self, sink: &mut impl ExchangeSink) {
-        let mark = self.watermark();
-        loop {
-            let next = self
-                .lanes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, l)| Some((l.held.front()?.as_slice().first()?.0, i)))
-                .filter(|(o, _)| o.idx <= mark)
-                .min();
-            let Some((_, i)) = next else { break };
-            let held = &mut self.lanes[i].held;
-            let Some((_, out)) = held.front_mut().and_then(Iterator::next) else {
-                break;
-            };
-            if held.front().is_some_and(|c| c.len() == 0) {
-                held.pop_front();
-            }
-            match out {
-                Output::Exchange(ex) => deliver(&mut self.classifier, sink)(ex),
-                Output::Event(ev) => pass_event(ev, sink),
-            }
-        }
-    }
+/// Workers' replies to the merging thread: bounded, so a merge (and sink)
+/// slower than the workers holds them back, and through them the reader,
+/// rather than queueing without end. The merging thread only ever waits on
+/// this channel, so a full channel cannot deadlock.
+fn reply_channel(workers: usize) -> (SyncSender<Reply>, Receiver<Reply>) {
+    sync_channel(workers.max(1) * (LANE_DEPTH + 1))
 }
 
 /// `payload`'s offset in `backing`, when it lies inside it.
@@ -649,7 +767,7 @@ fn work(
     cfg: FlowConfig,
     backing: Option<Backing>,
     rx: Receiver<ToWorker>,
-    tx: Sender<Reply>,
+    tx: SyncSender<Reply>,
 ) {
     let mut flows = FlowTable::new(cfg).with_caller_sweeps();
     let map: &[u8] = backing.as_ref().map_or(&[], |b| (**b).as_ref());
@@ -660,7 +778,7 @@ fn work(
             ToWorker::Finish(t) => (Batch::default(), Some(t)),
         };
         let tagged = |idx: u64, phase: u8| move |out: Output| (Order::of(idx, phase, &out), out);
-        for item in &batch.items {
+        for (k, item) in batch.items.iter().enumerate() {
             let idx = match *item {
                 Item::Sweep { idx, now } => {
                     let tag = tagged(idx, SWEPT);
@@ -692,6 +810,26 @@ fn work(
             };
             let tag = tagged(idx, EVENT);
             outputs.extend(flows.drain_events().map(|e| tag(Output::Event(e))));
+            // A long batch of outputs (an eviction round) goes ahead in
+            // chunks, so what waits in the bounded reply channel is bounded
+            // too; never inside one packet's outputs (they are sorted
+            // together below).
+            let next_idx = batch.items.get(k + 1).map(Item::idx);
+            if outputs.len() >= REPLY_CHUNK && next_idx != Some(idx) {
+                outputs.sort_by_key(|(o, _)| *o);
+                let partial = Reply {
+                    worker: id,
+                    batch: Batch::default(),
+                    upto: 0,
+                    outputs: std::mem::take(&mut outputs),
+                    flows: flows.stats().clone(),
+                    active_flows: flows.active_flows(),
+                    decode: None,
+                };
+                if tx.send(partial).is_err() {
+                    return;
+                }
+            }
         }
         let upto = match end {
             None => batch.upto,
@@ -729,24 +867,38 @@ pub enum Engine {
     Many(Box<Sharded>),
 }
 
+/// The sink the loop shares with the merging thread. One pipeline locks it
+/// per call (uncontended); several workers hand it to their merging thread
+/// and the loop locks it only to read or reconfigure it.
+pub type SharedSink<S> = Arc<Mutex<S>>;
+
 impl Engine {
-    pub fn packet(&mut self, pkt: &RawPacket<'_>, sink: &mut impl ExchangeSink) {
+    pub fn packet<S: ExchangeSink + Send + 'static>(
+        &mut self,
+        pkt: &RawPacket<'_>,
+        sink: &SharedSink<S>,
+    ) {
         match self {
-            Engine::One(p) => p.packet(pkt, sink),
+            Engine::One(p) => p.packet(pkt, &mut *lock(sink)),
             Engine::Many(s) => s.packet(pkt, sink),
         }
     }
 
-    pub fn tick(&mut self, wall: Timestamp, sink: &mut impl ExchangeSink) {
+    pub fn tick<S: ExchangeSink + Send + 'static>(
+        &mut self,
+        wall: Timestamp,
+        sink: &SharedSink<S>,
+    ) {
         match self {
-            Engine::One(p) => p.tick(wall, sink),
+            Engine::One(p) => p.tick(wall, &mut *lock(sink)),
             Engine::Many(s) => s.tick(wall, sink),
         }
     }
 
-    pub fn finish(&mut self, sink: &mut impl ExchangeSink) {
+    /// Everything still in flight reaches the sink before this returns.
+    pub fn finish<S: ExchangeSink + Send + 'static>(&mut self, sink: &SharedSink<S>) {
         match self {
-            Engine::One(p) => p.finish(sink),
+            Engine::One(p) => p.finish(&mut *lock(sink)),
             Engine::Many(s) => s.finish(sink),
         }
     }
@@ -775,7 +927,7 @@ fn work_live(
     decoder: DecoderConfig,
     cfg: FlowConfig,
     counters: Arc<LaneCounters>,
-    tx: Sender<Reply>,
+    tx: SyncSender<Reply>,
 ) {
     let mut decoder = Decoder::new(decoder);
     let mut flows = FlowTable::new(cfg);
