@@ -29,12 +29,12 @@ use apitap::decode::{Decoded, Decoder, DecoderConfig};
 use apitap::flow::reassembly::{Chunk, Reassembler, StreamEvent, StreamLimits};
 use apitap::flow::{FlowConfig, FlowKey};
 use apitap::http::exchange::Exchange;
-use apitap::output::exchange_log::ExchangeLog;
 use apitap::http::parser::{sniff_request_start, MessageParser, ParserLimits, Sniff};
 use apitap::http::{
     Direction, MessageEnd, MessageSink, Method, ParseError, RequestHead, RequestKind, ResponseHead,
     StreamPos,
 };
+use apitap::output::exchange_log::ExchangeLog;
 use apitap::pipeline::{ExchangeSink, Pipeline};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::collections::{HashMap, VecDeque};
