@@ -12,7 +12,11 @@
 //!   bytes, in their segment-sized chunks, through a `MessageParser` with a
 //!   sink that only counts (stream bytes);
 //! - `pipeline`: the whole `Pipeline` (decode → flows → HTTP → classify)
-//!   with a sink that only counts exchanges (frame bytes).
+//!   with a sink that only counts exchanges (frame bytes);
+//! - `exchange_log`: the sample's classified exchanges written by one
+//!   `ExchangeLog` through the 64 KiB `BufWriter` `open_output` gives it, into
+//!   `io::sink()` (exchanges: criterion's time divided by the element count
+//!   is the cost of one line).
 //!
 //! Inputs are read and pre-cut once, outside the timed loops, so each number
 //! is the stage alone.
@@ -30,10 +34,12 @@ use apitap::http::{
     Direction, MessageEnd, MessageSink, Method, ParseError, RequestHead, RequestKind, ResponseHead,
     StreamPos,
 };
-use apitap::pipeline::Pipeline;
+use apitap::output::exchange_log::ExchangeLog;
+use apitap::pipeline::{ExchangeSink, Pipeline};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::collections::{HashMap, VecDeque};
 use std::hint::black_box;
+use std::io::{self, BufWriter};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -272,6 +278,22 @@ fn parse(dir: Direction, s: &Stream, sink: &mut impl MessageSink) {
     p.end_of_stream(last, false, sink);
 }
 
+/// The sample's exchanges as the pipeline hands them to its sinks.
+fn classified_exchanges(frames: &[Frame]) -> Vec<Exchange> {
+    let mut p = Pipeline::new(
+        DecoderConfig::default(),
+        FlowConfig::default(),
+        Classifier::new(ClassifyConfig::default()).expect("default config"),
+    );
+    let mut out = Vec::new();
+    let mut sink = |ex: &Exchange| out.push(ex.clone());
+    for f in frames {
+        p.packet(&f.raw(), &mut sink);
+    }
+    p.finish(&mut sink);
+    out
+}
+
 fn stream_bytes(streams: &[Stream]) -> u64 {
     streams
         .iter()
@@ -393,6 +415,24 @@ fn stages(c: &mut Criterion) {
             },
             BatchSize::LargeInput,
         )
+    });
+    g.finish();
+
+    let exchanges = classified_exchanges(&inputs.frames);
+    let mut g = c.benchmark_group("exchange_log");
+    g.throughput(Throughput::Elements(exchanges.len() as u64));
+    g.bench_function("sample_to_sink", |b| {
+        // One log for all iterations: the steady state of a long run.
+        let mut log = ExchangeLog::new(
+            Box::new(BufWriter::with_capacity(64 * 1024, io::sink())),
+            ClassifyConfig::default().credential_params,
+        );
+        b.iter(|| {
+            for ex in &exchanges {
+                log.exchange(black_box(ex));
+            }
+        });
+        log.finish().expect("io::sink never fails");
     });
     g.finish();
 }

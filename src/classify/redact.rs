@@ -4,7 +4,10 @@
 //! secret: values of credential-named query parameters, any query value that
 //! is a JWT, userinfo of an absolute-form target and JWT path segments are
 //! replaced by `REDACTED`. Bytes that are not UTF-8 are percent-encoded, so
-//! the result is always valid text and loses nothing else.
+//! the result is always valid text and loses nothing else. When nothing is
+//! replaced and the target is UTF-8 the result borrows it (no allocation).
+
+use std::borrow::Cow;
 
 /// SPEC's default credential parameter names (configurable).
 pub const DEFAULT_CREDENTIAL_PARAMS: &[&str] = &[
@@ -47,7 +50,11 @@ pub fn is_jwt(s: &[u8]) -> bool {
 /// Is `name` (raw, possibly percent-encoded) one of `cred_names`
 /// (ASCII case-insensitive)?
 pub fn is_credential_name(name: &[u8], cred_names: &[String]) -> bool {
-    let decoded = percent_decode(name);
+    // Decoding is the identity without a '%': skip its allocation.
+    let decoded = match memchr::memchr(b'%', name) {
+        Some(_) => Cow::Owned(percent_decode(name)),
+        None => Cow::Borrowed(name),
+    };
     cred_names
         .iter()
         .any(|c| c.as_bytes().eq_ignore_ascii_case(&decoded))
@@ -72,71 +79,101 @@ pub fn percent_decode(s: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The target with every secret replaced (see module doc).
-pub fn redact_target(target: &[u8], cred_names: &[String]) -> String {
-    let mut out: Vec<u8> = Vec::with_capacity(target.len());
-    let (before_query, query) = match memchr::memchr(b'?', target) {
-        Some(i) => (&target[..i], Some(&target[i + 1..])),
-        None => (target, None),
+/// The target with every secret replaced (see module doc). Borrows the
+/// target when nothing is replaced and it is UTF-8 (the common case).
+pub fn redact_target<'a>(target: &'a [u8], cred_names: &[String]) -> Cow<'a, str> {
+    let mut out = CowBytes::new(target);
+    let (path_end, query_start) = match memchr::memchr(b'?', target) {
+        Some(i) => (i, Some(i + 1)),
+        None => (target.len(), None),
     };
     // userinfo in absolute-form: scheme://user:pass@host/...
-    let mut path_part = before_query;
-    if let Some(p) = memchr::memmem::find(before_query, b"://") {
+    let mut path_start = 0;
+    if let Some(p) = memchr::memmem::find(&target[..path_end], b"://") {
         let auth_start = p + 3;
-        let rest = &before_query[auth_start..];
-        let auth_end = memchr::memchr(b'/', rest).unwrap_or(rest.len());
-        let authority = &rest[..auth_end];
-        out.extend_from_slice(&before_query[..auth_start]);
-        match memchr::memrchr(b'@', authority) {
-            Some(at) => {
-                out.extend_from_slice(REDACTED.as_bytes());
-                out.extend_from_slice(&authority[at..]);
-            }
-            None => out.extend_from_slice(authority),
+        let auth_end = memchr::memchr(b'/', &target[auth_start..path_end])
+            .map_or(path_end, |i| auth_start + i);
+        if let Some(at) = memchr::memrchr(b'@', &target[auth_start..auth_end]) {
+            out.redact(auth_start..auth_start + at);
         }
-        path_part = &rest[auth_end..];
+        path_start = auth_end;
     }
-    for (i, seg) in path_part.split(|&b| b == b'/').enumerate() {
-        if i > 0 {
-            out.push(b'/');
-        }
+    let mut at = path_start;
+    for seg in target[path_start..path_end].split(|&b| b == b'/') {
         if is_jwt(seg) {
-            out.extend_from_slice(REDACTED.as_bytes());
-        } else {
-            out.extend_from_slice(seg);
+            out.redact(at..at + seg.len());
         }
+        at += seg.len() + 1;
     }
-    if let Some(q) = query {
-        out.push(b'?');
-        let (q, frag) = match memchr::memchr(b'#', q) {
-            Some(i) => (&q[..i], Some(&q[i..])),
-            None => (q, None),
-        };
-        for (i, pair) in q.split(|&b| b == b'&').enumerate() {
-            if i > 0 {
-                out.push(b'&');
-            }
+    if let Some(q_start) = query_start {
+        // A fragment after the query is kept as it is.
+        let q_end = memchr::memchr(b'#', &target[q_start..]).map_or(target.len(), |i| q_start + i);
+        let mut at = q_start;
+        for pair in target[q_start..q_end].split(|&b| b == b'&') {
             match memchr::memchr(b'=', pair) {
                 Some(eq) => {
                     let (name, value) = (&pair[..eq], &pair[eq + 1..]);
-                    out.extend_from_slice(name);
-                    out.push(b'=');
                     if !value.is_empty() && (is_credential_name(name, cred_names) || is_jwt(value))
                     {
-                        out.extend_from_slice(REDACTED.as_bytes());
-                    } else {
-                        out.extend_from_slice(value);
+                        out.redact(at + eq + 1..at + pair.len());
                     }
                 }
-                None if is_jwt(pair) => out.extend_from_slice(REDACTED.as_bytes()),
-                None => out.extend_from_slice(pair),
+                None if is_jwt(pair) => out.redact(at..at + pair.len()),
+                None => {}
             }
-        }
-        if let Some(f) = frag {
-            out.extend_from_slice(f);
+            at += pair.len() + 1;
         }
     }
-    bytes_to_text(&out)
+    out.finish()
+}
+
+/// The target with some ranges replaced by [`REDACTED`], copied only once
+/// the first range is replaced. Ranges come in increasing order.
+struct CowBytes<'a> {
+    src: &'a [u8],
+    /// Set once something was replaced: the output up to `copied`.
+    owned: Option<Vec<u8>>,
+    copied: usize,
+}
+
+impl<'a> CowBytes<'a> {
+    fn new(src: &'a [u8]) -> Self {
+        CowBytes {
+            src,
+            owned: None,
+            copied: 0,
+        }
+    }
+
+    fn redact(&mut self, range: std::ops::Range<usize>) {
+        let out = self
+            .owned
+            .get_or_insert_with(|| Vec::with_capacity(self.src.len() + REDACTED.len()));
+        out.extend_from_slice(&self.src[self.copied..range.start]);
+        out.extend_from_slice(REDACTED.as_bytes());
+        self.copied = range.end;
+    }
+
+    fn finish(self) -> Cow<'a, str> {
+        match self.owned {
+            None => text_of(self.src),
+            Some(mut out) => {
+                out.extend_from_slice(&self.src[self.copied..]);
+                match String::from_utf8(out) {
+                    Ok(s) => Cow::Owned(s),
+                    Err(e) => Cow::Owned(bytes_to_text(e.as_bytes())),
+                }
+            }
+        }
+    }
+}
+
+/// [`bytes_to_text`], borrowing when `b` is UTF-8.
+fn text_of(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(bytes_to_text(b)),
+    }
 }
 
 /// Valid UTF-8 stays as it is; any other byte >= 0x80 becomes `%XX`.
@@ -159,6 +196,7 @@ pub fn bytes_to_text(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     fn names() -> Vec<String> {
         DEFAULT_CREDENTIAL_PARAMS
@@ -209,6 +247,118 @@ mod tests {
         assert!(!is_jwt(b"eyJhbGciOiJIUzI1NiJ9"));
         assert!(!is_jwt(b"hello.world.again"));
         assert!(!is_jwt(b"eyJ.a b.c"));
+    }
+
+    #[test]
+    fn clean_targets_are_borrowed() {
+        assert!(matches!(
+            redact_target(b"/users/42?page=2#top", &names()),
+            Cow::Borrowed("/users/42?page=2#top")
+        ));
+        assert!(matches!(
+            redact_target(b"/x?token=a", &names()),
+            Cow::Owned(_)
+        ));
+    }
+
+    /// The copying implementation `redact_target` had before it borrowed:
+    /// the copy-on-write one must give the same text for every target.
+    fn reference(target: &[u8], cred_names: &[String]) -> String {
+        let mut out: Vec<u8> = Vec::with_capacity(target.len());
+        let (before_query, query) = match memchr::memchr(b'?', target) {
+            Some(i) => (&target[..i], Some(&target[i + 1..])),
+            None => (target, None),
+        };
+        let mut path_part = before_query;
+        if let Some(p) = memchr::memmem::find(before_query, b"://") {
+            let auth_start = p + 3;
+            let rest = &before_query[auth_start..];
+            let auth_end = memchr::memchr(b'/', rest).unwrap_or(rest.len());
+            let authority = &rest[..auth_end];
+            out.extend_from_slice(&before_query[..auth_start]);
+            match memchr::memrchr(b'@', authority) {
+                Some(at) => {
+                    out.extend_from_slice(REDACTED.as_bytes());
+                    out.extend_from_slice(&authority[at..]);
+                }
+                None => out.extend_from_slice(authority),
+            }
+            path_part = &rest[auth_end..];
+        }
+        for (i, seg) in path_part.split(|&b| b == b'/').enumerate() {
+            if i > 0 {
+                out.push(b'/');
+            }
+            if is_jwt(seg) {
+                out.extend_from_slice(REDACTED.as_bytes());
+            } else {
+                out.extend_from_slice(seg);
+            }
+        }
+        if let Some(q) = query {
+            out.push(b'?');
+            let (q, frag) = match memchr::memchr(b'#', q) {
+                Some(i) => (&q[..i], Some(&q[i..])),
+                None => (q, None),
+            };
+            for (i, pair) in q.split(|&b| b == b'&').enumerate() {
+                if i > 0 {
+                    out.push(b'&');
+                }
+                match memchr::memchr(b'=', pair) {
+                    Some(eq) => {
+                        let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+                        out.extend_from_slice(name);
+                        out.push(b'=');
+                        if !value.is_empty()
+                            && (is_credential_name(name, cred_names) || is_jwt(value))
+                        {
+                            out.extend_from_slice(REDACTED.as_bytes());
+                        } else {
+                            out.extend_from_slice(value);
+                        }
+                    }
+                    None if is_jwt(pair) => out.extend_from_slice(REDACTED.as_bytes()),
+                    None => out.extend_from_slice(pair),
+                }
+            }
+            if let Some(f) = frag {
+                out.extend_from_slice(f);
+            }
+        }
+        bytes_to_text(&out)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn same_text_as_the_copying_implementation(
+            parts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b"/".to_vec()),
+                    proptest::strategy::Just(b"?".to_vec()),
+                    proptest::strategy::Just(b"&".to_vec()),
+                    proptest::strategy::Just(b"=".to_vec()),
+                    proptest::strategy::Just(b"#".to_vec()),
+                    proptest::strategy::Just(b"@".to_vec()),
+                    proptest::strategy::Just(b"://".to_vec()),
+                    proptest::strategy::Just(b"token".to_vec()),
+                    proptest::strategy::Just(b"api%5Fkey".to_vec()),
+                    proptest::strategy::Just(b"KEY".to_vec()),
+                    proptest::strategy::Just(JWT.as_bytes().to_vec()),
+                    proptest::strategy::Just(b"\xff\xfe".to_vec()),
+                    proptest::strategy::Just("\u{e9}".as_bytes().to_vec()),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4),
+                    "[a-z0-9%.]{0,6}".prop_map(String::into_bytes),
+                ],
+                0..16,
+            )
+        ) {
+            let target = parts.concat();
+            let got = redact_target(&target, &names());
+            proptest::prop_assert_eq!(got.as_ref(), reference(&target, &names()));
+        }
     }
 
     #[test]

@@ -1,0 +1,364 @@
+//! Allocation-free text for the fields every log line carries.
+//!
+//! Contract: [`SocketAddrText`] and [`TimestampText`] hold exactly the bytes
+//! `to_string()` (the `Display` impls of [`SocketAddr`] and [`Timestamp`])
+//! gives for the same value; `Display` is the format, these only avoid
+//! `core::fmt` and the heap on the hot path. A timestamp outside years
+//! 0000–9999 has no fast form ([`TimestampText::new`] returns `None`) and is
+//! left to `Display`. The property tests below hold them to that.
+
+use crate::clock::Timestamp;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Up to `N` ASCII bytes on the stack.
+struct Ascii<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Ascii<N> {
+    fn new() -> Self {
+        Ascii {
+            bytes: [0; N],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+
+    fn push_slice(&mut self, s: &[u8]) {
+        self.bytes[self.len..self.len + s.len()].copy_from_slice(s);
+        self.len += s.len();
+    }
+
+    /// Decimal, no padding.
+    fn push_u32(&mut self, mut v: u32) {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push_slice(&digits[i..]);
+    }
+
+    /// Decimal, zero-padded to `width` digits (`v` must fit).
+    fn push_padded(&mut self, mut v: u32, width: usize) {
+        for i in (0..width).rev() {
+            self.bytes[self.len + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        self.len += width;
+    }
+
+    /// Lower-case hex, no leading zeros (`{:x}`).
+    fn push_hex(&mut self, v: u16) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut shift = 12;
+        while shift > 0 && v >> shift == 0 {
+            shift -= 4;
+        }
+        loop {
+            self.push(HEX[usize::from((v >> shift) & 0xf)]);
+            if shift == 0 {
+                break;
+            }
+            shift -= 4;
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// `SocketAddr`'s `Display` text: `ip:port`, `[ipv6]:port`, `[ipv6%scope]:port`.
+pub struct SocketAddrText(Ascii<64>);
+
+impl SocketAddrText {
+    pub fn new(addr: &SocketAddr) -> Self {
+        let mut t = Ascii::new();
+        match addr {
+            SocketAddr::V4(a) => push_ipv4(&mut t, a.ip()),
+            SocketAddr::V6(a) => {
+                t.push(b'[');
+                push_ipv6(&mut t, a.ip());
+                if a.scope_id() != 0 {
+                    t.push(b'%');
+                    t.push_u32(a.scope_id());
+                }
+                t.push(b']');
+            }
+        }
+        t.push(b':');
+        t.push_u32(u32::from(addr.port()));
+        SocketAddrText(t)
+    }
+
+    /// ASCII only.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+fn push_ipv4<const N: usize>(t: &mut Ascii<N>, ip: &Ipv4Addr) {
+    for (i, o) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            t.push(b'.');
+        }
+        t.push_u32(u32::from(o));
+    }
+}
+
+/// As std's `Ipv6Addr` `Display` (RFC 5952): v4-mapped as `::ffff:a.b.c.d`;
+/// otherwise the first longest run of two or more zero groups becomes `::`.
+fn push_ipv6<const N: usize>(t: &mut Ascii<N>, ip: &Ipv6Addr) {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        t.push_slice(b"::ffff:");
+        push_ipv4(t, &v4);
+        return;
+    }
+    let seg = ip.segments();
+    let (mut best_start, mut best_len) = (0, 0);
+    let (mut cur_start, mut cur_len) = (0, 0);
+    for (i, &s) in seg.iter().enumerate() {
+        if s == 0 {
+            if cur_len == 0 {
+                cur_start = i;
+            }
+            cur_len += 1;
+            if cur_len > best_len {
+                (best_start, best_len) = (cur_start, cur_len);
+            }
+        } else {
+            cur_len = 0;
+        }
+    }
+    let groups = |t: &mut Ascii<N>, part: &[u16]| {
+        for (i, &s) in part.iter().enumerate() {
+            if i > 0 {
+                t.push(b':');
+            }
+            t.push_hex(s);
+        }
+    };
+    if best_len > 1 {
+        groups(t, &seg[..best_start]);
+        t.push_slice(b"::");
+        groups(t, &seg[best_start + best_len..]);
+    } else {
+        groups(t, &seg);
+    }
+}
+
+/// `Timestamp`'s `Display` text: `2024-05-01T12:00:00.123456Z`.
+pub struct TimestampText(Ascii<27>);
+
+/// 0000-01-01T00:00:00Z and 10000-01-01T00:00:00Z in Unix seconds: the
+/// years whose `Display` is four plain digits.
+const FAST_SECS: std::ops::Range<i64> = -62_167_219_200..253_402_300_800;
+
+impl TimestampText {
+    /// `None` outside years 0000–9999 (use `Display` there).
+    pub fn new(ts: Timestamp) -> Option<Self> {
+        let secs = ts.as_secs();
+        if !FAST_SECS.contains(&secs) {
+            return None;
+        }
+        let micros = ts.as_micros().rem_euclid(1_000_000) as u32;
+        let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
+        let (y, m, d) = civil_from_days(days);
+        let mut t = Ascii::new();
+        t.push_padded(y, 4);
+        t.push(b'-');
+        t.push_padded(m, 2);
+        t.push(b'-');
+        t.push_padded(d, 2);
+        t.push(b'T');
+        t.push_padded(sod / 3600, 2);
+        t.push(b':');
+        t.push_padded(sod / 60 % 60, 2);
+        t.push(b':');
+        t.push_padded(sod % 60, 2);
+        t.push(b'.');
+        t.push_padded(micros, 6);
+        t.push(b'Z');
+        Some(TimestampText(t))
+    }
+
+    /// ASCII only.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// Proleptic Gregorian (year, month, day) of a day count from 1970-01-01
+/// (H. Hinnant's `civil_from_days`); the caller keeps the year in 0..=9999.
+fn civil_from_days(days: i64) -> (u32, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y as u32, m as u32, d as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{SocketAddrV4, SocketAddrV6};
+
+    fn addr_text(a: &SocketAddr) -> String {
+        String::from_utf8(SocketAddrText::new(a).as_bytes().to_vec()).unwrap()
+    }
+
+    fn ts_text(ts: Timestamp) -> Option<String> {
+        TimestampText::new(ts).map(|t| String::from_utf8(t.as_bytes().to_vec()).unwrap())
+    }
+
+    fn v6_same(ip: Ipv6Addr, port: u16, scope: u32) -> Result<(), TestCaseError> {
+        let a = SocketAddr::V6(SocketAddrV6::new(ip, port, 0, scope));
+        prop_assert_eq!(addr_text(&a), a.to_string());
+        Ok(())
+    }
+
+    /// Groups drawn mostly from {0, 1, ffff, any} so zero runs of every
+    /// length and position, ties and v4-mapped/-compatible forms all occur.
+    fn group() -> impl Strategy<Value = u16> {
+        prop_oneof![4 => Just(0u16), 1 => Just(1u16), 1 => Just(0xffff), 2 => any::<u16>()]
+    }
+
+    fn check_ts(us: i64) -> Result<(), TestCaseError> {
+        let ts = Timestamp::from_micros(us);
+        match ts_text(ts) {
+            Some(t) => prop_assert_eq!(t, ts.to_string()),
+            None => prop_assert!(!FAST_SECS.contains(&ts.as_secs())),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn v4_is_display(ip in any::<u32>(), port in any::<u16>()) {
+            let a = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port));
+            prop_assert_eq!(addr_text(&a), a.to_string());
+        }
+
+        #[test]
+        fn v6_is_display(ip in any::<u128>(), port in any::<u16>(), scope in any::<u32>()) {
+            v6_same(Ipv6Addr::from(ip), port, scope)?;
+            v6_same(Ipv6Addr::from(ip), port, 0)?;
+        }
+
+        #[test]
+        fn v6_zero_runs_are_display(
+            g in proptest::array::uniform8(group()),
+            port in any::<u16>(),
+            scope in prop_oneof![Just(0u32), any::<u32>()],
+        ) {
+            v6_same(Ipv6Addr::from(g), port, scope)?;
+        }
+
+        #[test]
+        fn v4_mapped_and_compatible_are_display(ip in any::<u32>(), port in any::<u16>()) {
+            let v4 = Ipv4Addr::from(ip);
+            v6_same(v4.to_ipv6_mapped(), port, 0)?;
+            v6_same(v4.to_ipv6_compatible(), port, 7)?;
+        }
+
+        #[test]
+        fn timestamp_is_display(us in any::<i64>()) {
+            check_ts(us)?;
+        }
+
+        #[test]
+        fn timestamp_near_edges_is_display(
+            base in prop_oneof![
+                Just(0i64),
+                Just(FAST_SECS.start * 1_000_000),
+                Just(FAST_SECS.end * 1_000_000),
+                Just(951_782_400_000_000i64), // 2000-02-29
+                Just(4_107_542_400_000_000i64), // 2100-03-01 (not a leap year)
+            ],
+            delta in -400i64 * 86_400 * 1_000_000..400 * 86_400 * 1_000_000,
+        ) {
+            check_ts(base + delta)?;
+        }
+
+        #[test]
+        fn timestamp_in_fast_range_is_display(
+            us in FAST_SECS.start * 1_000_000..FAST_SECS.end * 1_000_000,
+        ) {
+            check_ts(us)?;
+        }
+    }
+
+    #[test]
+    fn edges() {
+        for us in [
+            0,
+            -1,
+            1,
+            i64::MIN,
+            i64::MAX,
+            FAST_SECS.start * 1_000_000 - 1,
+            FAST_SECS.end * 1_000_000,
+            1_714_564_800_123_456,
+        ] {
+            check_ts(us).unwrap();
+        }
+        let fast = |us: i64| ts_text(Timestamp::from_micros(us));
+        assert_eq!(
+            fast(FAST_SECS.start * 1_000_000).as_deref(),
+            Some("0000-01-01T00:00:00.000000Z")
+        );
+        assert_eq!(
+            fast(FAST_SECS.end * 1_000_000 - 1).as_deref(),
+            Some("9999-12-31T23:59:59.999999Z")
+        );
+        assert_eq!(fast(-1).as_deref(), Some("1969-12-31T23:59:59.999999Z"));
+        assert_eq!(fast(FAST_SECS.end * 1_000_000), None);
+
+        for (ip, scope) in [
+            ("::", 0),
+            ("::1", 0),
+            ("1::", 0),
+            ("1:0:1::1", 0),
+            ("0:1::1:0:0:1", 0),
+            ("1:0:0:1:0:0:1:1", 0),
+            ("::ffff:10.0.0.1", 0),
+            ("::10.0.0.1", 0),
+            ("fe80::1", 3),
+            ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", u32::MAX),
+        ] {
+            let a = SocketAddr::V6(SocketAddrV6::new(ip.parse().unwrap(), 65535, 0, scope));
+            assert_eq!(
+                SocketAddrText::new(&a).as_bytes(),
+                a.to_string().as_bytes(),
+                "{ip}"
+            );
+        }
+        for ip in ["0.0.0.0", "255.255.255.255", "10.0.0.5"] {
+            let a = SocketAddr::V4(SocketAddrV4::new(ip.parse().unwrap(), 0));
+            assert_eq!(
+                SocketAddrText::new(&a).as_bytes(),
+                a.to_string().as_bytes(),
+                "{ip}"
+            );
+        }
+    }
+}
