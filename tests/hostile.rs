@@ -33,13 +33,13 @@ use std::sync::OnceLock;
 const SLACK_KIB: u64 = 6 * 1024;
 
 /// What two workers hold outside the flow budget: exchanges on their way to
-/// the classifying thread. An eviction round ends a tenth of a worker's
-/// share of the budget at once, and the connections' requests become
-/// exchanges that wait in the lanes (src/workers.rs: at most `LANE_DEPTH`
-/// batches per worker, merged by packet index). Measured: 5-7 MiB more RSS
-/// than one worker at an 8 MiB budget on the concurrent-flows scenario
-/// (about 3.8 MiB of it the replies' output vectors, the rest allocator
-/// arenas of the worker threads).
+/// the merging thread. An eviction round ends a tenth of a worker's share
+/// of the budget at once, and the connections' requests become exchanges
+/// that wait until the other worker is past that packet (src/workers.rs:
+/// bounded channels, replies of at most `REPLY_CHUNK` outputs). Measured:
+/// 5.5-6.5 MiB more RSS than one worker at an 8 MiB budget on the
+/// concurrent-flows scenario, about half of it the allocator arenas of the
+/// three extra threads.
 const IN_FLIGHT_KIB: u64 = 8 * 1024;
 
 /// Most of the capture file the reader keeps resident: it maps 16 MiB ahead
