@@ -6,10 +6,12 @@
 # Builds apitap in release mode, makes the big capture if it is missing
 # (needs root and nginx, wrk, tcpdump, ethtool, iproute2: installed with
 # apt-get when absent), builds the libpcap floor (pcap_count) and times, in
-# one run, alternating A B A B ... (RUNS each, default 5):
+# one run, alternating A B C A B C ... (RUNS each, default 5):
 #   A = pcap_count FILE                      (pcap_open_offline + pcap_next_ex)
-#   B = apitap -r FILE --exchanges LOG
-# then prints medians: MB/s, packets/s, exchanges/s and apitap/floor.
+#   B = apitap -r FILE --exchanges LOG --workers 1         (one core)
+#   C = apitap -r FILE --exchanges LOG --workers $(nproc)  (the default)
+# then prints medians: MB/s, packets/s, exchanges/s, time/floor and the
+# speed-up of C over B.
 # Exchanges = lines apitap wrote to its exchange log (a real file, so the
 # count is checked; the log's cost is part of apitap's time); the capture's
 # request count (nginx's, from FILE.stats.txt) is shown beside it.
@@ -71,26 +73,37 @@ cat "$file" >/dev/null # warm the page cache
 
 times=$(mktemp)
 trap 'rm -f "$log" "$times"' EXIT
+cores=$(nproc)
 exchanges=0
+check() {
+    local n
+    n=$(wc -l <"$log")
+    if [ "$exchanges" != 0 ] && [ "$n" != "$exchanges" ]; then
+        echo "bench.sh: a run logged $n exchanges, the first $exchanges" >&2
+    fi
+    exchanges=$n
+}
 for i in $(seq "$runs"); do
     t0=$(date +%s%N)
     "$floor" "$file" >/dev/null
     t1=$(date +%s%N)
-    "$apitap" -r "$file" --exchanges "$log"
+    "$apitap" -r "$file" --exchanges "$log" --workers 1
     t2=$(date +%s%N)
-    n=$(wc -l <"$log")
-    if [ "$i" -gt 1 ] && [ "$n" != "$exchanges" ]; then
-        echo "bench.sh: run $i logged $n exchanges, run 1 logged $exchanges" >&2
-    fi
-    exchanges=$n
+    check
+    "$apitap" -r "$file" --exchanges "$log" --workers "$cores"
+    t3=$(date +%s%N)
+    check
     echo "floor $((t1 - t0))" >>"$times"
-    echo "apitap $((t2 - t1))" >>"$times"
-    printf 'run %d: floor %.3f s, apitap %.3f s\n' "$i" "$(((t1 - t0) / 1000))e-6" "$(((t2 - t1) / 1000))e-6"
+    echo "apitap-1w $((t2 - t1))" >>"$times"
+    echo "apitap-${cores}w $((t3 - t2))" >>"$times"
+    printf 'run %d: floor %.3f s, apitap 1 worker %.3f s, %d workers %.3f s\n' "$i" \
+        "$(((t1 - t0) / 1000))e-6" "$(((t2 - t1) / 1000))e-6" "$cores" "$(((t3 - t2) / 1000))e-6"
 done
 
-python3 - "$size" "$packets" "$exchanges" "${requests:-0}" "$runs" "$times" <<'PY'
+python3 - "$size" "$packets" "$exchanges" "${requests:-0}" "$runs" "$times" "$cores" <<'PY'
 import statistics, sys
 size, pkts, ex, req, runs = (int(a) for a in sys.argv[1:6])
+cores = int(sys.argv[7])
 walls = {}
 for line in open(sys.argv[6]):
     label, ns = line.split()
@@ -99,10 +112,14 @@ floor = statistics.median(walls["floor"])
 print(f"capture: {size:,} bytes, {pkts:,} packets, {req:,} HTTP requests (nginx); "
       f"apitap logged {ex:,} exchanges; {runs} alternating runs each, medians")
 print(f"{'what':<14}{'wall_s':>8}{'min_s':>8}{'max_s':>8}{'MB/s':>9}{'Mpkt/s':>9}{'exch/s':>11}{'x_floor':>9}")
-for label, name in (("floor", "libpcap-floor"), ("apitap", "apitap")):
+many = f"apitap-{cores}w"
+for label in ("floor", "apitap-1w", many):
     ws = walls[label]
     w = statistics.median(ws)
-    rate = f"{ex / w:>11,.0f}" if label == "apitap" else f"{'-':>11}"
-    print(f"{name:<14}{w:>8.3f}{min(ws):>8.3f}{max(ws):>8.3f}{size / 1e6 / w:>9.0f}"
+    rate = f"{ex / w:>11,.0f}" if label != "floor" else f"{'-':>11}"
+    print(f"{label:<14}{w:>8.3f}{min(ws):>8.3f}{max(ws):>8.3f}{size / 1e6 / w:>9.0f}"
           f"{pkts / 1e6 / w:>9.3f}{rate}{w / floor:>9.2f}")
+one = statistics.median(walls["apitap-1w"])
+print(f"one core: {floor / one:.2f} of the floor's MB/s (target >= 0.5); "
+      f"{cores} workers: {one / statistics.median(walls[many]):.2f}x one worker")
 PY
