@@ -42,9 +42,9 @@ impl<F: FnMut(&Exchange)> ExchangeSink for F {
 }
 
 /// Classify each finished exchange, then hand it to the sink.
-pub(crate) fn deliver<'a>(
+pub(crate) fn deliver<'a, S: ExchangeSink + ?Sized>(
     classifier: &'a mut Classifier,
-    sink: &'a mut impl ExchangeSink,
+    sink: &'a mut S,
 ) -> impl FnMut(Exchange) + 'a {
     move |mut ex| {
         let found = classifier.classify(&mut ex);
@@ -56,7 +56,7 @@ pub(crate) fn deliver<'a>(
 }
 
 /// Hand one flow-layer event to the sink.
-pub(crate) fn pass_event(ev: FlowEvent, sink: &mut impl ExchangeSink) {
+pub(crate) fn pass_event<S: ExchangeSink + ?Sized>(ev: FlowEvent, sink: &mut S) {
     match ev {
         FlowEvent::Connection {
             server,

@@ -285,7 +285,7 @@ struct Merger {
 
 impl Merger {
     /// Until every worker has exited (the reply channel closes).
-    fn run<S: ExchangeSink>(mut self, sink: &Mutex<S>) {
+    fn run(mut self, sink: &Mutex<dyn ExchangeSink + Send>) {
         while let Ok(reply) = self.replies.recv() {
             self.take(reply);
             while let Ok(reply) = self.replies.try_recv() {
@@ -339,7 +339,7 @@ impl Merger {
 
     /// Hand every held output up to `mark` to the sink, merging the lanes
     /// by [`Order`] (each lane's queue is in that order).
-    fn release(&mut self, sink: &mut impl ExchangeSink, mark: u64) {
+    fn release<S: ExchangeSink + ?Sized>(&mut self, sink: &mut S, mark: u64) {
         loop {
             let next = self
                 .lanes
@@ -364,13 +364,8 @@ impl Merger {
     }
 }
 
-/// The merging thread, before and after it starts.
-enum MergeThread {
-    /// Not started: it starts with the first call that brings the sink.
-    Waiting(Box<Merger>),
-    Running(JoinHandle<()>),
-    Ended,
-}
+/// The sink as the merging thread holds it.
+type DynSink = Arc<Mutex<dyn ExchangeSink + Send>>;
 
 /// One worker's share of the flow table limits.
 fn share(flows: FlowConfig, n: usize) -> FlowConfig {
@@ -391,7 +386,10 @@ pub struct Sharded {
     /// Emptied batches to reuse, from the merging thread.
     free: Receiver<Batch>,
     threads: Vec<JoinHandle<()>>,
-    merger: MergeThread,
+    /// The merging thread waits for the sink, which comes with the first
+    /// call that brings it.
+    sink_tx: Option<Sender<DynSink>>,
+    merger: Option<JoinHandle<()>>,
     shared: Arc<MergeShared>,
     packets: u64,
     bytes: u64,
@@ -449,7 +447,7 @@ impl Sharded {
             threads.push(handle);
             lanes.push(Lane::new(Some(tx)));
         }
-        let mut sharded = Sharded::with(decoder, classifier, lanes, replies, threads, false);
+        let mut sharded = Sharded::with(decoder, classifier, lanes, replies, threads, false)?;
         sharded.backing = backing;
         Ok(sharded)
     }
@@ -461,7 +459,7 @@ impl Sharded {
         replies: Receiver<Reply>,
         threads: Vec<JoinHandle<()>>,
         live: bool,
-    ) -> Sharded {
+    ) -> std::io::Result<Sharded> {
         let shared = Arc::new(MergeShared::default());
         *lock(&shared.reports) = vec![LaneReport::default(); lanes.len()];
         let (free_tx, free) = channel();
@@ -473,7 +471,15 @@ impl Sharded {
             shared: shared.clone(),
             live,
         };
-        Sharded {
+        let (sink_tx, sink_rx) = channel::<DynSink>();
+        let merger = std::thread::Builder::new()
+            .name("apitap-merge".into())
+            .spawn(move || {
+                if let Ok(sink) = sink_rx.recv() {
+                    merger.run(&sink);
+                }
+            })?;
+        Ok(Sharded {
             clock: Clock::default(),
             decoder: Decoder::new(decoder),
             backing: None,
@@ -481,13 +487,14 @@ impl Sharded {
             lanes,
             free,
             threads,
-            merger: MergeThread::Waiting(Box::new(merger)),
+            sink_tx: Some(sink_tx),
+            merger: Some(merger),
             shared,
             packets: 0,
             bytes: 0,
             finished: false,
             live: None,
-        }
+        })
     }
 
     /// Live capture: one worker per handle of `sources` (joined in one
@@ -528,29 +535,16 @@ impl Sharded {
             counters: counters.clone(),
             drops,
         };
-        let mut sharded = Sharded::with(decoder, classifier, lanes, replies, threads, true);
+        let mut sharded = Sharded::with(decoder, classifier, lanes, replies, threads, true)?;
         sharded.live = Some(LiveWorkers { stoppers, counters });
         Ok((sharded, ticker))
     }
 
-    /// Start the merging thread with the sink, the first time.
+    /// Hand the merging thread the sink, the first time.
     fn start<S: ExchangeSink + Send + 'static>(&mut self, sink: &Arc<Mutex<S>>) {
-        if !matches!(self.merger, MergeThread::Waiting(_)) {
-            return;
-        }
-        let MergeThread::Waiting(merger) = std::mem::replace(&mut self.merger, MergeThread::Ended)
-        else {
-            return;
-        };
-        let sink = sink.clone();
-        let spawned = std::thread::Builder::new()
-            .name("apitap-merge".into())
-            .spawn(move || merger.run(&sink));
-        match spawned {
-            Ok(handle) => self.merger = MergeThread::Running(handle),
-            // Workers then block once their replies fill the channel; the
-            // capture cannot go on without this thread.
-            Err(e) => tracing::error!("cannot start the merging thread: {e}"),
+        if let Some(tx) = self.sink_tx.take() {
+            let sink: DynSink = sink.clone();
+            let _ = tx.send(sink);
         }
     }
 
@@ -653,7 +647,7 @@ impl Sharded {
         // Each worker drops its reply sender when it exits (the reader kept
         // none), so the merging thread ends once every worker has answered
         // `Finish`, after releasing everything.
-        if let MergeThread::Running(t) = std::mem::replace(&mut self.merger, MergeThread::Ended) {
+        if let Some(t) = self.merger.take() {
             if t.join().is_err() {
                 tracing::error!("the merging thread failed; exchanges are missing");
             }
@@ -695,10 +689,7 @@ impl Sharded {
     /// See [`Pipeline::set_classifier`]: adopted by the merging thread
     /// before it releases anything more.
     pub fn set_classifier(&mut self, classifier: Classifier) {
-        match &mut self.merger {
-            MergeThread::Waiting(m) => m.classifier.adopt(classifier),
-            _ => *lock(&self.shared.classifier) = Some(classifier),
-        }
+        *lock(&self.shared.classifier) = Some(classifier);
     }
 
     /// Every worker sweeps at `now`, at packet `idx` of the input.
