@@ -25,6 +25,12 @@ const RELEASE_LAG: usize = 4 << 20;
 /// libpcap judges it).
 const MAX_SANE_RECORD: u32 = 256 * 1024;
 
+/// How far ahead of the reader the file is prefetched: a few records.
+/// Measured on the benchmark capture: 5 % faster with one worker and 4-10 %
+/// with two (the reading thread, which then touches no payload, is their
+/// bottleneck); the next record alone gained less, 32 KiB no more.
+const PREFETCH_AHEAD: usize = 8 << 10;
+
 /// Hint the CPU to load the cache line at `off` (a no-op elsewhere).
 #[inline(always)]
 fn prefetch(map: &[u8], off: usize) {
@@ -60,6 +66,8 @@ pub struct MappedPcap {
     released: usize,
     /// Pages before this offset were mapped in ahead of use.
     populated: usize,
+    /// Lines before this offset were prefetched.
+    prefetched: usize,
 }
 
 impl MappedPcap {
@@ -99,6 +107,7 @@ impl MappedPcap {
             truncation: None,
             released: 0,
             populated: 0,
+            prefetched: 0,
         }))
     }
 
@@ -138,9 +147,18 @@ impl MappedPcap {
         let len = block.data.len();
         self.off = start + len;
         // The next record's header is the one load per packet that misses
-        // the cache (records are too far apart for the hardware
-        // prefetcher): ask for it while this packet is processed.
+        // the cache: where it is is known only once this one is read (a
+        // chain of misses the hardware prefetcher does not follow). Ask for
+        // it now, and for every line of the next PREFETCH_AHEAD bytes, so
+        // the headers after it are on their way too.
         prefetch(&self.map, self.off);
+        let ahead = (self.off + PREFETCH_AHEAD).min(self.map.len());
+        let mut line = self.prefetched.max(self.off) & !63;
+        while line < ahead {
+            prefetch(&self.map, line);
+            line += 64;
+        }
+        self.prefetched = line;
         self.stats.packets += 1;
         self.stats.bytes += len as u64;
         self.current = Some((start, len, ts, block.origlen));
