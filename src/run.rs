@@ -176,7 +176,14 @@ pub fn run(cfg: &Config, cli: &Cli, log: LogHandle) -> Result<(), RunError> {
     };
     match &cfg.input {
         Input::File(path) => {
-            let source = ReplaySource::open(path, cfg.replay_speed, cfg.replay_loop, stop.clone())?;
+            let mut source =
+                ReplaySource::open(path, cfg.replay_speed, cfg.replay_loop, stop.clone())?;
+            // Measured: paging on its own thread is faster with a core to
+            // spare, slower when the workers use them all.
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            if cfg.workers < cores {
+                source = source.page_on_thread();
+            }
             let flag = stop.clone();
             on_signals(move || flag.stop(), reloader)
                 .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;

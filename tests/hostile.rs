@@ -44,8 +44,8 @@ const IN_FLIGHT_KIB: u64 = 8 * 1024;
 
 /// Most of the capture file the reader keeps resident: it maps 16 MiB ahead
 /// and gives pages back every 16 MiB read, keeping the last 4 MiB for the
-/// workers (src/capture/mapped.rs).
-const MAPPED_WINDOW_KIB: u64 = 36 * 1024;
+/// workers, hearing where the reader is every 2 MiB (src/capture/mapped.rs).
+const MAPPED_WINDOW_KIB: u64 = 38 * 1024;
 
 fn full() -> bool {
     std::env::var("APITAP_HOSTILE_FULL").is_ok_and(|v| v == "1")

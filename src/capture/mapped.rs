@@ -13,13 +13,21 @@ use crate::clock::Timestamp;
 use pcap_parser::pcap::{
     parse_pcap_frame, parse_pcap_frame_be, parse_pcap_header, LegacyPcapBlock,
 };
+use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 /// How much is read between two releases of the pages behind the reader.
 const RELEASE_EVERY: usize = 16 << 20;
 
 /// How far behind the reader pages stay mapped when released.
 const RELEASE_LAG: usize = 4 << 20;
+
+/// How far ahead of the reader pages are mapped in.
+const POPULATE_AHEAD: usize = 16 << 20;
+
+/// How often the reader tells the pager where it is.
+const NOTICE_EVERY: usize = 2 << 20;
 
 /// A record longer than both the file's snaplen and this is corrupt (as
 /// libpcap judges it).
@@ -62,12 +70,135 @@ pub struct MappedPcap {
     current: Option<(usize, usize, Timestamp, u32)>,
     stats: SourceStats,
     truncation: Option<String>,
+    /// Maps pages in ahead of the reader and gives them back behind it.
+    pager: Pager,
+    /// The offset at which the pager hears from the reader next.
+    next_notice: usize,
+    /// Lines before this offset were prefetched.
+    prefetched: usize,
+}
+
+/// The pages of the map in this process's resident set: a window around the
+/// reader, so RSS does not grow with the file. Mapping pages in one call
+/// (MADV_POPULATE_READ) costs less than a page fault at a time; giving them
+/// back (MADV_DONTNEED) keeps the window.
+struct Window {
+    map: Arc<memmap2::Mmap>,
     /// Pages before this offset were given back.
     released: usize,
     /// Pages before this offset were mapped in ahead of use.
     populated: usize,
-    /// Lines before this offset were prefetched.
-    prefetched: usize,
+}
+
+impl Window {
+    /// The reader is at `off`: map in up to [`POPULATE_AHEAD`] past it, give
+    /// back what is more than [`RELEASE_LAG`] behind, by
+    /// [`RELEASE_EVERY`] at a time. At most the sum of the three (plus one
+    /// [`NOTICE_EVERY`] when on the pager thread) stays resident.
+    fn advance(&mut self, off: usize) {
+        let page = 4096;
+        if off + POPULATE_AHEAD / 2 >= self.populated {
+            let end = (off + POPULATE_AHEAD).min(self.map.len());
+            let start = self.populated.max(off) / page * page;
+            if end > start {
+                // Older kernels refuse it: faults then do the work.
+                let _ = self
+                    .map
+                    .advise_range(memmap2::Advice::PopulateRead, start, end - start);
+            }
+            self.populated = end;
+        }
+        if off - self.released.min(off) < RELEASE_EVERY + RELEASE_LAG {
+            return;
+        }
+        // A little stays mapped behind the reader: worker threads may still
+        // be reading payloads there (see `backing`; at most a few batches
+        // behind); past it they would only fault the pages back in.
+        let upto = off.saturating_sub(RELEASE_LAG) / page * page;
+        if upto <= self.released {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on a read-only file mapping only drops this
+        // process's page table entries; the bytes read back the same from
+        // the file (the map is never written), so a reader elsewhere still
+        // holding a slice of these pages reads the same bytes after a fault.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.released,
+                upto - self.released,
+            )
+        };
+        self.released = upto;
+    }
+}
+
+/// The [`Window`] moved by the reader, or by a thread of its own (see
+/// [`MappedPcap::page_on_thread`]).
+enum Pager {
+    Thread(PagerThread),
+    Inline(Window),
+}
+
+/// Tells the pager thread where the reader is; stops it when dropped.
+struct PagerThread {
+    tx: Option<Sender<usize>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Pager {
+    /// Move the window to a thread of its own; it stays with the reader if
+    /// the thread cannot start.
+    fn spawn(self) -> Pager {
+        let Pager::Inline(mut window) = self else {
+            return self;
+        };
+        let (tx, rx) = channel::<usize>();
+        let map = window.map.clone();
+        let (released, populated) = (window.released, window.populated);
+        let spawned = std::thread::Builder::new()
+            .name("apitap-pager".into())
+            .spawn(move || {
+                while let Ok(mut off) = rx.recv() {
+                    // Only the latest position matters.
+                    while let Ok(o) = rx.try_recv() {
+                        off = o;
+                    }
+                    window.advance(off);
+                }
+            });
+        match spawned {
+            Ok(handle) => Pager::Thread(PagerThread {
+                tx: Some(tx),
+                handle: Some(handle),
+            }),
+            Err(_) => Pager::Inline(Window {
+                map,
+                released,
+                populated,
+            }),
+        }
+    }
+
+    fn notice(&mut self, off: usize) {
+        match self {
+            Pager::Thread(t) => {
+                if let Some(tx) = &t.tx {
+                    let _ = tx.send(off);
+                }
+            }
+            Pager::Inline(w) => w.advance(off),
+        }
+    }
+}
+
+impl Drop for PagerThread {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl MappedPcap {
@@ -94,19 +225,24 @@ impl MappedPcap {
             return Ok(None);
         };
         let _ = map.advise(memmap2::Advice::Sequential);
+        let map = Arc::new(map);
         Ok(Some(MappedPcap {
             // The upper 16 bits of the link type may carry FCS information.
             link: LinkType(header.network.0 as u32 & 0xffff),
             snaplen: header.snaplen,
-            map: Arc::new(map),
+            pager: Pager::Inline(Window {
+                map: map.clone(),
+                released: 0,
+                populated: 0,
+            }),
+            map,
             off: 24,
             big_endian,
             nanos,
             current: None,
             stats: SourceStats::default(),
             truncation: None,
-            released: 0,
-            populated: 0,
+            next_notice: 0,
             prefetched: 0,
         }))
     }
@@ -114,11 +250,9 @@ impl MappedPcap {
     /// The next packet, or None at the end (see `truncation`).
     pub fn next_packet(&mut self) -> Option<RawPacket<'_>> {
         self.current = None;
-        if self.off >= self.populated {
-            self.populate_ahead();
-        }
-        if self.off - self.released >= RELEASE_EVERY + RELEASE_LAG {
-            self.release_behind();
+        if self.off >= self.next_notice {
+            self.pager.notice(self.off);
+            self.next_notice = self.off + NOTICE_EVERY;
         }
         let rest = self.map.get(self.off..)?;
         if rest.is_empty() || self.truncation.is_some() {
@@ -165,6 +299,17 @@ impl MappedPcap {
         self.current()
     }
 
+    /// Map pages in and give them back on a thread of its own rather than
+    /// on the reading thread: worth it when a core is left over.
+    pub fn page_on_thread(&mut self) {
+        let idle = Pager::Thread(PagerThread {
+            tx: None,
+            handle: None,
+        });
+        let pager = std::mem::replace(&mut self.pager, idle);
+        self.pager = pager.spawn();
+    }
+
     /// The mapped file, for readers on other threads.
     pub fn backing(&self) -> Backing {
         self.map.clone()
@@ -181,44 +326,6 @@ impl MappedPcap {
         })
     }
 
-    /// Map the next window in one call rather than a page fault at a time
-    /// (MADV_POPULATE_READ; older kernels refuse it and faults do the work).
-    fn populate_ahead(&mut self) {
-        let end = (self.populated.max(self.off) + RELEASE_EVERY).min(self.map.len());
-        let start = self.populated / 4096 * 4096;
-        if end > start {
-            let _ = self
-                .map
-                .advise_range(memmap2::Advice::PopulateRead, start, end - start);
-        }
-        self.populated = end;
-    }
-
-    /// Drop the mapped pages already read from this process's resident set
-    /// (the page cache keeps them), so RSS does not grow with the file.
-    fn release_behind(&mut self) {
-        let page = 4096;
-        // A little stays mapped behind the reader: worker threads may still
-        // be reading payloads there (see `backing`; at most a few batches
-        // behind); past it they would only fault the pages back in.
-        let upto = self.off.saturating_sub(RELEASE_LAG) / page * page;
-        if upto <= self.released {
-            return;
-        }
-        // SAFETY: MADV_DONTNEED on a read-only file mapping only drops this
-        // process's page table entries; the bytes read back the same from
-        // the file (the map is never written), so a reader elsewhere still
-        // holding a slice of these pages reads the same bytes after a fault.
-        let _ = unsafe {
-            self.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                self.released,
-                upto - self.released,
-            )
-        };
-        self.released = upto;
-    }
-
     fn stop(&mut self, what: &str) {
         self.truncation = Some(format!(
             "{what} after {} packets ({} bytes of the file)",
@@ -232,5 +339,110 @@ impl MappedPcap {
 
     pub fn truncation(&self) -> Option<&str> {
         self.truncation.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A classic pcap file of `records` Ethernet frames of `len` bytes,
+    /// each frame's first bytes its index.
+    fn write_pcap(path: &std::path::Path, records: u32, len: u32) {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+        // Magic, version 2.4, zone, sigfigs, snaplen, Ethernet.
+        for v in [0xa1b2_c3d4u32, 2 | (4 << 16), 0, 0, 65535, 1] {
+            f.write_all(&v.to_le_bytes()).unwrap();
+        }
+        let mut frame = vec![0u8; len as usize];
+        for i in 0..records {
+            for v in [i, 0, len, len] {
+                f.write_all(&v.to_le_bytes()).unwrap();
+            }
+            frame[..4].copy_from_slice(&i.to_le_bytes());
+            f.write_all(&frame).unwrap();
+        }
+        f.flush().unwrap();
+    }
+
+    /// Resident pages (KiB) of this process's mappings of `path`.
+    fn resident_kib(path: &str) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+        let mut ours = false;
+        let mut kib = 0;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or_default();
+            if first.contains('-') && !first.ends_with(':') {
+                // A mapping's header line: its path comes last.
+                ours = line.ends_with(path);
+            } else if let (true, Some(v)) = (ours, line.strip_prefix("Rss:")) {
+                kib += v
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        }
+        kib
+    }
+
+    fn read_all(path: &str, thread: bool, mut each: impl FnMut(u32)) -> u32 {
+        let mut m = MappedPcap::open(path).unwrap().expect("a classic pcap");
+        if thread {
+            m.page_on_thread();
+        }
+        let mut n = 0;
+        while let Some(p) = m.next_packet() {
+            let idx = u32::from_le_bytes(p.data[..4].try_into().unwrap());
+            assert_eq!(idx, n, "packets in order, none lost");
+            n += 1;
+            each(n);
+        }
+        assert!(m.truncation().is_none());
+        n
+    }
+
+    #[test]
+    fn paging_inline_or_on_a_thread_yields_every_packet_and_keeps_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.pcap");
+        // 64 MiB: several times the window.
+        let (records, len) = (44_000, 1500);
+        write_pcap(&path, records, len);
+        let path = path.to_str().unwrap();
+        let window_kib =
+            ((POPULATE_AHEAD + RELEASE_EVERY + RELEASE_LAG + NOTICE_EVERY) >> 10) as u64;
+        for thread in [false, true] {
+            let mut worst = 0;
+            let n = read_all(path, thread, |n| {
+                if n % 2000 == 0 {
+                    // A pager thread runs behind the reader: give it a
+                    // moment to catch up before judging.
+                    let mut rss = resident_kib(path);
+                    for _ in 0..100 {
+                        if rss <= window_kib {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        rss = resident_kib(path);
+                    }
+                    worst = worst.max(rss);
+                }
+            });
+            assert_eq!(n, records);
+            eprintln!(
+                "thread {thread}: file resident at most {worst} KiB (window {window_kib} KiB)"
+            );
+            assert!(
+                worst <= window_kib,
+                "thread {thread}: mapped file resident {worst} KiB, window {window_kib} KiB"
+            );
+            assert!(
+                worst > 0,
+                "the mapping was not found: the check measures nothing"
+            );
+        }
     }
 }

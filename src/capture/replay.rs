@@ -37,9 +37,12 @@ enum Input {
 }
 
 impl Input {
-    fn open(path: &str) -> Result<Input, CaptureError> {
+    fn open(path: &str, pager_thread: bool) -> Result<Input, CaptureError> {
         if path != "-" {
-            if let Ok(Some(m)) = MappedPcap::open(path) {
+            if let Ok(Some(mut m)) = MappedPcap::open(path) {
+                if pager_thread {
+                    m.page_on_thread();
+                }
                 return Ok(Input::Mapped(m));
             }
         }
@@ -95,6 +98,7 @@ pub struct ReplaySource {
     /// Stats of the passes before this one.
     done: SourceStats,
     passes: u64,
+    pager_thread: bool,
 }
 
 impl ReplaySource {
@@ -112,7 +116,8 @@ impl ReplaySource {
         }
         Ok(ReplaySource {
             path: path.to_string(),
-            file: Input::open(path)?,
+            file: Input::open(path, false)?,
+            pager_thread: false,
             speed,
             looping,
             stop,
@@ -123,6 +128,16 @@ impl ReplaySource {
             done: SourceStats::default(),
             passes: 0,
         })
+    }
+
+    /// A mapped file's pages are mapped in and given back on a thread of
+    /// their own (see [`MappedPcap::page_on_thread`]).
+    pub fn page_on_thread(mut self) -> Self {
+        self.pager_thread = true;
+        if let Input::Mapped(m) = &mut self.file {
+            m.page_on_thread();
+        }
+        self
     }
 
     /// How many times the file was read to its end.
@@ -173,7 +188,7 @@ impl PacketSource for ReplaySource {
                 let stats = self.file.stats();
                 self.done.packets += stats.packets;
                 self.done.bytes += stats.bytes;
-                self.file = Input::open(&self.path)?;
+                self.file = Input::open(&self.path, self.pager_thread)?;
                 continue;
             };
             if self.passes == 0 {
