@@ -7,6 +7,11 @@
 //! parsers. A file that is not a classic pcap (pcapng, stdin, a pipe) is
 //! for `FileSource`. A record cut by the end of the file or with an
 //! impossible length ends the capture with a note, like `FileSource`.
+//!
+//! Memory: only a window of the file around the reader is in the process's
+//! resident set ([`Window`]: mapped in ahead, given back behind), whatever
+//! the file's size; the window moves on the reading thread, or on a thread
+//! of its own ([`MappedPcap::page_on_thread`]).
 
 use super::{Backing, LinkType, RawPacket, SourceStats};
 use crate::clock::Timestamp;
