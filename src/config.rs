@@ -169,6 +169,11 @@ fn positive(key: &'static str, v: usize) -> Result<usize, ConfigError> {
 /// Most worker threads `--workers` takes.
 pub const MAX_WORKERS: usize = 64;
 
+/// The CPUs this process may run on (1 when unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 impl Config {
     /// Merge the config file (if any) and the flags, and validate.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
@@ -227,7 +232,7 @@ impl Config {
                 ))
             }
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)),
+            None => cores().min(MAX_WORKERS),
         };
         let log_level = match cli
             .log_level

@@ -180,8 +180,7 @@ pub fn run(cfg: &Config, cli: &Cli, log: LogHandle) -> Result<(), RunError> {
                 ReplaySource::open(path, cfg.replay_speed, cfg.replay_loop, stop.clone())?;
             // Measured: paging on its own thread is faster with a core to
             // spare, slower when the workers use them all.
-            let cores = std::thread::available_parallelism().map_or(1, usize::from);
-            if cfg.workers < cores {
+            if cfg.workers < crate::config::cores() {
                 source = source.page_on_thread();
             }
             let flag = stop.clone();

@@ -64,6 +64,7 @@ use crate::decode::{DecodeStats, Decoded, Decoder, DecoderConfig, TcpFlags, TcpS
 use crate::flow::{FlowConfig, FlowEvent, FlowKey, FlowStats, FlowTable, SweepSchedule};
 use crate::http::exchange::Exchange;
 use crate::pipeline::{deliver, pass_event, ExchangeSink, Pipeline, PipelineStats};
+use std::mem::take;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
@@ -213,6 +214,27 @@ struct Reply {
     active_flows: usize,
     /// Live workers decode their own packets.
     decode: Option<DecodeStats>,
+}
+
+impl Reply {
+    /// Worker `worker`'s answer, with its table's counters as they are now.
+    fn of(
+        worker: usize,
+        flows: &FlowTable,
+        batch: Batch,
+        upto: u64,
+        outputs: Vec<Tagged>,
+    ) -> Reply {
+        Reply {
+            worker,
+            batch,
+            upto,
+            outputs,
+            flows: flows.stats().clone(),
+            active_flows: flows.active_flows(),
+            decode: None,
+        }
+    }
 }
 
 /// The reader's side of a worker.
@@ -652,7 +674,7 @@ impl Sharded {
                 tracing::error!("the merging thread failed; exchanges are missing");
             }
         }
-        for (id, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
+        for (id, t) in take(&mut self.threads).into_iter().enumerate() {
             if t.join().is_err() {
                 tracing::error!(worker = id, "a worker thread failed; its flows are missing");
             }
@@ -808,15 +830,7 @@ fn work(
             let next_idx = batch.items.get(k + 1).map(Item::idx);
             if outputs.len() >= REPLY_CHUNK && next_idx != Some(idx) {
                 outputs.sort_by_key(|(o, _)| *o);
-                let partial = Reply {
-                    worker: id,
-                    batch: Batch::default(),
-                    upto: 0,
-                    outputs: std::mem::take(&mut outputs),
-                    flows: flows.stats().clone(),
-                    active_flows: flows.active_flows(),
-                    decode: None,
-                };
+                let partial = Reply::of(id, &flows, Batch::default(), 0, take(&mut outputs));
                 if tx.send(partial).is_err() {
                     return;
                 }
@@ -837,15 +851,7 @@ fn work(
         // phase's own order).
         outputs.sort_by_key(|(o, _)| *o);
         batch.clear();
-        let reply = Reply {
-            worker: id,
-            batch,
-            upto,
-            outputs,
-            flows: flows.stats().clone(),
-            active_flows: flows.active_flows(),
-            decode: None,
-        };
+        let reply = Reply::of(id, &flows, batch, upto, outputs);
         if tx.send(reply).is_err() || end.is_some() {
             return;
         }
@@ -961,14 +967,10 @@ fn work_live(
         // packet); the counters at least every LIVE_REPLY_EVERY.
         if end || tick || !outputs.is_empty() || last_reply.elapsed() >= LIVE_REPLY_EVERY {
             last_reply = Instant::now();
+            let upto = if end { u64::MAX } else { 0 };
             let reply = Reply {
-                worker: id,
-                batch: Batch::default(),
-                upto: if end { u64::MAX } else { 0 },
-                outputs: std::mem::take(&mut outputs),
-                flows: flows.stats().clone(),
-                active_flows: flows.active_flows(),
                 decode: Some(decoder.stats().clone()),
+                ..Reply::of(id, &flows, Batch::default(), upto, take(&mut outputs))
             };
             if tx.send(reply).is_err() || end {
                 return;

@@ -113,7 +113,7 @@ impl Window {
             }
             self.populated = end;
         }
-        if off - self.released.min(off) < RELEASE_EVERY + RELEASE_LAG {
+        if off.saturating_sub(self.released) < RELEASE_EVERY + RELEASE_LAG {
             return;
         }
         // A little stays mapped behind the reader: worker threads may still

@@ -1439,6 +1439,29 @@ mod tests {
         assert_eq!(table.stats().memory_bytes, 0);
     }
 
+    /// A segment as captured: window 1, nothing missing.
+    fn tcp(
+        ts: Timestamp,
+        src: SocketAddr,
+        dst: SocketAddr,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        payload: &[u8],
+    ) -> TcpSegment<'_> {
+        TcpSegment {
+            ts,
+            src,
+            dst,
+            seq,
+            ack,
+            flags: TcpFlags(flags),
+            window: 1,
+            payload,
+            missing: 0,
+        }
+    }
+
     /// `n` connections from distinct clients to one server, each through
     /// its handshake and, with `talk` (request, response), one exchange
     /// whose response the client acknowledges; all left open. What came out.
@@ -1450,17 +1473,8 @@ mod tests {
                 .parse()
                 .unwrap();
             let ts = Timestamp::from_micros(1_000_000 + i64::from(i));
-            let seg = |src, dst, seq, ack, flags, payload| TcpSegment {
-                ts,
-                src,
-                dst,
-                seq,
-                ack,
-                flags: TcpFlags(flags),
-                window: 1,
-                payload,
-                missing: 0,
-            };
+            let seg =
+                |src, dst, seq, ack, flags, payload| tcp(ts, src, dst, seq, ack, flags, payload);
             let ack = TcpFlags::ACK;
             let mut segs = vec![
                 seg(client, server, 100, 0, TcpFlags::SYN, &b""[..]),
@@ -1589,17 +1603,15 @@ mod tests {
                         payload: &[u8]| {
             t += 10;
             let (src, dst) = if from_client { (c, srv) } else { (srv, c) };
-            let seg = TcpSegment {
-                ts: Timestamp::from_micros(t),
+            let seg = tcp(
+                Timestamp::from_micros(t),
                 src,
                 dst,
                 seq,
                 ack,
-                flags: TcpFlags(flags),
-                window: 1,
+                flags,
                 payload,
-                missing: 0,
-            };
+            );
             table.segment(&seg, seg.ts, &mut |e| out.push(e));
         };
         send(&mut table, true, 1000, 0, TcpFlags::SYN, b"");

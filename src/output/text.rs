@@ -173,20 +173,21 @@ impl TimestampText {
             return None;
         }
         let micros = ts.as_micros().rem_euclid(1_000_000) as u32;
-        let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
-        let (y, m, d) = civil_from_days(days);
+        // The calendar is the `time` crate's, as in `Display`; only the
+        // text is ours.
+        let dt = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
         let mut t = Ascii::new();
-        t.push_padded(y, 4);
+        t.push_padded(dt.year() as u32, 4);
         t.push(b'-');
-        t.push_padded(m, 2);
+        t.push_padded(u32::from(u8::from(dt.month())), 2);
         t.push(b'-');
-        t.push_padded(d, 2);
+        t.push_padded(u32::from(dt.day()), 2);
         t.push(b'T');
-        t.push_padded(sod / 3600, 2);
+        t.push_padded(u32::from(dt.hour()), 2);
         t.push(b':');
-        t.push_padded(sod / 60 % 60, 2);
+        t.push_padded(u32::from(dt.minute()), 2);
         t.push(b':');
-        t.push_padded(sod % 60, 2);
+        t.push_padded(u32::from(dt.second()), 2);
         t.push(b'.');
         t.push_padded(micros, 6);
         t.push(b'Z');
@@ -197,21 +198,6 @@ impl TimestampText {
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
-}
-
-/// Proleptic Gregorian (year, month, day) of a day count from 1970-01-01
-/// (H. Hinnant's `civil_from_days`); the caller keeps the year in 0..=9999.
-fn civil_from_days(days: i64) -> (u32, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y as u32, m as u32, d as u32)
 }
 
 #[cfg(test)]
