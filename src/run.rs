@@ -178,9 +178,12 @@ pub fn run(cfg: &Config, cli: &Cli, log: LogHandle) -> Result<(), RunError> {
         Input::File(path) => {
             let mut source =
                 ReplaySource::open(path, cfg.replay_speed, cfg.replay_loop, stop.clone())?;
-            // Measured: paging on its own thread is faster with a core to
-            // spare, slower when the workers use them all.
-            if cfg.workers < crate::config::cores() {
+            // The reading thread is the pipeline's bottleneck (with one
+            // worker it does everything; with more it is the one stage that
+            // cannot be split), so mapping pages in and giving them back
+            // goes to a thread of its own whenever there is a second core
+            // for the scheduler to put it on.
+            if crate::config::cores() > 1 {
                 source = source.page_on_thread();
             }
             let flag = stop.clone();

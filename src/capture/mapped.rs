@@ -305,7 +305,8 @@ impl MappedPcap {
     }
 
     /// Map pages in and give them back on a thread of its own rather than
-    /// on the reading thread: worth it when a core is left over.
+    /// on the reading thread (which then only reads): worth it when a second
+    /// core can run it.
     pub fn page_on_thread(&mut self) {
         let idle = Pager::Thread(PagerThread {
             tx: None,
