@@ -42,7 +42,12 @@
 //!   is driven by a [`Ticker`] that yields clock ticks and sums the
 //!   handles' counters.
 //! - Bounds: each worker's table gets `1/N` of `max_flows` and of the
-//!   memory budget. Every channel is bounded: the reader waits for a worker
+//!   memory budget less a sixteenth (at least 1 MiB) kept for outputs in
+//!   flight: exchanges the workers produced that the merging thread has not
+//!   released (a fast lane's wait for the slowest; an eviction round's
+//!   burst). Past that share the reader sends every lane what it has and
+//!   waits until the merging thread has released half of it, so the
+//!   budget covers them too. Every channel is bounded: the reader waits for a worker
 //!   whose queue is full, a worker for the merging thread (replies hold at
 //!   most [`REPLY_CHUNK`] outputs each, an eviction round's go in several),
 //!   and the merging thread waits on nothing but its channel (and the sink's
@@ -66,9 +71,9 @@ use crate::http::exchange::Exchange;
 use crate::pipeline::{deliver, pass_event, ExchangeSink, Pipeline, PipelineStats};
 use std::mem::take;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -86,6 +91,14 @@ const LANE_DEPTH: usize = 4;
 /// A worker replies before its batch is done once it holds this many
 /// outputs.
 const REPLY_CHUNK: usize = 64;
+/// Outputs produced and not yet released by the merging thread may hold
+/// this share of the flow memory budget (at least [`IN_FLIGHT_MIN`]); the
+/// workers' tables share the rest.
+const IN_FLIGHT_SHARE: usize = 16;
+const IN_FLIGHT_MIN: usize = 1 << 20;
+/// How long the reader waits for the merging thread to release outputs
+/// before it reads on anyway (only a dead worker makes it that slow).
+const IN_FLIGHT_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Where a segment's payload is.
 #[derive(Clone, Copy, Debug)]
@@ -166,6 +179,26 @@ enum ToWorker {
 enum Output {
     Exchange(Exchange),
     Event(FlowEvent),
+}
+
+impl Output {
+    /// Bytes this output holds, for the in-flight bound (an estimate: the
+    /// buffers' capacities, as the flow table counts them).
+    fn heap_bytes(&self) -> usize {
+        let own = std::mem::size_of::<Tagged>();
+        match self {
+            Output::Exchange(ex) => {
+                own + ex
+                    .request
+                    .as_ref()
+                    .map_or(0, |r| r.target.capacity() + r.headers.heap_bytes())
+                    + ex.response.as_ref().map_or(0, |r| r.headers.heap_bytes())
+                    + ex.request_body_prefix.capacity()
+                    + ex.response_body_prefix.capacity()
+            }
+            Output::Event(_) => own,
+        }
+    }
 }
 
 /// Where an output goes in the order one pipeline would have produced it:
@@ -278,12 +311,31 @@ struct LaneReport {
     decode: DecodeStats,
 }
 
-/// Shared between the reader and the merging thread.
+/// Shared between the reader, the workers and the merging thread.
 #[derive(Default)]
 struct MergeShared {
     reports: Mutex<Vec<LaneReport>>,
     /// A classifier to adopt before the next release (SIGHUP reload).
     classifier: Mutex<Option<Classifier>>,
+    /// Bytes of outputs the workers produced that the merging thread has
+    /// not released yet (an estimate, like the flow table's).
+    in_flight: AtomicUsize,
+    /// Notified by the merging thread after each release.
+    released: Condvar,
+    released_lock: Mutex<()>,
+}
+
+impl MergeShared {
+    fn new(lanes: usize) -> Arc<MergeShared> {
+        let shared = MergeShared::default();
+        *lock(&shared.reports) = vec![LaneReport::default(); lanes];
+        Arc::new(shared)
+    }
+
+    fn add_in_flight(&self, outputs: &[Tagged]) {
+        let bytes = outputs.iter().map(|(_, o)| o.heap_bytes()).sum();
+        self.in_flight.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// Lock, whether or not another thread panicked holding the lock (the data
@@ -378,11 +430,17 @@ impl Merger {
             if held.front().is_some_and(|c| c.len() == 0) {
                 held.pop_front();
             }
+            self.shared
+                .in_flight
+                .fetch_sub(out.heap_bytes(), Ordering::Relaxed);
             match out {
                 Output::Exchange(ex) => deliver(&mut self.classifier, sink)(ex),
                 Output::Event(ev) => pass_event(ev, sink),
             }
         }
+        // Taking the lock orders this notice after a waiting reader's check.
+        drop(lock(&self.shared.released_lock));
+        self.shared.released.notify_all();
     }
 }
 
@@ -396,6 +454,13 @@ fn share(flows: FlowConfig, n: usize) -> FlowConfig {
         memory_budget_bytes: flows.memory_budget_bytes / n,
         ..flows
     }
+}
+
+/// The part of the flow memory budget kept for outputs in flight.
+fn in_flight_cap(budget: usize) -> usize {
+    (budget / IN_FLIGHT_SHARE)
+        .max(IN_FLIGHT_MIN)
+        .min(budget / 2)
 }
 
 /// The sharded pipeline (see the module doc).
@@ -418,6 +483,8 @@ pub struct Sharded {
     finished: bool,
     /// Live: the workers' handles (stopped at `finish`) and counters.
     live: Option<LiveWorkers>,
+    /// Offline: the reader waits when outputs in flight hold more bytes.
+    in_flight_cap: Option<usize>,
 }
 
 struct LiveWorkers {
@@ -456,21 +523,32 @@ impl Sharded {
         backing: Option<Backing>,
     ) -> std::io::Result<Self> {
         let n = workers.max(1);
-        let per_worker = share(flows, n);
+        let cap = in_flight_cap(flows.memory_budget_bytes);
+        let per_worker = share(
+            FlowConfig {
+                memory_budget_bytes: flows.memory_budget_bytes - cap,
+                ..flows
+            },
+            n,
+        );
+        let shared = MergeShared::new(n);
         let (reply_tx, replies) = reply_channel(n);
         let mut lanes = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for id in 0..n {
             let (tx, rx) = sync_channel(LANE_DEPTH);
             let (cfg, backing, reply_tx) = (per_worker.clone(), backing.clone(), reply_tx.clone());
+            let shared = shared.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("apitap-worker-{id}"))
-                .spawn(move || work(id, cfg, backing, rx, reply_tx))?;
+                .spawn(move || work(id, cfg, backing, rx, reply_tx, &shared))?;
             threads.push(handle);
             lanes.push(Lane::new(Some(tx)));
         }
-        let mut sharded = Sharded::with(decoder, classifier, lanes, replies, threads, false)?;
+        let mut sharded =
+            Sharded::with(decoder, classifier, lanes, replies, threads, shared, false)?;
         sharded.backing = backing;
+        sharded.in_flight_cap = Some(cap);
         Ok(sharded)
     }
 
@@ -480,10 +558,9 @@ impl Sharded {
         lanes: Vec<Lane>,
         replies: Receiver<Reply>,
         threads: Vec<JoinHandle<()>>,
+        shared: Arc<MergeShared>,
         live: bool,
     ) -> std::io::Result<Sharded> {
-        let shared = Arc::new(MergeShared::default());
-        *lock(&shared.reports) = vec![LaneReport::default(); lanes.len()];
         let (free_tx, free) = channel();
         let merger = Merger {
             lanes: (0..lanes.len()).map(|_| MergeLane::default()).collect(),
@@ -516,6 +593,7 @@ impl Sharded {
             bytes: 0,
             finished: false,
             live: None,
+            in_flight_cap: None,
         })
     }
 
@@ -535,6 +613,7 @@ impl Sharded {
             .first()
             .map_or_else(String::new, |s| s.interface().to_string());
         let (reply_tx, replies) = reply_channel(sources.len());
+        let shared = MergeShared::new(sources.len());
         let (mut lanes, mut threads) = (Vec::new(), Vec::new());
         let (mut stoppers, mut counters, mut drops) = (Vec::new(), Vec::new(), Vec::new());
         for (id, source) in sources.into_iter().enumerate() {
@@ -543,10 +622,11 @@ impl Sharded {
             let count = Arc::new(LaneCounters::default());
             counters.push(count.clone());
             let (cfg, dec, reply_tx) = (per_worker.clone(), decoder.clone(), reply_tx.clone());
+            let shared = shared.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("apitap-capture-{id}"))
-                    .spawn(move || work_live(id, source, dec, cfg, count, reply_tx))?,
+                    .spawn(move || work_live(id, source, dec, cfg, count, reply_tx, &shared))?,
             );
             lanes.push(Lane::new(None));
         }
@@ -557,7 +637,8 @@ impl Sharded {
             counters: counters.clone(),
             drops,
         };
-        let mut sharded = Sharded::with(decoder, classifier, lanes, replies, threads, true)?;
+        let mut sharded =
+            Sharded::with(decoder, classifier, lanes, replies, threads, shared, true)?;
         sharded.live = Some(LiveWorkers { stoppers, counters });
         Ok((sharded, ticker))
     }
@@ -620,6 +701,43 @@ impl Sharded {
         }
         if self.packets.is_multiple_of(64) {
             self.send_aged(now);
+            self.bound_in_flight();
+        }
+    }
+
+    /// Past the in-flight cap (an eviction round, a lane far behind): send
+    /// every lane what it has, so each can answer up to this packet and the
+    /// merging thread release everything held, and wait until it has
+    /// released half. Nothing then waits on the reader, so this ends.
+    fn bound_in_flight(&mut self) {
+        let Some(cap) = self.in_flight_cap else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let in_flight = || shared.in_flight.load(Ordering::Relaxed);
+        if in_flight() <= cap {
+            return;
+        }
+        tracing::debug!(
+            in_flight = in_flight(),
+            cap,
+            "outputs in flight over their share of the memory budget; waiting for the merge"
+        );
+        for i in 0..self.lanes.len() {
+            self.send(i);
+        }
+        let since = Instant::now();
+        let mut guard = lock(&shared.released_lock);
+        while in_flight() > cap / 2 {
+            if since.elapsed() >= IN_FLIGHT_PATIENCE {
+                tracing::warn!("the merging thread is stuck; reading on");
+                return;
+            }
+            guard = shared
+                .released
+                .wait_timeout(guard, Duration::from_millis(10))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -781,6 +899,7 @@ fn work(
     backing: Option<Backing>,
     rx: Receiver<ToWorker>,
     tx: SyncSender<Reply>,
+    shared: &MergeShared,
 ) {
     let mut flows = FlowTable::new(cfg).with_caller_sweeps();
     let map: &[u8] = backing.as_ref().map_or(&[], |b| (**b).as_ref());
@@ -830,6 +949,7 @@ fn work(
             let next_idx = batch.items.get(k + 1).map(Item::idx);
             if outputs.len() >= REPLY_CHUNK && next_idx != Some(idx) {
                 outputs.sort_by_key(|(o, _)| *o);
+                shared.add_in_flight(&outputs);
                 let partial = Reply::of(id, &flows, Batch::default(), 0, take(&mut outputs));
                 if tx.send(partial).is_err() {
                     return;
@@ -851,6 +971,7 @@ fn work(
         // phase's own order).
         outputs.sort_by_key(|(o, _)| *o);
         batch.clear();
+        shared.add_in_flight(&outputs);
         let reply = Reply::of(id, &flows, batch, upto, outputs);
         if tx.send(reply).is_err() || end.is_some() {
             return;
@@ -925,6 +1046,7 @@ fn work_live(
     cfg: FlowConfig,
     counters: Arc<LaneCounters>,
     tx: SyncSender<Reply>,
+    shared: &MergeShared,
 ) {
     let mut decoder = Decoder::new(decoder);
     let mut flows = FlowTable::new(cfg);
@@ -968,6 +1090,7 @@ fn work_live(
         if end || tick || !outputs.is_empty() || last_reply.elapsed() >= LIVE_REPLY_EVERY {
             last_reply = Instant::now();
             let upto = if end { u64::MAX } else { 0 };
+            shared.add_in_flight(&outputs);
             let reply = Reply {
                 decode: Some(decoder.stats().clone()),
                 ..Reply::of(id, &flows, Batch::default(), upto, take(&mut outputs))
@@ -1033,6 +1156,71 @@ impl PacketSource for Ticker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::LinkType;
+    use crate::classify::ClassifyConfig;
+    use etherparse::PacketBuilder;
+
+    /// An Ethernet frame from `src` port `sport` to `dst` port `dport`.
+    fn frame(sport: u16, dport: u16, to_server: bool, seq: u32, ack: u32, p: &[u8]) -> Vec<u8> {
+        let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        let (src, dst) = if to_server { (a, b) } else { (b, a) };
+        let t = PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, seq, 512)
+            .ack(ack)
+            .psh();
+        let mut v = Vec::with_capacity(t.size(p.len()));
+        t.write(&mut v, p).unwrap();
+        v
+    }
+
+    #[test]
+    fn outputs_in_flight_are_all_released_and_accounted_back_to_zero() {
+        const CONNS: u16 = 300;
+        let req = b"GET /users/1 HTTP/1.1\r\nHost: api\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let mut frames = Vec::new();
+        for c in 0..CONNS {
+            frames.push(frame(10_000 + c, 80, true, 1, 1, req));
+        }
+        for c in 0..CONNS {
+            let ack = 1 + req.len() as u32;
+            frames.push(frame(80, 10_000 + c, false, 1, ack, resp));
+        }
+        let classifier = Classifier::new(ClassifyConfig::default()).unwrap();
+        let flows = FlowConfig {
+            memory_budget_bytes: 4 << 20,
+            ..FlowConfig::default()
+        };
+        let mut sharded =
+            Sharded::new(DecoderConfig::default(), flows, classifier, 2, None).unwrap();
+        let seen = Arc::new(AtomicU64::new(0));
+        let count = seen.clone();
+        let sink = Arc::new(Mutex::new(move |ex: &Exchange| {
+            if ex.status() == Some(200) {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        for (i, f) in frames.iter().enumerate() {
+            let pkt = RawPacket {
+                ts: Timestamp::from_secs_micros(1_000, i as i64),
+                link: LinkType::ETHERNET,
+                data: f,
+                wire_len: f.len() as u32,
+            };
+            sharded.packet(&pkt, &sink);
+        }
+        sharded.finish(&sink);
+        assert_eq!(seen.load(Ordering::Relaxed), u64::from(CONNS));
+        assert_eq!(sharded.shared.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_in_flight_share_is_a_sixteenth_of_the_budget_within_bounds() {
+        assert_eq!(in_flight_cap(512 << 20), 32 << 20);
+        assert_eq!(in_flight_cap(8 << 20), IN_FLIGHT_MIN);
+        assert_eq!(in_flight_cap(1 << 20), 512 << 10);
+    }
 
     #[test]
     fn locate_finds_only_slices_inside_the_backing() {

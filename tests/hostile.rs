@@ -32,15 +32,14 @@ use std::sync::OnceLock;
 /// and metrics state of the normal traffic are not in the flow budget.
 const SLACK_KIB: u64 = 6 * 1024;
 
-/// What two workers hold outside the flow budget: exchanges on their way to
-/// the merging thread. An eviction round ends a tenth of a worker's share
-/// of the budget at once, and the connections' requests become exchanges
-/// that wait until the other worker is past that packet (src/workers.rs:
-/// bounded channels, replies of at most `REPLY_CHUNK` outputs). Measured:
-/// 5.5-6.5 MiB more RSS than one worker at an 8 MiB budget on the
-/// concurrent-flows scenario, about half of it the allocator arenas of the
-/// three extra threads.
-const IN_FLIGHT_KIB: u64 = 8 * 1024;
+/// What two workers hold outside the flow budget. Exchanges on their way to
+/// the merging thread are inside it (src/workers.rs keeps a sixteenth of
+/// the budget, at least 1 MiB, for them and makes the reader wait beyond
+/// that); what is left is the allocator arenas of the three extra threads
+/// and the batches queued to the workers. Measured: 0.6-1.8 MiB more RSS
+/// than these limits without it on the concurrent-flows scenario (4-6 MiB
+/// before exchanges in flight were bounded).
+const IN_FLIGHT_KIB: u64 = 5 * 1024;
 
 /// Most of the capture file the reader keeps resident: it maps 16 MiB ahead
 /// and gives pages back every 16 MiB read, keeping the last 4 MiB for the
