@@ -115,44 +115,55 @@ pub fn worth_decoding(headers: &Headers, body_bytes: u64, status: Option<u16>) -
     if status.is_some_and(|s| s >= 500) || body_bytes <= 64 {
         return true;
     }
-    let textual = headers.get("content-type").is_none_or(|ct| {
-        let ct = ct.to_ascii_lowercase();
+    if body_bytes > JWT_BODY_MAX {
+        return false;
+    }
+    headers.get("content-type").is_none_or(|ct| {
         ["json", "text", "form", "xml", "javascript"]
             .iter()
-            .any(|t| memchr::memmem::find(&ct, t.as_bytes()).is_some())
-    });
-    textual && body_bytes <= JWT_BODY_MAX
+            .any(|t| contains_ignore_ascii_case(ct, t.as_bytes()))
+    })
+}
+
+/// Does `hay` hold `needle` (lower-case ASCII), ASCII case-insensitively?
+fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// The body prefix with its content coding undone (see module doc).
-/// `None` when the coding is one we do not decode.
+/// `None` when the coding is one we do not decode. `decode` says whether
+/// undoing a coding is worth it (see [`worth_decoding`]); it is asked only
+/// for a coded body.
 pub fn decoded_prefix<'a>(
     headers: &Headers,
     prefix: &'a [u8],
     limit: usize,
-    decode: bool,
+    decode: impl FnOnce() -> bool,
 ) -> Option<Cow<'a, [u8]>> {
-    match coding(headers) {
-        Coding::Identity => Some(Cow::Borrowed(&prefix[..prefix.len().min(limit)])),
-        _ if !decode => None,
-        Coding::Gzip => Some(Cow::Owned(read_bounded(
-            flate2::bufread::GzDecoder::new(prefix),
-            limit,
-        ))),
-        Coding::Deflate => {
-            // "deflate" is zlib-wrapped by the RFC, raw deflate in practice
-            // too often: the zlib header tells them apart.
-            let zlib = prefix.len() >= 2
-                && prefix[0] & 0x0f == 8
-                && (u16::from(prefix[0]) << 8 | u16::from(prefix[1])) % 31 == 0;
-            Some(Cow::Owned(if zlib {
-                read_bounded(flate2::bufread::ZlibDecoder::new(prefix), limit)
-            } else {
-                read_bounded(flate2::bufread::DeflateDecoder::new(prefix), limit)
-            }))
+    let zlib = match coding(headers) {
+        Coding::Identity => return Some(Cow::Borrowed(&prefix[..prefix.len().min(limit)])),
+        Coding::Other => return None,
+        _ if !decode() => return None,
+        Coding::Gzip => {
+            return Some(Cow::Owned(read_bounded(
+                flate2::bufread::GzDecoder::new(prefix),
+                limit,
+            )))
         }
-        Coding::Other => None,
-    }
+        // "deflate" is zlib-wrapped by the RFC, raw deflate in practice
+        // too often: the zlib header tells them apart.
+        Coding::Deflate => {
+            prefix.len() >= 2
+                && prefix[0] & 0x0f == 8
+                && (u16::from(prefix[0]) << 8 | u16::from(prefix[1])) % 31 == 0
+        }
+    };
+    Some(Cow::Owned(if zlib {
+        read_bounded(flate2::bufread::ZlibDecoder::new(prefix), limit)
+    } else {
+        read_bounded(flate2::bufread::DeflateDecoder::new(prefix), limit)
+    }))
 }
 
 /// The first marker of internals found in `text`, if any.
@@ -217,7 +228,7 @@ mod tests {
             (Some("gzip, br"), gzip(text), None),
         ];
         for (ce, body, want) in cases {
-            let got = decoded_prefix(&headers(ce), &body, 4096, true);
+            let got = decoded_prefix(&headers(ce), &body, 4096, || true);
             assert_eq!(got.as_deref(), want, "{ce:?}");
         }
     }
@@ -229,7 +240,7 @@ mod tests {
             .collect();
         let gz = gzip(&text);
         let cut = &gz[..gz.len() / 2];
-        let got = decoded_prefix(&headers(Some("gzip")), cut, 1 << 20, true).unwrap();
+        let got = decoded_prefix(&headers(Some("gzip")), cut, 1 << 20, || true).unwrap();
         assert!(!got.is_empty());
         assert!(text.starts_with(&got));
     }
@@ -239,7 +250,7 @@ mod tests {
         let zeros = vec![0u8; 50 << 20];
         let gz = gzip(&zeros);
         let prefix = &gz[..gz.len().min(2048)];
-        let got = decoded_prefix(&headers(Some("gzip")), prefix, 8192, true).unwrap();
+        let got = decoded_prefix(&headers(Some("gzip")), prefix, 8192, || true).unwrap();
         assert_eq!(got.len(), 8192);
     }
 

@@ -131,7 +131,7 @@ pub fn path_of(target: &[u8]) -> Option<&[u8]> {
         return Some(t);
     }
     // absolute-form: scheme "://" authority path
-    if let Some(p) = memchr::memmem::find(t, b"://") {
+    if let Some(p) = super::search::scheme_end(t) {
         let rest = &t[p + 3..];
         return Some(match memchr::memchr(b'/', rest) {
             Some(s) => &rest[s..],
@@ -162,7 +162,9 @@ const CUT: &str = "/{…}";
 
 /// Heuristic templating of a path (SPEC "Routes").
 pub fn template(path: &[u8]) -> String {
-    let mut out = String::with_capacity(path.len().min(MAX_ROUTE_BYTES));
+    // `{id}` can be longer than what it replaces: room for a few, so that
+    // the route is rarely reallocated while it is built.
+    let mut out = String::with_capacity((path.len() + 16).min(MAX_ROUTE_BYTES));
     for seg in split_segments(path) {
         let piece: std::borrow::Cow<'_, str> = if is_identifier(seg) {
             "{id}".into()
@@ -230,7 +232,7 @@ fn is_date(s: &[u8]) -> bool {
 }
 
 fn is_email(s: &[u8]) -> bool {
-    let at = memchr::memmem::find(s, b"@").or_else(|| memchr::memmem::find(s, b"%40"));
+    let at = memchr::memchr(b'@', s).or_else(|| super::search::encoded_at(s));
     match at {
         Some(i) if i > 0 => s[i..].contains(&b'.'),
         _ => false,
