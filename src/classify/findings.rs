@@ -6,7 +6,7 @@
 
 use crate::clock::Timestamp;
 use serde::Serialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// What is exposed. Per-exchange kinds come first, then connection- and
 /// endpoint-level ones.
@@ -209,6 +209,24 @@ pub fn push_decimal(out: &mut String, v: u64) {
     out.push_str(std::str::from_utf8(Decimal::new(v).as_bytes()).unwrap_or_default());
 }
 
+/// `ip` as `Display` writes it; IPv4 (the common case) without `core::fmt`.
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            // Writing into a String cannot fail.
+            let _ = std::fmt::Write::write_fmt(out, format_args!("{v6}"));
+        }
+    }
+}
+
 /// An integer's decimal digits on the stack, as `Display` writes them: for
 /// text built on every exchange (evidence, log lines) without `core::fmt`.
 pub struct Decimal {
@@ -253,6 +271,17 @@ mod tests {
         assert_eq!(s.get(FindingKind::RouteVariants), None);
         assert_eq!(printable(b"a\x01b\xff", 3), "a?b…");
         assert_eq!(Decimal::new(u64::MAX).as_bytes(), b"18446744073709551615");
+        for ip in [
+            "0.0.0.0",
+            "10.99.0.1",
+            "255.255.255.255",
+            "::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let mut s = String::new();
+            push_ip(&mut s, ip.parse().unwrap());
+            assert_eq!(s, ip);
+        }
     }
 
     #[test]

@@ -101,6 +101,7 @@ pub struct Classifier {
     ok_paths: OkPaths,
     inventory: RouteInventory,
     jwts: jwt::JwtCache,
+    inflaters: body::Inflaters,
     /// The server identity of the exchange being classified; kept between
     /// exchanges only so its text buffer is reused.
     server: ServerKey,
@@ -129,6 +130,7 @@ impl Classifier {
             cfg,
             routes,
             jwts: jwt::JwtCache::default(),
+            inflaters: body::Inflaters::default(),
             server: ServerKey::default(),
         })
     }
@@ -143,6 +145,7 @@ impl Classifier {
             ok_paths,
             inventory,
             jwts: _,
+            inflaters: _,
             server: _,
         } = new;
         if cfg.max_ok_paths != self.cfg.max_ok_paths {
@@ -188,17 +191,21 @@ impl Classifier {
         let limit = self.cfg.body_decode_bytes;
         let req_body = match &ex.request {
             Some(r) if !ex.request_body_prefix.is_empty() => {
-                body::decoded_prefix(&r.headers, &ex.request_body_prefix, limit, || {
-                    body::worth_decoding(&r.headers, ex.request_body_bytes, None)
-                })
+                let prefix = &ex.request_body_prefix;
+                self.inflaters
+                    .decoded_prefix(&r.headers, prefix, limit, || {
+                        body::worth_decoding(&r.headers, ex.request_body_bytes, None)
+                    })
             }
             _ => None,
         };
         let resp_body = match &ex.response {
             Some(r) if !ex.response_body_prefix.is_empty() => {
-                body::decoded_prefix(&r.headers, &ex.response_body_prefix, limit, || {
-                    body::worth_decoding(&r.headers, ex.response_body_bytes, Some(r.status))
-                })
+                let prefix = &ex.response_body_prefix;
+                self.inflaters
+                    .decoded_prefix(&r.headers, prefix, limit, || {
+                        body::worth_decoding(&r.headers, ex.response_body_bytes, Some(r.status))
+                    })
             }
             _ => None,
         };
@@ -434,10 +441,7 @@ fn fill_server_key(key: &mut ServerKey, ex: &Exchange, host_is_ip: bool) {
             Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) => n,
             _ => h,
         }),
-        None => {
-            // Writing into a String cannot fail.
-            let _ = std::fmt::Write::write_fmt(name, format_args!("{}", ex.server.ip()));
-        }
+        None => findings::push_ip(name, ex.server.ip()),
     }
 }
 

@@ -23,6 +23,7 @@
 //! back by [`SlotTable::expire`], which tells the caller what to drop so
 //! its series can be removed.
 
+use crate::classify::findings::push_ip;
 use crate::http::Method;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -134,13 +135,13 @@ pub fn server_address(host: Option<&str>, server: SocketAddr) -> Cow<'_, str> {
 }
 
 fn ip_label(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v6.to_string(),
-        },
-        IpAddr::V4(v4) => v4.to_string(),
-    }
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    };
+    let mut label = String::with_capacity(15);
+    push_ip(&mut label, ip);
+    label
 }
 
 /// The name part of a Host value, when it is a DNS name.
