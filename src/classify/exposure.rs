@@ -330,9 +330,30 @@ fn dot_dot(piece: &[u8]) -> Option<bool> {
     None
 }
 
+/// No reason of [`unsafe_url`] can hold, in one pass (most targets): only
+/// bytes safe raw, no `%` (so nothing encoded nor double encoded) and no
+/// `..` (so no dot-dot segment).
+fn plainly_safe(target: &[u8]) -> bool {
+    let mut prev_dot = false;
+    for &b in target {
+        let dot = b == b'.';
+        if !(0x21..0x7f).contains(&b)
+            || matches!(b, b'<' | b'>' | b'"' | b'\\' | b'%')
+            || (dot && prev_dot)
+        {
+            return false;
+        }
+        prev_dot = dot;
+    }
+    true
+}
+
 /// `unsafe_url`: raw unsafe bytes, a `..` segment, double encoding, or an
 /// over-long target. The evidence lists reasons, never the target.
 pub fn unsafe_url(cfg: &ClassifyConfig, target: &[u8]) -> Option<String> {
+    if target.len() <= cfg.max_target_bytes && plainly_safe(target) {
+        return None;
+    }
     let mut reasons: Vec<String> = Vec::new();
     let mut raw: Vec<&str> = Vec::new();
     for &b in target {
@@ -437,11 +458,8 @@ impl JwtScan {
         cache: &mut jwt::JwtCache,
     ) {
         // Most header values are too short to hold a token: skip them
-        // without a search.
-        if *budget == 0
-            || text.len() < super::redact::MIN_JWT_BYTES
-            || super::search::jwt_start(text).is_none()
-        {
+        // without a search. (find_jwts searches once; no search first.)
+        if *budget == 0 || text.len() < super::redact::MIN_JWT_BYTES {
             return;
         }
         for tok in jwt::find_jwts(text, *budget) {
