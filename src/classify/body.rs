@@ -237,10 +237,38 @@ impl Inflaters {
 
 /// The first marker of internals found in `text`, if any.
 pub fn verbose_error_marker<'m>(text: &[u8], markers: &'m [String]) -> Option<&'m str> {
-    markers
-        .iter()
-        .find(|m| !m.is_empty() && memchr::memmem::find(text, m.as_bytes()).is_some())
-        .map(|m| m.as_str())
+    VerboseMarkers::new(markers)
+        .first_in(text)
+        .map(|i| markers[i].as_str())
+}
+
+/// The configured markers of internals with their searchers built once
+/// (building one costs more than searching a body prefix with it).
+pub struct VerboseMarkers {
+    /// (index in the configured list, searcher); empty markers left out.
+    finders: Vec<(usize, memchr::memmem::Finder<'static>)>,
+}
+
+impl VerboseMarkers {
+    pub fn new(markers: &[String]) -> Self {
+        VerboseMarkers {
+            finders: markers
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| !m.is_empty())
+                .map(|(i, m)| (i, memchr::memmem::Finder::new(m.as_bytes()).into_owned()))
+                .collect(),
+        }
+    }
+
+    /// The index (in the configured list) of the first marker found in
+    /// `text`, if any.
+    pub fn first_in(&self, text: &[u8]) -> Option<usize> {
+        self.finders
+            .iter()
+            .find(|(_, f)| f.find(text).is_some())
+            .map(|(i, _)| *i)
+    }
 }
 
 /// Empty, or JSON `{}`, `[]` or `null` (whitespace allowed).

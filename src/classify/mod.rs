@@ -102,6 +102,8 @@ pub struct Classifier {
     inventory: RouteInventory,
     jwts: jwt::JwtCache,
     inflaters: body::Inflaters,
+    /// `cfg.verbose_error_markers`, ready to search with.
+    markers: body::VerboseMarkers,
     /// The server identity of the exchange being classified; kept between
     /// exchanges only so its text buffer is reused.
     server: ServerKey,
@@ -120,6 +122,7 @@ pub struct ClassifyStats {
 impl Classifier {
     pub fn new(cfg: ClassifyConfig) -> Result<Self, route::PatternError> {
         let routes = RouteTemplater::new(&cfg.route_patterns)?;
+        let markers = body::VerboseMarkers::new(&cfg.verbose_error_markers);
         Ok(Classifier {
             ok_paths: OkPaths::new(cfg.max_ok_paths),
             inventory: RouteInventory::new(
@@ -131,6 +134,7 @@ impl Classifier {
             routes,
             jwts: jwt::JwtCache::default(),
             inflaters: body::Inflaters::default(),
+            markers,
             server: ServerKey::default(),
         })
     }
@@ -146,6 +150,7 @@ impl Classifier {
             inventory,
             jwts: _,
             inflaters: _,
+            markers,
             server: _,
         } = new;
         if cfg.max_ok_paths != self.cfg.max_ok_paths {
@@ -162,6 +167,7 @@ impl Classifier {
             self.inventory = inventory;
         }
         self.routes = routes;
+        self.markers = markers;
         self.cfg = cfg;
     }
 
@@ -285,6 +291,7 @@ impl Classifier {
         out: &mut Vec<Finding>,
     ) {
         let cfg = &self.cfg;
+        let markers = &self.markers;
         let mut found = Found { cfg, ex, out };
         let req = ex.request.as_ref();
         let resp = ex.response.as_ref();
@@ -317,7 +324,8 @@ impl Classifier {
         if (500..600).contains(&status) {
             found.rule(FindingKind::VerboseError, || {
                 resp_body
-                    .and_then(|b| body::verbose_error_marker(b, &cfg.verbose_error_markers))
+                    .and_then(|b| markers.first_in(b))
+                    .map(|i| &cfg.verbose_error_markers[i])
                     .map(|m| format!("{status} body reveals internals: {m:?}"))
             });
         }
