@@ -16,7 +16,13 @@
 //! - `exchange_log`: the sample's classified exchanges written by one
 //!   `ExchangeLog` through the 64 KiB `BufWriter` `open_output` gives it, into
 //!   `io::sink()` (exchanges: criterion's time divided by the element count
-//!   is the cost of one line).
+//!   is the cost of one line);
+//! - `per_exchange/classify`: the sample's exchanges, with what
+//!   classification fills in cleared, through one long-lived `Classifier`
+//!   (exchanges); `per_exchange/classify_and_sinks`: the same, then each
+//!   exchange and its findings handed to `Metrics`, an `ExchangeLog` and a
+//!   `FindingsLog` (into `io::sink()`) as a read-mode run hands them: what
+//!   one exchange costs after HTTP parsing.
 //!
 //! Inputs are read and pre-cut once, outside the timed loops, so each number
 //! is the stage alone.
@@ -34,7 +40,9 @@ use apitap::http::{
     Direction, MessageEnd, MessageSink, Method, ParseError, RequestHead, RequestKind, ResponseHead,
     StreamPos,
 };
+use apitap::metrics::{Metrics, MetricsConfig};
 use apitap::output::exchange_log::ExchangeLog;
+use apitap::output::findings_log::FindingsLog;
 use apitap::pipeline::{ExchangeSink, Pipeline};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::collections::{HashMap, VecDeque};
@@ -433,6 +441,70 @@ fn stages(c: &mut Criterion) {
             }
         });
         log.finish().expect("io::sink never fails");
+    });
+    g.finish();
+
+    // What classification fills in, cleared: the exchanges as HTTP parsing
+    // hands them over.
+    let unclassified: Vec<Exchange> = exchanges
+        .iter()
+        .map(|ex| {
+            let mut ex = ex.clone();
+            ex.route = None;
+            ex.host = None;
+            ex.failure = None;
+            ex.findings.clear();
+            ex
+        })
+        .collect();
+    let mut g = c.benchmark_group("per_exchange");
+    g.throughput(Throughput::Elements(unclassified.len() as u64));
+    g.bench_function("classify", |b| {
+        // One classifier for all iterations: what it has learnt (paths,
+        // routes, tokens) is the steady state of a long run.
+        let mut classifier = Classifier::new(ClassifyConfig::default()).expect("default config");
+        b.iter_batched_ref(
+            || unclassified.clone(),
+            |batch| {
+                let mut found = 0;
+                for ex in batch.iter_mut() {
+                    found += classifier.classify(ex).len();
+                }
+                found
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("classify_and_sinks", |b| {
+        let cfg = ClassifyConfig::default();
+        let mut classifier = Classifier::new(cfg.clone()).expect("default config");
+        let mut metrics = Metrics::new(MetricsConfig::default(), "file");
+        let mut log = ExchangeLog::new(
+            Box::new(BufWriter::with_capacity(64 * 1024, io::sink())),
+            cfg.credential_params.clone(),
+        );
+        let mut findings = FindingsLog::with_capacity(
+            Box::new(BufWriter::with_capacity(64 * 1024, io::sink())),
+            cfg.fold_interval_micros,
+            cfg.fold_max_entries,
+        );
+        b.iter_batched_ref(
+            || unclassified.clone(),
+            |batch| {
+                for ex in batch.iter_mut() {
+                    let found = classifier.classify(ex);
+                    log.exchange(ex);
+                    metrics.exchange(ex);
+                    for f in &found {
+                        findings.write(f);
+                    }
+                }
+                metrics.flush();
+            },
+            BatchSize::LargeInput,
+        );
+        log.finish().expect("io::sink never fails");
+        findings.finish().expect("io::sink never fails");
     });
     g.finish();
 }

@@ -11,10 +11,14 @@
 //! exchange, so [`worth_decoding`] says when a rule can use the text: a
 //! 5xx (verbose errors), a tiny body (empty responses), or a small textual
 //! body (JWTs handed out or sent, which come in small JSON or form bodies).
+//! [`Inflaters`] keeps the decompressors from one body to the next:
+//! setting one up allocates and initialises tens of KiB, more than
+//! decoding a small body costs; a reset one decodes exactly as a new one.
 
 use crate::http::Headers;
+use flate2::bufread::{DeflateDecoder, GzDecoder, ZlibDecoder};
 use std::borrow::Cow;
-use std::io::Read;
+use std::io::{Cursor, Read};
 
 /// Default most decoded bytes looked at.
 pub const DEFAULT_DECODE_LIMIT: usize = 2 * 1024;
@@ -93,7 +97,7 @@ fn coding(headers: &Headers) -> Coding {
 }
 
 /// Read from `r` until end, error or `limit` bytes.
-fn read_bounded(mut r: impl Read, limit: usize) -> Vec<u8> {
+fn read_bounded(r: &mut impl Read, limit: usize) -> Vec<u8> {
     let mut out = vec![0u8; limit];
     let mut n = 0;
     while n < limit {
@@ -115,52 +119,156 @@ pub fn worth_decoding(headers: &Headers, body_bytes: u64, status: Option<u16>) -
     if status.is_some_and(|s| s >= 500) || body_bytes <= 64 {
         return true;
     }
-    let textual = headers.get("content-type").is_none_or(|ct| {
-        let ct = ct.to_ascii_lowercase();
+    if body_bytes > JWT_BODY_MAX {
+        return false;
+    }
+    headers.get("content-type").is_none_or(|ct| {
         ["json", "text", "form", "xml", "javascript"]
             .iter()
-            .any(|t| memchr::memmem::find(&ct, t.as_bytes()).is_some())
-    });
-    textual && body_bytes <= JWT_BODY_MAX
+            .any(|t| contains_ignore_ascii_case(ct, t.as_bytes()))
+    })
 }
 
-/// The body prefix with its content coding undone (see module doc).
-/// `None` when the coding is one we do not decode.
+/// Does `hay` hold `needle` (lower-case ASCII), ASCII case-insensitively?
+fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// The body prefix with its content coding undone (see module doc), with
+/// decompressors made for this call ([`Inflaters::decoded_prefix`] reuses
+/// them).
 pub fn decoded_prefix<'a>(
     headers: &Headers,
     prefix: &'a [u8],
     limit: usize,
-    decode: bool,
+    decode: impl FnOnce() -> bool,
 ) -> Option<Cow<'a, [u8]>> {
-    match coding(headers) {
-        Coding::Identity => Some(Cow::Borrowed(&prefix[..prefix.len().min(limit)])),
-        _ if !decode => None,
-        Coding::Gzip => Some(Cow::Owned(read_bounded(
-            flate2::bufread::GzDecoder::new(prefix),
-            limit,
-        ))),
-        Coding::Deflate => {
+    Inflaters::default().decoded_prefix(headers, prefix, limit, decode)
+}
+
+/// The input a kept decompressor reads: a copy of the body prefix, in a
+/// buffer that is reused too.
+type Input = Cursor<Vec<u8>>;
+
+/// Decompressors kept between bodies (see module doc); each is made on
+/// first use.
+#[derive(Default)]
+pub struct Inflaters {
+    gzip: Option<GzDecoder<Input>>,
+    zlib: Option<ZlibDecoder<Input>>,
+    raw: Option<DeflateDecoder<Input>>,
+}
+
+/// A decompressor that can be pointed at new input and start afresh.
+trait Reusable: Read + Sized {
+    fn fresh(input: Input) -> Self;
+    fn input(&mut self) -> &mut Input;
+    /// Start afresh on `input`, as [`Reusable::fresh`] would.
+    fn restart(&mut self, input: Input);
+}
+
+macro_rules! reusable {
+    ($($decoder:ident),*) => {$(
+        impl Reusable for $decoder<Input> {
+            fn fresh(input: Input) -> Self {
+                $decoder::new(input)
+            }
+            fn input(&mut self) -> &mut Input {
+                self.get_mut()
+            }
+            fn restart(&mut self, input: Input) {
+                self.reset(input);
+            }
+        }
+    )*};
+}
+reusable!(GzDecoder, ZlibDecoder, DeflateDecoder);
+
+/// Decode `prefix` with the kept decompressor (made if there is none yet),
+/// at most `limit` bytes.
+fn inflate<D: Reusable>(kept: &mut Option<D>, prefix: &[u8], limit: usize) -> Vec<u8> {
+    let d = match kept {
+        Some(d) => {
+            // The previous input's buffer takes the new prefix.
+            let mut buf = std::mem::take(d.input().get_mut());
+            buf.clear();
+            buf.extend_from_slice(prefix);
+            d.restart(Cursor::new(buf));
+            d
+        }
+        None => kept.insert(D::fresh(Cursor::new(prefix.to_vec()))),
+    };
+    read_bounded(d, limit)
+}
+
+impl Inflaters {
+    /// The body prefix with its content coding undone (see module doc).
+    /// `None` when the coding is one we do not decode. `decode` says
+    /// whether undoing a coding is worth it (see [`worth_decoding`]); it is
+    /// asked only for a coded body.
+    pub fn decoded_prefix<'a>(
+        &mut self,
+        headers: &Headers,
+        prefix: &'a [u8],
+        limit: usize,
+        decode: impl FnOnce() -> bool,
+    ) -> Option<Cow<'a, [u8]>> {
+        let zlib = match coding(headers) {
+            Coding::Identity => return Some(Cow::Borrowed(&prefix[..prefix.len().min(limit)])),
+            Coding::Other => return None,
+            _ if !decode() => return None,
+            Coding::Gzip => return Some(Cow::Owned(inflate(&mut self.gzip, prefix, limit))),
             // "deflate" is zlib-wrapped by the RFC, raw deflate in practice
             // too often: the zlib header tells them apart.
-            let zlib = prefix.len() >= 2
-                && prefix[0] & 0x0f == 8
-                && (u16::from(prefix[0]) << 8 | u16::from(prefix[1])) % 31 == 0;
-            Some(Cow::Owned(if zlib {
-                read_bounded(flate2::bufread::ZlibDecoder::new(prefix), limit)
-            } else {
-                read_bounded(flate2::bufread::DeflateDecoder::new(prefix), limit)
-            }))
-        }
-        Coding::Other => None,
+            Coding::Deflate => {
+                prefix.len() >= 2
+                    && prefix[0] & 0x0f == 8
+                    && (u16::from(prefix[0]) << 8 | u16::from(prefix[1])) % 31 == 0
+            }
+        };
+        Some(Cow::Owned(if zlib {
+            inflate(&mut self.zlib, prefix, limit)
+        } else {
+            inflate(&mut self.raw, prefix, limit)
+        }))
     }
 }
 
 /// The first marker of internals found in `text`, if any.
 pub fn verbose_error_marker<'m>(text: &[u8], markers: &'m [String]) -> Option<&'m str> {
-    markers
-        .iter()
-        .find(|m| !m.is_empty() && memchr::memmem::find(text, m.as_bytes()).is_some())
-        .map(|m| m.as_str())
+    VerboseMarkers::new(markers)
+        .first_in(text)
+        .map(|i| markers[i].as_str())
+}
+
+/// The configured markers of internals with their searchers built once
+/// (building one costs more than searching a body prefix with it).
+pub struct VerboseMarkers {
+    /// (index in the configured list, searcher); empty markers left out.
+    finders: Vec<(usize, memchr::memmem::Finder<'static>)>,
+}
+
+impl VerboseMarkers {
+    pub fn new(markers: &[String]) -> Self {
+        VerboseMarkers {
+            finders: markers
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| !m.is_empty())
+                .map(|(i, m)| (i, memchr::memmem::Finder::new(m.as_bytes()).into_owned()))
+                .collect(),
+        }
+    }
+
+    /// The index (in the configured list) of the first marker found in
+    /// `text`, if any.
+    pub fn first_in(&self, text: &[u8]) -> Option<usize> {
+        self.finders
+            .iter()
+            .find(|(_, f)| f.find(text).is_some())
+            .map(|(i, _)| *i)
+    }
 }
 
 /// Empty, or JSON `{}`, `[]` or `null` (whitespace allowed).
@@ -217,7 +325,7 @@ mod tests {
             (Some("gzip, br"), gzip(text), None),
         ];
         for (ce, body, want) in cases {
-            let got = decoded_prefix(&headers(ce), &body, 4096, true);
+            let got = decoded_prefix(&headers(ce), &body, 4096, || true);
             assert_eq!(got.as_deref(), want, "{ce:?}");
         }
     }
@@ -229,9 +337,51 @@ mod tests {
             .collect();
         let gz = gzip(&text);
         let cut = &gz[..gz.len() / 2];
-        let got = decoded_prefix(&headers(Some("gzip")), cut, 1 << 20, true).unwrap();
+        let got = decoded_prefix(&headers(Some("gzip")), cut, 1 << 20, || true).unwrap();
         assert!(!got.is_empty());
         assert!(text.starts_with(&got));
+    }
+
+    /// One set of kept decompressors across bodies of every coding, cut,
+    /// whole and broken, in turn: each answer is what new ones give.
+    #[test]
+    fn kept_decompressors_answer_as_new_ones() {
+        let text: Vec<u8> = (0..3000u32)
+            .flat_map(|i| i.to_string().into_bytes())
+            .collect();
+        let gz = gzip(&text);
+        let mut z = ZlibEncoder::new(Vec::new(), Compression::default());
+        z.write_all(&text).unwrap();
+        let zlib = z.finish().unwrap();
+        let mut d = DeflateEncoder::new(Vec::new(), Compression::default());
+        d.write_all(&text).unwrap();
+        let raw = d.finish().unwrap();
+        let mut bad_crc = gz.clone();
+        let n = bad_crc.len();
+        bad_crc[n - 6] ^= 0xff;
+        let bodies: Vec<(&str, &[u8])> = vec![
+            ("gzip", &gz),
+            ("gzip", &gz[..gz.len() / 3]),
+            ("gzip", &gz[..5]),
+            ("gzip", &bad_crc),
+            ("gzip", b"not gzip at all"),
+            ("deflate", &zlib),
+            ("deflate", &zlib[..zlib.len() / 2]),
+            ("deflate", &raw),
+            ("deflate", &raw[..raw.len() / 2]),
+            ("deflate", b"\xff\xff\xff"),
+        ];
+        let mut kept = Inflaters::default();
+        for round in 0..2 {
+            for (i, (ce, body)) in bodies.iter().enumerate() {
+                for limit in [100, 4096, 1 << 20] {
+                    let h = headers(Some(ce));
+                    let want = decoded_prefix(&h, body, limit, || true);
+                    let got = kept.decoded_prefix(&h, body, limit, || true);
+                    assert_eq!(got, want, "round {round} body {i} limit {limit}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -239,7 +389,7 @@ mod tests {
         let zeros = vec![0u8; 50 << 20];
         let gz = gzip(&zeros);
         let prefix = &gz[..gz.len().min(2048)];
-        let got = decoded_prefix(&headers(Some("gzip")), prefix, 8192, true).unwrap();
+        let got = decoded_prefix(&headers(Some("gzip")), prefix, 8192, || true).unwrap();
         assert_eq!(got.len(), 8192);
     }
 

@@ -3,10 +3,12 @@
 //! Contract: each rule looks at an exchange and, when it fires, returns the
 //! evidence text; evidence names what was exposed and its length, never the
 //! value (see [`super::findings::redacted`]). All work is bounded by the
-//! head size, the body prefix and the configured limits.
+//! head size, the body prefix and the configured limits. A rule that does
+//! not fire allocates nothing; one that fires builds its evidence in one
+//! string.
 
 use super::addr;
-use super::findings::{printable, redacted};
+use super::findings::{printable, push_decimal, push_more, push_printable, push_redacted};
 use super::jwt;
 use super::redact::{is_credential_name, percent_decode};
 use super::settings::ClassifyConfig;
@@ -16,27 +18,18 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `Basic <redacted, 24 bytes>`: the scheme word, if the value has one, and
 /// the length of the rest.
-fn credential_value(v: &[u8]) -> String {
+fn push_credential_value(out: &mut String, v: &[u8]) {
     let v = v.trim_ascii();
     if let Some(sp) = memchr::memchr(b' ', v) {
         let scheme = &v[..sp];
         if !scheme.is_empty() && scheme.len() <= 20 && scheme.iter().all(u8::is_ascii_alphabetic) {
-            return format!(
-                "{} {}",
-                printable(scheme, 20),
-                redacted(v[sp + 1..].trim_ascii().len())
-            );
+            push_printable(out, scheme, 20);
+            out.push(' ');
+            push_redacted(out, v[sp + 1..].trim_ascii().len());
+            return;
         }
     }
-    redacted(v.len())
-}
-
-fn more(n: usize) -> String {
-    if n > 0 {
-        format!(" (+{n} more)")
-    } else {
-        String::new()
-    }
+    push_redacted(out, v.len());
 }
 
 /// `cleartext_credentials`: Authorization, Proxy-Authorization or an
@@ -54,15 +47,18 @@ pub fn cleartext_credentials(cfg: &ClassifyConfig, req: &RequestHead) -> Option<
         if is_cred {
             count += 1;
             if first.is_none() {
-                first = Some(format!(
-                    "{}: {}",
-                    printable(name, 64),
-                    credential_value(value)
-                ));
+                let mut e = String::with_capacity(64);
+                push_printable(&mut e, name, 64);
+                e.push_str(": ");
+                push_credential_value(&mut e, value);
+                first = Some(e);
             }
         }
     }
-    first.map(|f| f + &more(count - 1))
+    first.map(|mut e| {
+        push_more(&mut e, count - 1);
+        e
+    })
 }
 
 /// The query of a target (without fragment), if any.
@@ -77,7 +73,7 @@ fn query_of(target: &[u8]) -> Option<&[u8]> {
 /// Userinfo of an absolute-form target.
 fn userinfo(target: &[u8]) -> Option<&[u8]> {
     let before_query = &target[..memchr::memchr2(b'?', b'#', target).unwrap_or(target.len())];
-    let p = memchr::memmem::find(before_query, b"://")?;
+    let p = super::search::scheme_end(before_query)?;
     let rest = &before_query[p + 3..];
     let auth = &rest[..memchr::memchr(b'/', rest).unwrap_or(rest.len())];
     memchr::memrchr(b'@', auth).map(|at| &auth[..at])
@@ -86,11 +82,14 @@ fn userinfo(target: &[u8]) -> Option<&[u8]> {
 /// `credentials_in_url`: a credential-named query parameter with a value,
 /// or userinfo in an absolute target.
 pub fn credentials_in_url(cfg: &ClassifyConfig, target: &[u8]) -> Option<String> {
-    let mut found: Vec<String> = Vec::new();
+    // The evidence names the first credential found and counts the rest.
+    let mut first: Option<String> = None;
     let mut count = 0;
     if let Some(ui) = userinfo(target) {
         count += 1;
-        found.push(format!("userinfo in target: {}", redacted(ui.len())));
+        let mut e = String::from("userinfo in target: ");
+        push_redacted(&mut e, ui.len());
+        first = Some(e);
     }
     if let Some(q) = query_of(target) {
         for pair in q.split(|&b| b == b'&') {
@@ -100,23 +99,26 @@ pub fn credentials_in_url(cfg: &ClassifyConfig, target: &[u8]) -> Option<String>
             };
             if !value.is_empty() && is_credential_name(name, &cfg.credential_params) {
                 count += 1;
-                if found.is_empty() {
-                    found.push(format!(
-                        "query parameter {}={}",
-                        printable(name, 64),
-                        redacted(value.len())
-                    ));
+                if first.is_none() {
+                    let mut e = String::from("query parameter ");
+                    push_printable(&mut e, name, 64);
+                    e.push('=');
+                    push_redacted(&mut e, value.len());
+                    first = Some(e);
                 }
             }
         }
     }
-    let first = found.into_iter().next()?;
-    Some(first + &more(count - 1))
+    let mut e = first?;
+    push_more(&mut e, count - 1);
+    Some(e)
 }
 
-/// Cookie pairs `name=<redacted, n bytes>` of a Cookie header value.
-fn cookie_list(values: &mut dyn Iterator<Item = &[u8]>) -> Option<String> {
-    let mut shown = Vec::new();
+/// Cookie pairs `name=<redacted, n bytes>` of Cookie header values, the
+/// first four shown (`; ` between them) and the rest counted, appended to
+/// `out`; false (nothing appended) when there is no pair.
+fn push_cookie_list<'a>(out: &mut String, values: impl Iterator<Item = &'a [u8]>) -> bool {
+    let mut shown = 0;
     let mut total = 0;
     for v in values {
         for pair in v.split(|&b| b == b';') {
@@ -125,31 +127,34 @@ fn cookie_list(values: &mut dyn Iterator<Item = &[u8]>) -> Option<String> {
                 continue;
             }
             total += 1;
-            if shown.len() < 4 {
+            if shown < 4 {
                 let (name, value) = match memchr::memchr(b'=', pair) {
                     Some(i) => (&pair[..i], &pair[i + 1..]),
                     None => (&b""[..], pair),
                 };
-                shown.push(format!(
-                    "{}={}",
-                    printable(name.trim_ascii(), 32),
-                    redacted(value.len())
-                ));
+                if shown > 0 {
+                    out.push_str("; ");
+                }
+                push_printable(out, name.trim_ascii(), 32);
+                out.push('=');
+                push_redacted(out, value.len());
+                shown += 1;
             }
         }
     }
-    if total == 0 {
-        return None;
-    }
-    let n = shown.len();
-    Some(shown.join("; ") + &more(total - n))
+    push_more(out, total - shown);
+    total > 0
 }
 
 /// `cleartext_session_cookie`: a Cookie header on plaintext HTTP.
 pub fn cleartext_session_cookie(req: &RequestHead) -> Option<String> {
     req.headers.get("cookie")?;
-    let list = cookie_list(&mut req.headers.get_all("cookie")).unwrap_or_else(|| redacted(0));
-    Some(format!("Cookie: {list}"))
+    let mut e = String::with_capacity(64);
+    e.push_str("Cookie: ");
+    if !push_cookie_list(&mut e, req.headers.get_all("cookie")) {
+        push_redacted(&mut e, 0);
+    }
+    Some(e)
 }
 
 /// `insecure_cookie`: a Set-Cookie lacking Secure or HttpOnly.
@@ -181,14 +186,20 @@ pub fn insecure_cookie(headers: &Headers) -> Option<String> {
                 (false, true) => "Secure",
                 _ => "HttpOnly",
             };
-            first = Some(format!(
-                "Set-Cookie: {}={} lacks {lacks}",
-                printable(name.trim_ascii(), 32),
-                redacted(value.len())
-            ));
+            let mut e = String::with_capacity(64);
+            e.push_str("Set-Cookie: ");
+            push_printable(&mut e, name.trim_ascii(), 32);
+            e.push('=');
+            push_redacted(&mut e, value.len());
+            e.push_str(" lacks ");
+            e.push_str(lacks);
+            first = Some(e);
         }
     }
-    first.map(|f| f + &more(count - 1))
+    first.map(|mut e| {
+        push_more(&mut e, count - 1);
+        e
+    })
 }
 
 /// Parse a Host value as an IP literal (with or without port). IPv4 is
@@ -211,12 +222,14 @@ pub fn host_ip_literal(host: &str) -> Option<IpAddr> {
 }
 
 fn lenient_ipv4(h: &str) -> Option<Ipv4Addr> {
-    let parts: Vec<&str> = h.split('.').collect();
-    if parts.is_empty() || parts.len() > 4 {
-        return None;
-    }
-    let mut nums = Vec::with_capacity(4);
-    for p in &parts {
+    // One to four parts, read into an array: no allocation for a Host that
+    // is a name (the common case).
+    let mut nums = [0u64; 4];
+    let mut len = 0;
+    for p in h.split('.') {
+        if len == nums.len() {
+            return None;
+        }
         let n = if let Some(x) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
             if x.is_empty() {
                 0
@@ -230,8 +243,10 @@ fn lenient_ipv4(h: &str) -> Option<Ipv4Addr> {
         } else {
             return None;
         };
-        nums.push(n);
+        nums[len] = n;
+        len += 1;
     }
+    let nums = &nums[..len];
     let (last, init) = nums.split_last()?;
     if init.iter().any(|&n| n > 255) || *last >= 1u64 << (8 * (5 - nums.len())) {
         return None;
@@ -269,11 +284,19 @@ fn host_ip_literal_table() {
     }
 }
 
-/// `ip_literal_host`: Host is an IP literal, or missing.
-pub fn ip_literal_host(host: Option<&str>) -> Option<String> {
+/// `ip_literal_host`: Host is an IP literal, or missing. `literal`: what
+/// [`host_ip_literal`] says of `host` (classification asks it once per
+/// exchange, for this rule and for the server's identity).
+pub fn ip_literal_host(host: Option<&str>, literal: bool) -> Option<String> {
     match host {
         None => Some("no Host header".to_string()),
-        Some(h) => host_ip_literal(h).map(|_| format!("Host: {}", printable(h.as_bytes(), 64))),
+        Some(h) if literal => {
+            let mut e = String::with_capacity(h.len().min(64) + 9);
+            e.push_str("Host: ");
+            push_printable(&mut e, h.as_bytes(), 64);
+            Some(e)
+        }
+        Some(_) => None,
     }
 }
 
@@ -284,10 +307,10 @@ pub fn public_plaintext_endpoint(cfg: &ClassifyConfig, ex: &Exchange) -> Option<
     if addr::special_purpose(ip).is_some() || cfg.internal_networks.iter().any(|n| n.contains(ip)) {
         return None;
     }
-    Some(format!(
-        "plaintext HTTP answered by public address {}",
-        ex.server
-    ))
+    let mut e = String::from("plaintext HTTP answered by public address ");
+    // Writing into a String cannot fail.
+    let _ = std::fmt::Write::write_fmt(&mut e, format_args!("{}", ex.server));
+    Some(e)
 }
 
 /// Does a (raw) piece of a URL hold a `..` segment, plain or encoded?
@@ -307,9 +330,30 @@ fn dot_dot(piece: &[u8]) -> Option<bool> {
     None
 }
 
+/// No reason of [`unsafe_url`] can hold, in one pass (most targets): only
+/// bytes safe raw, no `%` (so nothing encoded nor double encoded) and no
+/// `..` (so no dot-dot segment).
+fn plainly_safe(target: &[u8]) -> bool {
+    let mut prev_dot = false;
+    for &b in target {
+        let dot = b == b'.';
+        if !(0x21..0x7f).contains(&b)
+            || matches!(b, b'<' | b'>' | b'"' | b'\\' | b'%')
+            || (dot && prev_dot)
+        {
+            return false;
+        }
+        prev_dot = dot;
+    }
+    true
+}
+
 /// `unsafe_url`: raw unsafe bytes, a `..` segment, double encoding, or an
 /// over-long target. The evidence lists reasons, never the target.
 pub fn unsafe_url(cfg: &ClassifyConfig, target: &[u8]) -> Option<String> {
+    if target.len() <= cfg.max_target_bytes && plainly_safe(target) {
+        return None;
+    }
     let mut reasons: Vec<String> = Vec::new();
     let mut raw: Vec<&str> = Vec::new();
     for &b in target {
@@ -372,7 +416,11 @@ pub fn unsafe_url(cfg: &ClassifyConfig, target: &[u8]) -> Option<String> {
 pub fn deprecated_endpoint(headers: &Headers) -> Option<String> {
     for name in ["Deprecation", "Sunset"] {
         if let Some(v) = headers.get(name) {
-            return Some(format!("{name}: {}", printable(v, 80)));
+            let mut e = String::with_capacity(name.len() + 2 + v.len().min(80) + 3);
+            e.push_str(name);
+            e.push_str(": ");
+            push_printable(&mut e, v, 80);
+            return Some(e);
         }
     }
     None
@@ -409,7 +457,9 @@ impl JwtScan {
         budget: &mut usize,
         cache: &mut jwt::JwtCache,
     ) {
-        if *budget == 0 || memchr::memmem::find(text, b"eyJ").is_none() {
+        // Most header values are too short to hold a token: skip them
+        // without a search. (find_jwts searches once; no search first.)
+        if *budget == 0 || text.len() < super::redact::MIN_JWT_BYTES {
             return;
         }
         for tok in jwt::find_jwts(text, *budget) {
@@ -425,11 +475,17 @@ impl JwtScan {
                 if self.weak.is_none() {
                     let offset = tok.as_ptr() as usize - text.as_ptr() as usize;
                     let (_, where_) = place(offset);
-                    self.weak = Some(format!(
-                        "JWT in {where_} ({} bytes, alg {}): {w}",
-                        tok.len(),
-                        info.alg
-                    ));
+                    let mut e = String::with_capacity(96);
+                    e.push_str("JWT in ");
+                    e.push_str(&where_);
+                    e.push_str(" (");
+                    push_decimal(&mut e, tok.len() as u64);
+                    e.push_str(" bytes, alg ");
+                    e.push_str(&info.alg);
+                    e.push_str("): ");
+                    // Writing into a String cannot fail.
+                    let _ = std::fmt::Write::write_fmt(&mut e, format_args!("{w}"));
+                    self.weak = Some(e);
                 }
             }
         }
@@ -515,10 +571,8 @@ pub fn scan_jwts(
             cache,
         );
     }
-    if scan.weak_count > 1 {
-        if let Some(w) = &mut scan.weak {
-            w.push_str(&more(scan.weak_count - 1));
-        }
+    if let Some(w) = &mut scan.weak {
+        push_more(w, scan.weak_count - 1);
     }
     scan
 }

@@ -6,7 +6,7 @@
 
 use crate::clock::Timestamp;
 use serde::Serialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// What is exposed. Per-exchange kinds come first, then connection- and
 /// endpoint-level ones.
@@ -156,28 +156,103 @@ pub struct Finding {
 
 /// How evidence stands for a secret: `<redacted, 24 bytes>`.
 pub fn redacted(len: usize) -> String {
-    format!("<redacted, {len} bytes>")
+    let mut s = String::with_capacity(32);
+    push_redacted(&mut s, len);
+    s
+}
+
+/// [`redacted`], appended to `out`. Evidence is built by appending its
+/// pieces to one string: a finding costs one allocation, not one per piece.
+pub fn push_redacted(out: &mut String, len: usize) {
+    out.push_str("<redacted, ");
+    push_decimal(out, len as u64);
+    out.push_str(" bytes>");
 }
 
 /// A short, printable rendition of non-secret wire text (a header name, a
 /// cookie name, a Deprecation value) for evidence: at most `max` bytes,
 /// control and non-ASCII bytes as `?`.
 pub fn printable(b: &[u8], max: usize) -> String {
-    let mut s: String = b
-        .iter()
-        .take(max)
-        .map(|&c| {
-            if (0x20..0x7f).contains(&c) {
-                c as char
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    if b.len() > max {
-        s.push('…');
-    }
+    let mut s = String::with_capacity(b.len().min(max) + 3);
+    push_printable(&mut s, b, max);
     s
+}
+
+/// [`printable`], appended to `out`.
+pub fn push_printable(out: &mut String, b: &[u8], max: usize) {
+    out.reserve(b.len().min(max));
+    for &c in b.iter().take(max) {
+        out.push(if (0x20..0x7f).contains(&c) {
+            c as char
+        } else {
+            '?'
+        });
+    }
+    if b.len() > max {
+        out.push('…');
+    }
+}
+
+/// ` (+N more)` when `n` is not 0: how many more of the same a finding's
+/// evidence stands for.
+pub fn push_more(out: &mut String, n: usize) {
+    if n > 0 {
+        out.push_str(" (+");
+        push_decimal(out, n as u64);
+        out.push_str(" more)");
+    }
+}
+
+/// `v` in decimal, as `Display` writes it (without `core::fmt`).
+pub fn push_decimal(out: &mut String, v: u64) {
+    // Digits are ASCII: the check cannot fail.
+    out.push_str(std::str::from_utf8(Decimal::new(v).as_bytes()).unwrap_or_default());
+}
+
+/// `ip` as `Display` writes it; IPv4 (the common case) without `core::fmt`.
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            // Writing into a String cannot fail.
+            let _ = std::fmt::Write::write_fmt(out, format_args!("{v6}"));
+        }
+    }
+}
+
+/// An integer's decimal digits on the stack, as `Display` writes them: for
+/// text built on every exchange (evidence, log lines) without `core::fmt`.
+pub struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub fn new(mut v: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        Decimal { digits, start }
+    }
+
+    /// ASCII digits.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
 }
 
 #[cfg(test)]
@@ -195,5 +270,33 @@ mod tests {
         s.set(FindingKind::RouteVariants, None);
         assert_eq!(s.get(FindingKind::RouteVariants), None);
         assert_eq!(printable(b"a\x01b\xff", 3), "a?b…");
+        assert_eq!(Decimal::new(u64::MAX).as_bytes(), b"18446744073709551615");
+        for ip in [
+            "0.0.0.0",
+            "10.99.0.1",
+            "255.255.255.255",
+            "::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let mut s = String::new();
+            push_ip(&mut s, ip.parse().unwrap());
+            assert_eq!(s, ip);
+        }
+    }
+
+    #[test]
+    fn evidence_pieces_write_what_format_writes() {
+        for n in [0usize, 1, 9, 10, 99, 1234, usize::MAX] {
+            assert_eq!(redacted(n), format!("<redacted, {n} bytes>"));
+            assert_eq!(Decimal::new(n as u64).as_bytes(), n.to_string().as_bytes());
+            let mut more = String::new();
+            push_more(&mut more, n);
+            let want = if n > 0 {
+                format!(" (+{n} more)")
+            } else {
+                String::new()
+            };
+            assert_eq!(more, want);
+        }
     }
 }

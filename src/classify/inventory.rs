@@ -120,6 +120,13 @@ impl RouteInventory {
     /// Record that `route` of `server` answered 2xx/3xx at `now` (µs);
     /// returns what this reveals for the first time.
     pub fn observe(&mut self, server: &ServerKey, route: &str, now: i64) -> Vec<EndpointEvent> {
+        // The common case, in one look-up each: a route already known.
+        if let Some(s) = self.servers.get_mut(server) {
+            if s.routes.contains(route) {
+                s.last_seen = now;
+                return Vec::new();
+            }
+        }
         let mut events = Vec::new();
         if !self.servers.contains_key(server) {
             if self.servers.len() >= self.max_servers {

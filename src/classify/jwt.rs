@@ -145,7 +145,7 @@ pub fn inspect(token: &[u8]) -> Option<JwtInfo> {
 /// Recently inspected tokens, by a keyed hash of the token (never the
 /// token): clients send the same token with every request, and decoding it
 /// (base64 and JSON) is most of what JWT checks cost. Bounded: cleared when
-/// full.
+/// full. Answers by reference, so a hit copies nothing.
 #[derive(Default)]
 pub struct JwtCache {
     seen: std::collections::HashMap<u64, Option<JwtInfo>, ahash::RandomState>,
@@ -157,17 +157,15 @@ const JWT_CACHE_ENTRIES: usize = 4096;
 
 impl JwtCache {
     /// [`inspect`], remembered.
-    pub fn inspect(&mut self, token: &[u8]) -> Option<JwtInfo> {
+    pub fn inspect(&mut self, token: &[u8]) -> Option<&JwtInfo> {
         let key = self.hasher.hash_one(token);
-        if let Some(info) = self.seen.get(&key) {
-            return info.clone();
-        }
-        let info = inspect(token);
-        if self.seen.len() >= JWT_CACHE_ENTRIES {
+        if !self.seen.contains_key(&key) && self.seen.len() >= JWT_CACHE_ENTRIES {
             self.seen.clear();
         }
-        self.seen.insert(key, info.clone());
-        info
+        self.seen
+            .entry(key)
+            .or_insert_with(|| inspect(token))
+            .as_ref()
     }
 }
 
@@ -179,9 +177,8 @@ fn is_token_byte(b: u8) -> bool {
 /// dots that start with `eyJ` and pass [`super::redact::is_jwt`]. At most
 /// `max` are returned.
 pub fn find_jwts(text: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
-    let finder = memchr::memmem::find_iter(text, b"eyJ");
     let mut next_free = 0usize;
-    finder
+    super::search::jwt_starts(text)
         .filter_map(move |start| {
             if start < next_free
                 || (start > 0

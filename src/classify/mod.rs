@@ -5,6 +5,12 @@
 //! its route template, and its exposure findings. Nothing here sees packets
 //! or streams. Secrets are only ever looked at, never copied out: what leaves
 //! this module (targets, evidence) is redacted.
+//!
+//! Cost: classification runs on every exchange, so each thing it derives
+//! (the Host, whether the Host is an IP literal, the server's identity) is
+//! derived once per exchange, a rule's evidence is built only when the rule
+//! fires and its kind is turned on, and an exchange without findings costs
+//! no allocation beyond its route and Host.
 
 pub mod addr;
 pub mod body;
@@ -16,6 +22,7 @@ pub mod redact;
 pub mod route;
 #[cfg(test)]
 mod rules_tests;
+pub mod search;
 pub mod settings;
 pub mod tls;
 
@@ -94,6 +101,12 @@ pub struct Classifier {
     ok_paths: OkPaths,
     inventory: RouteInventory,
     jwts: jwt::JwtCache,
+    inflaters: body::Inflaters,
+    /// `cfg.verbose_error_markers`, ready to search with.
+    markers: body::VerboseMarkers,
+    /// The server identity of the exchange being classified; kept between
+    /// exchanges only so its text buffer is reused.
+    server: ServerKey,
 }
 
 /// Counters of classification's bounded memory.
@@ -109,6 +122,7 @@ pub struct ClassifyStats {
 impl Classifier {
     pub fn new(cfg: ClassifyConfig) -> Result<Self, route::PatternError> {
         let routes = RouteTemplater::new(&cfg.route_patterns)?;
+        let markers = body::VerboseMarkers::new(&cfg.verbose_error_markers);
         Ok(Classifier {
             ok_paths: OkPaths::new(cfg.max_ok_paths),
             inventory: RouteInventory::new(
@@ -119,6 +133,9 @@ impl Classifier {
             cfg,
             routes,
             jwts: jwt::JwtCache::default(),
+            inflaters: body::Inflaters::default(),
+            markers,
+            server: ServerKey::default(),
         })
     }
 
@@ -132,6 +149,9 @@ impl Classifier {
             ok_paths,
             inventory,
             jwts: _,
+            inflaters: _,
+            markers,
+            server: _,
         } = new;
         if cfg.max_ok_paths != self.cfg.max_ok_paths {
             self.ok_paths = ok_paths;
@@ -147,6 +167,7 @@ impl Classifier {
             self.inventory = inventory;
         }
         self.routes = routes;
+        self.markers = markers;
         self.cfg = cfg;
     }
 
@@ -176,16 +197,21 @@ impl Classifier {
         let limit = self.cfg.body_decode_bytes;
         let req_body = match &ex.request {
             Some(r) if !ex.request_body_prefix.is_empty() => {
-                let decode = body::worth_decoding(&r.headers, ex.request_body_bytes, None);
-                body::decoded_prefix(&r.headers, &ex.request_body_prefix, limit, decode)
+                let prefix = &ex.request_body_prefix;
+                self.inflaters
+                    .decoded_prefix(&r.headers, prefix, limit, || {
+                        body::worth_decoding(&r.headers, ex.request_body_bytes, None)
+                    })
             }
             _ => None,
         };
         let resp_body = match &ex.response {
             Some(r) if !ex.response_body_prefix.is_empty() => {
-                let decode =
-                    body::worth_decoding(&r.headers, ex.response_body_bytes, Some(r.status));
-                body::decoded_prefix(&r.headers, &ex.response_body_prefix, limit, decode)
+                let prefix = &ex.response_body_prefix;
+                self.inflaters
+                    .decoded_prefix(&r.headers, prefix, limit, || {
+                        body::worth_decoding(&r.headers, ex.response_body_bytes, Some(r.status))
+                    })
             }
             _ => None,
         };
@@ -196,20 +222,21 @@ impl Classifier {
             req_body.as_deref().unwrap_or_default(),
             resp_body.as_deref().unwrap_or_default(),
         );
-        let server = server_key(ex);
+        let host_is_ip = ex
+            .host
+            .as_deref()
+            .is_some_and(|h| exposure::host_ip_literal(h).is_some());
+        // Taken out of `self` for the exchange, so that `self` can be
+        // borrowed mutably beside it; put back (with its buffer) at the end.
+        let mut server = std::mem::take(&mut self.server);
+        fill_server_key(&mut server, ex, host_is_ip);
         ex.failure = self.cause(ex, &server, jwts.expired_in_request, resp_body.as_deref());
 
-        let mut found: Vec<(FindingKind, String)> = Vec::new();
-        self.exchange_findings(ex, jwts, resp_body.as_deref(), &mut found);
+        let mut out: Vec<Finding> = Vec::new();
+        self.exchange_findings(ex, jwts, resp_body.as_deref(), host_is_ip, &mut out);
         ex.findings.clear();
-        ex.findings.extend(found.iter().map(|(k, _)| *k));
+        ex.findings.extend(out.iter().map(|f| f.kind));
 
-        let mut out: Vec<Finding> = Vec::with_capacity(found.len());
-        for (kind, evidence) in found {
-            if let Some(f) = self.finding(ex, kind, ex.route.clone(), evidence) {
-                out.push(f);
-            }
-        }
         let answered = ex.status().is_some_and(|s| (200..400).contains(&s));
         if let (true, Some(route)) = (answered, ex.route.as_deref()) {
             for ev in self.inventory.observe(&server, route, ex.ts.as_micros()) {
@@ -230,6 +257,7 @@ impl Classifier {
                 }
             }
         }
+        self.server = server;
         out
     }
 
@@ -252,67 +280,54 @@ impl Classifier {
         })
     }
 
-    /// The per-exchange finding kinds that fire and are not turned off, in
-    /// [`FindingKind`] order.
+    /// The per-exchange findings that fire and whose kind is not turned
+    /// off, in [`FindingKind`] order. A rule whose kind is off is not run.
     fn exchange_findings(
         &self,
         ex: &Exchange,
         jwts: exposure::JwtScan,
         resp_body: Option<&[u8]>,
-        out: &mut Vec<(FindingKind, String)>,
+        host_is_ip: bool,
+        out: &mut Vec<Finding>,
     ) {
         let cfg = &self.cfg;
-        let on = |k: FindingKind| cfg.severities.get(k).is_some();
-        let mut push = |k: FindingKind, e: Option<String>| {
-            if let Some(e) = e {
-                if on(k) {
-                    out.push((k, e));
-                }
-            }
-        };
+        let markers = &self.markers;
+        let mut found = Found { cfg, ex, out };
         let req = ex.request.as_ref();
         let resp = ex.response.as_ref();
-        push(
-            FindingKind::CleartextCredentials,
-            req.and_then(|r| exposure::cleartext_credentials(cfg, r)),
-        );
-        push(
-            FindingKind::CredentialsInUrl,
-            req.and_then(|r| exposure::credentials_in_url(cfg, &r.target)),
-        );
-        push(
-            FindingKind::CleartextSessionCookie,
-            req.and_then(exposure::cleartext_session_cookie),
-        );
-        push(
-            FindingKind::InsecureCookie,
-            resp.and_then(|r| exposure::insecure_cookie(&r.headers)),
-        );
-        push(FindingKind::WeakJwt, jwts.weak);
-        push(
-            FindingKind::IpLiteralHost,
-            req.and_then(|_| exposure::ip_literal_host(ex.host.as_deref())),
-        );
-        push(
-            FindingKind::PublicPlaintextEndpoint,
-            exposure::public_plaintext_endpoint(cfg, ex),
-        );
-        push(
-            FindingKind::UnsafeUrl,
-            req.and_then(|r| exposure::unsafe_url(cfg, &r.target)),
-        );
-        push(
-            FindingKind::DeprecatedEndpoint,
-            resp.and_then(|r| exposure::deprecated_endpoint(&r.headers)),
-        );
+        found.rule(FindingKind::CleartextCredentials, || {
+            req.and_then(|r| exposure::cleartext_credentials(cfg, r))
+        });
+        found.rule(FindingKind::CredentialsInUrl, || {
+            req.and_then(|r| exposure::credentials_in_url(cfg, &r.target))
+        });
+        found.rule(FindingKind::CleartextSessionCookie, || {
+            req.and_then(exposure::cleartext_session_cookie)
+        });
+        found.rule(FindingKind::InsecureCookie, || {
+            resp.and_then(|r| exposure::insecure_cookie(&r.headers))
+        });
+        found.rule(FindingKind::WeakJwt, || jwts.weak);
+        found.rule(FindingKind::IpLiteralHost, || {
+            req.and_then(|_| exposure::ip_literal_host(ex.host.as_deref(), host_is_ip))
+        });
+        found.rule(FindingKind::PublicPlaintextEndpoint, || {
+            exposure::public_plaintext_endpoint(cfg, ex)
+        });
+        found.rule(FindingKind::UnsafeUrl, || {
+            req.and_then(|r| exposure::unsafe_url(cfg, &r.target))
+        });
+        found.rule(FindingKind::DeprecatedEndpoint, || {
+            resp.and_then(|r| exposure::deprecated_endpoint(&r.headers))
+        });
         let status = ex.status().unwrap_or(0);
         if (500..600).contains(&status) {
-            push(
-                FindingKind::VerboseError,
+            found.rule(FindingKind::VerboseError, || {
                 resp_body
-                    .and_then(|b| body::verbose_error_marker(b, &cfg.verbose_error_markers))
-                    .map(|m| format!("{status} body reveals internals: {m:?}")),
-            );
+                    .and_then(|b| markers.first_in(b))
+                    .map(|i| &cfg.verbose_error_markers[i])
+                    .map(|m| format!("{status} body reveals internals: {m:?}"))
+            });
         }
     }
 
@@ -391,21 +406,51 @@ impl Classifier {
     }
 }
 
-/// SPEC's server identity: `server_address` (the Host name when it is a
-/// name, else the server's IP address) and the server's port.
-pub fn server_key(ex: &Exchange) -> ServerKey {
-    let name = ex
-        .host
-        .as_deref()
-        .filter(|h| exposure::host_ip_literal(h).is_none())
-        .map(|h| match h.rsplit_once(':') {
-            Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) => n.to_string(),
-            _ => h.to_string(),
+/// Per-exchange findings being collected for one exchange.
+struct Found<'a> {
+    cfg: &'a ClassifyConfig,
+    ex: &'a Exchange,
+    out: &'a mut Vec<Finding>,
+}
+
+impl Found<'_> {
+    /// Run a rule unless its kind is turned off; keep its finding if it
+    /// fires.
+    fn rule(&mut self, kind: FindingKind, evidence: impl FnOnce() -> Option<String>) {
+        let Some(severity) = self.cfg.severities.get(kind) else {
+            return;
+        };
+        let Some(evidence) = evidence() else {
+            return;
+        };
+        let ex = self.ex;
+        self.out.push(Finding {
+            ts: ex.ts,
+            kind,
+            severity,
+            client: ex.client,
+            server: ex.server,
+            host: ex.host.clone(),
+            route: ex.route.clone(),
+            evidence,
         });
-    (
-        name.unwrap_or_else(|| ex.server.ip().to_string()),
-        ex.server.port(),
-    )
+    }
+}
+
+/// SPEC's server identity: `server_address` (the Host name when it is a
+/// name, else the server's IP address) and the server's port, written into
+/// `key` (its text buffer reused). `host_is_ip`: the Host is an IP literal.
+fn fill_server_key(key: &mut ServerKey, ex: &Exchange, host_is_ip: bool) {
+    let (name, port) = key;
+    name.clear();
+    *port = ex.server.port();
+    match ex.host.as_deref().filter(|_| !host_is_ip) {
+        Some(h) => name.push_str(match h.rsplit_once(':') {
+            Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => h,
+        }),
+        None => findings::push_ip(name, ex.server.ip()),
+    }
 }
 
 /// Names of the query parameters of a target.
@@ -441,7 +486,7 @@ fn is_empty_body(ex: &Exchange, decoded: Option<&[u8]>) -> bool {
 /// The Host of a request: the authority of an absolute-form target when
 /// present, else the Host header; lower-cased, `:80` stripped.
 pub fn host_of(target: &[u8], headers: &Headers) -> Option<String> {
-    let from_target = memchr::memmem::find(target, b"://").map(|p| {
+    let from_target = search::scheme_end(target).map(|p| {
         let rest = &target[p + 3..];
         let end = memchr::memchr3(b'/', b'?', b'#', rest).unwrap_or(rest.len());
         let auth = &rest[..end];
@@ -457,12 +502,14 @@ pub fn host_of(target: &[u8], headers: &Headers) -> Option<String> {
     if raw.is_empty() {
         return None;
     }
-    let mut h = redact::bytes_to_text(raw).to_ascii_lowercase();
+    // One allocation: the text is lower-cased, cut and stripped in place.
+    let mut h = redact::bytes_to_text(raw);
+    h.make_ascii_lowercase();
     if h.len() > 255 {
         h.truncate(h.floor_char_boundary(255));
     }
-    if let Some(stripped) = h.strip_suffix(":80") {
-        h = stripped.to_string();
+    if h.ends_with(":80") {
+        h.truncate(h.len() - 3);
     }
     Some(h)
 }

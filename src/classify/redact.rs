@@ -30,10 +30,13 @@ pub const DEFAULT_CREDENTIAL_PARAMS: &[&str] = &[
 
 pub const REDACTED: &str = "REDACTED";
 
+/// The shortest text [`is_jwt`] accepts.
+pub const MIN_JWT_BYTES: usize = 16;
+
 /// Does `s` look like a JWT (JWS compact form: three base64url parts, the
 /// first a JSON object, i.e. starting `eyJ`)?
 pub fn is_jwt(s: &[u8]) -> bool {
-    if s.len() < 16 || !s.starts_with(b"eyJ") {
+    if s.len() < MIN_JWT_BYTES || !s.starts_with(b"eyJ") {
         return false;
     }
     let mut dots = 0;
@@ -89,7 +92,7 @@ pub fn redact_target<'a>(target: &'a [u8], cred_names: &[String]) -> Cow<'a, str
     };
     // userinfo in absolute-form: scheme://user:pass@host/...
     let mut path_start = 0;
-    if let Some(p) = memchr::memmem::find(&target[..path_end], b"://") {
+    if let Some(p) = super::search::scheme_end(&target[..path_end]) {
         let auth_start = p + 3;
         let auth_end = memchr::memchr(b'/', &target[auth_start..path_end])
             .map_or(path_end, |i| auth_start + i);

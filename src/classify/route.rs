@@ -131,7 +131,7 @@ pub fn path_of(target: &[u8]) -> Option<&[u8]> {
         return Some(t);
     }
     // absolute-form: scheme "://" authority path
-    if let Some(p) = memchr::memmem::find(t, b"://") {
+    if let Some(p) = super::search::scheme_end(t) {
         let rest = &t[p + 3..];
         return Some(match memchr::memchr(b'/', rest) {
             Some(s) => &rest[s..],
@@ -162,24 +162,53 @@ const CUT: &str = "/{…}";
 
 /// Heuristic templating of a path (SPEC "Routes").
 pub fn template(path: &[u8]) -> String {
-    let mut out = String::with_capacity(path.len().min(MAX_ROUTE_BYTES));
-    for seg in split_segments(path) {
-        let piece: std::borrow::Cow<'_, str> = if is_identifier(seg) {
-            "{id}".into()
-        } else {
-            String::from_utf8_lossy(seg)
-        };
-        if out.len() + 1 + piece.len() > MAX_ROUTE_BYTES - CUT.len() {
-            out.push_str(CUT);
-            return out;
+    // `{id}` can be longer than what it replaces: room for a few, so that
+    // the route is rarely reallocated while it is built.
+    let mut out = String::with_capacity((path.len() + 16).min(MAX_ROUTE_BYTES));
+    match std::str::from_utf8(path) {
+        // The common case: the segments are text as they are (validated
+        // once, not segment by segment).
+        Ok(text) => {
+            for seg in text.strip_prefix('/').unwrap_or(text).split('/') {
+                let piece = if is_identifier(seg.as_bytes()) {
+                    "{id}"
+                } else {
+                    seg
+                };
+                if !push_segment(&mut out, piece) {
+                    return out;
+                }
+            }
         }
-        out.push('/');
-        out.push_str(&piece);
+        Err(_) => {
+            for seg in split_segments(path) {
+                let piece: std::borrow::Cow<'_, str> = if is_identifier(seg) {
+                    "{id}".into()
+                } else {
+                    String::from_utf8_lossy(seg)
+                };
+                if !push_segment(&mut out, &piece) {
+                    return out;
+                }
+            }
+        }
     }
     if out.is_empty() {
         out.push('/');
     }
     out
+}
+
+/// Append `/piece` to a route being built; at the length bound, append
+/// [`CUT`] instead and answer false (the route is complete).
+fn push_segment(out: &mut String, piece: &str) -> bool {
+    if out.len() + 1 + piece.len() > MAX_ROUTE_BYTES - CUT.len() {
+        out.push_str(CUT);
+        return false;
+    }
+    out.push('/');
+    out.push_str(piece);
+    true
 }
 
 /// Does a path segment look like an identifier rather than a resource name?
@@ -230,7 +259,11 @@ fn is_date(s: &[u8]) -> bool {
 }
 
 fn is_email(s: &[u8]) -> bool {
-    let at = memchr::memmem::find(s, b"@").or_else(|| memchr::memmem::find(s, b"%40"));
+    let at = memchr::memchr(b'@', s).or_else(|| {
+        // Only a segment with a '%' can hold "%40".
+        memchr::memchr(b'%', s)?;
+        super::search::encoded_at(s)
+    });
     match at {
         Some(i) if i > 0 => s[i..].contains(&b'.'),
         _ => false,

@@ -23,7 +23,9 @@
 //! back by [`SlotTable::expire`], which tells the caller what to drop so
 //! its series can be removed.
 
+use crate::classify::findings::push_ip;
 use crate::http::Method;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -124,22 +126,22 @@ pub fn status_label(key: u16) -> String {
 /// SPEC: "`server_address` is the Host header when it is a name, else the
 /// server's IP address". `host` is the lower-cased Host; its port (if any)
 /// is dropped. A Host that is an IP literal, empty, or not a valid DNS name
-/// (attacker bytes) gives the IP.
-pub fn server_address(host: Option<&str>, server: SocketAddr) -> String {
+/// (attacker bytes) gives the IP. A name is borrowed from `host`.
+pub fn server_address(host: Option<&str>, server: SocketAddr) -> Cow<'_, str> {
     if let Some(name) = host.and_then(host_name) {
-        return name.to_string();
+        return Cow::Borrowed(name);
     }
-    ip_label(server.ip())
+    Cow::Owned(ip_label(server.ip()))
 }
 
 fn ip_label(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v6.to_string(),
-        },
-        IpAddr::V4(v4) => v4.to_string(),
-    }
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    };
+    let mut label = String::with_capacity(15);
+    push_ip(&mut label, ip);
+    label
 }
 
 /// The name part of a Host value, when it is a DNS name.
@@ -154,7 +156,9 @@ fn host_name(host: &str) -> Option<&str> {
     };
     let name = name.strip_suffix('.').unwrap_or(name);
     // `_other` is the overflow value: a Host spelling it is not a name.
-    if name.is_empty() || name.len() > 253 || name == OTHER || name.parse::<IpAddr>().is_ok() {
+    // No IP literal passes the checks below (IPv6 needs ':', IPv4 is all
+    // digits and dots), so none is parsed here.
+    if name.is_empty() || name.len() > 253 || name == OTHER {
         return None;
     }
     let ok = name
@@ -179,6 +183,67 @@ struct ServerSlot {
     last_seen: i64,
     ports: Vec<u16>,
     routes: HashMap<Box<str>, RouteSlot, ahash::RandomState>,
+}
+
+impl ServerSlot {
+    /// [`SlotTable::place`] once the server holds this slot.
+    fn place(
+        &mut self,
+        port: Option<u16>,
+        route: Option<&str>,
+        now: i64,
+        fixed: &Fixed,
+        overflow: &mut impl FnMut(Overflow),
+    ) -> Placed {
+        let Fixed {
+            max_routes,
+            other,
+            empty,
+        } = fixed;
+        self.last_seen = self.last_seen.max(now);
+        let port = port.and_then(|p| {
+            if self.ports.contains(&p) {
+                Some(p)
+            } else if self.ports.len() < MAX_PORTS_PER_SERVER {
+                self.ports.push(p);
+                Some(p)
+            } else {
+                overflow(Overflow::ServerPort);
+                None
+            }
+        });
+        let route = match route {
+            None | Some("") => empty.clone(),
+            Some(r) if r.len() > MAX_ROUTE_LEN => {
+                overflow(Overflow::HttpRoute);
+                other.clone()
+            }
+            Some(r) => {
+                if let Some(rs) = self.routes.get_mut(r) {
+                    rs.last_seen = rs.last_seen.max(now);
+                    rs.label.clone()
+                } else if self.routes.len() < *max_routes {
+                    let label: Label = Arc::from(r);
+                    self.routes.insert(
+                        r.into(),
+                        RouteSlot {
+                            label: label.clone(),
+                            last_seen: now,
+                        },
+                    );
+                    label
+                } else {
+                    overflow(Overflow::HttpRoute);
+                    other.clone()
+                }
+            }
+        };
+        Placed {
+            server: self.label.clone(),
+            port,
+            route,
+        }
+    }
 }
 
 /// Where one observation's server/port/route landed.
@@ -207,29 +272,38 @@ impl Released {
 /// Server and route slots (see the module doc).
 pub struct SlotTable {
     max_servers: usize,
-    max_routes: usize,
     idle_micros: i64,
     servers: HashMap<Box<str>, ServerSlot, ahash::RandomState>,
-    other: Label,
-    empty: Label,
+    fixed: Fixed,
     tls_versions: Vec<Label>,
+}
+
+/// What every server slot places its routes with.
+struct Fixed {
+    max_routes: usize,
+    /// `_other`.
+    other: Label,
+    /// The empty label.
+    empty: Label,
 }
 
 impl SlotTable {
     pub fn new(max_servers: usize, max_routes_per_server: usize, idle_micros: i64) -> Self {
         SlotTable {
             max_servers,
-            max_routes: max_routes_per_server,
             idle_micros,
             servers: HashMap::default(),
-            other: Arc::from(OTHER),
-            empty: Arc::from(""),
+            fixed: Fixed {
+                max_routes: max_routes_per_server,
+                other: Arc::from(OTHER),
+                empty: Arc::from(""),
+            },
             tls_versions: Vec::new(),
         }
     }
 
     pub fn other(&self) -> Label {
-        self.other.clone()
+        self.fixed.other.clone()
     }
 
     pub fn servers_held(&self) -> usize {
@@ -247,76 +321,33 @@ impl SlotTable {
         now: i64,
         overflow: &mut impl FnMut(Overflow),
     ) -> Placed {
-        let (max_servers, max_routes) = (self.max_servers, self.max_routes);
-        if !self.servers.contains_key(address) && self.servers.len() < max_servers {
-            self.servers.insert(
-                address.into(),
-                ServerSlot {
-                    label: Arc::from(address),
-                    last_seen: now,
-                    ports: Vec::new(),
-                    routes: HashMap::default(),
-                },
-            );
+        // One look-up for a server (and one for a route) that holds a slot
+        // already: the common case.
+        if let Some(slot) = self.servers.get_mut(address) {
+            return slot.place(port, route, now, &self.fixed, overflow);
         }
-        let slot = self.servers.get_mut(address);
-        let Some(slot) = slot else {
+        if self.servers.len() >= self.max_servers {
             overflow(Overflow::ServerAddress);
             let route = match route {
-                Some("") | None => self.empty.clone(),
-                Some(_) => self.other.clone(),
+                Some("") | None => self.fixed.empty.clone(),
+                Some(_) => self.fixed.other.clone(),
             };
             return Placed {
-                server: self.other.clone(),
+                server: self.fixed.other.clone(),
                 port: None,
                 route,
             };
-        };
-        slot.last_seen = slot.last_seen.max(now);
-        let port = port.and_then(|p| {
-            if slot.ports.contains(&p) {
-                Some(p)
-            } else if slot.ports.len() < MAX_PORTS_PER_SERVER {
-                slot.ports.push(p);
-                Some(p)
-            } else {
-                overflow(Overflow::ServerPort);
-                None
-            }
-        });
-        let route = match route {
-            None | Some("") => self.empty.clone(),
-            Some(r) if r.len() > MAX_ROUTE_LEN => {
-                overflow(Overflow::HttpRoute);
-                self.other.clone()
-            }
-            Some(r) => {
-                if !slot.routes.contains_key(r) && slot.routes.len() < max_routes {
-                    slot.routes.insert(
-                        r.into(),
-                        RouteSlot {
-                            label: Arc::from(r),
-                            last_seen: now,
-                        },
-                    );
-                }
-                match slot.routes.get_mut(r) {
-                    Some(rs) => {
-                        rs.last_seen = rs.last_seen.max(now);
-                        rs.label.clone()
-                    }
-                    None => {
-                        overflow(Overflow::HttpRoute);
-                        self.other.clone()
-                    }
-                }
-            }
-        };
-        Placed {
-            server: slot.label.clone(),
-            port,
-            route,
         }
+        let slot = self
+            .servers
+            .entry(address.into())
+            .or_insert_with(|| ServerSlot {
+                label: Arc::from(address),
+                last_seen: now,
+                ports: Vec::new(),
+                routes: HashMap::default(),
+            });
+        slot.place(port, route, now, &self.fixed, overflow)
     }
 
     /// A `tls_version` label: one of at most [`MAX_TLS_VERSIONS`] short
@@ -337,7 +368,7 @@ impl SlotTable {
             }
         }
         overflow(Overflow::TlsVersion);
-        self.other.clone()
+        self.fixed.other.clone()
     }
 
     /// Give back every server and route slot unseen since `now - idle`.

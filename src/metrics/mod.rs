@@ -541,11 +541,19 @@ impl Shared for IntCounterVec {
 /// One family's series as the packet thread knows them.
 struct Family<K: SeriesKey, V: Shared> {
     shared: V,
-    series: HashMap<K, V::Local, ahash::RandomState>,
+    series: HashMap<K, Series<V::Local>, ahash::RandomState>,
     /// Prometheus series per label set.
     cost: usize,
-    /// Series updated since the last flush.
+    /// Series updated since the last flush, each once (see [`Series`]).
     dirty: Vec<K>,
+}
+
+/// A series' local buffer, and whether it is listed in its family's
+/// `dirty` since the last flush: an update costs one look-up, and a flush
+/// visits each changed series once however often it was updated.
+struct Series<L> {
+    local: L,
+    dirty: bool,
 }
 
 /// The global series budget.
@@ -568,40 +576,58 @@ impl<K: SeriesKey, V: Shared> Family<K, V> {
         }
     }
 
-    /// The local handle of `key`, created within the budget; past it, the
-    /// handle of `catch_all()` (always created: a fixed set).
-    fn get(
+    /// Apply `update` to the local handle of `key`, created within the
+    /// budget; past it, to the handle of `catch_all()` (always created: a
+    /// fixed set).
+    fn update(
         &mut self,
         key: K,
         catch_all: impl FnOnce() -> K,
         budget: &mut Budget,
         overflow: &mut OverflowCounts,
-    ) -> &mut V::Local {
-        let key = if self.series.contains_key(&key) {
-            key
-        } else if budget.used + self.cost <= budget.max {
+        update: impl FnOnce(&mut V::Local),
+    ) {
+        // The common case: the series exists (one look-up).
+        if let Some(s) = self.series.get_mut(&key) {
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(key);
+            }
+            update(&mut s.local);
+            return;
+        }
+        let key = if budget.used + self.cost <= budget.max {
             budget.used += self.cost;
-            let local = self.shared.create(&key.values());
-            self.series.insert(key.clone(), local);
             key
         } else {
             overflow.add(Overflow::Series);
             let key = catch_all();
             if !self.series.contains_key(&key) {
                 budget.catch_all += self.cost;
-                let local = self.shared.create(&key.values());
-                self.series.insert(key.clone(), local);
             }
             key
         };
-        self.dirty.push(key.clone());
-        self.series.get_mut(&key).expect("inserted above")
+        let shared = &self.shared;
+        let s = self.series.entry(key.clone()).or_insert_with(|| Series {
+            local: shared.create(&key.values()),
+            dirty: false,
+        });
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(key);
+        }
+        update(&mut s.local);
     }
 
     fn flush(&mut self) {
         for k in self.dirty.drain(..) {
-            if let Some(l) = self.series.get_mut(&k) {
-                l.flush();
+            // A series released since its update is gone (and was flushed
+            // before it was released).
+            if let Some(s) = self.series.get_mut(&k) {
+                if s.dirty {
+                    s.dirty = false;
+                    s.local.flush();
+                }
             }
         }
     }
@@ -875,19 +901,19 @@ impl Metrics {
                 error: u8::MAX,
             };
             self.durations
-                .get(key, catch_all, &mut self.budget, &mut self.overflow)
-                .observe(us as f64 / 1e6);
+                .update(key, catch_all, &mut self.budget, &mut self.overflow, |h| {
+                    h.observe(us as f64 / 1e6)
+                });
         }
         if let Some(cause) = ex.failure {
             let other = self.slots.other();
-            self.failures
-                .get(
-                    FailureKey(placed.server.clone(), placed.route.clone(), cause),
-                    || FailureKey(other.clone(), other.clone(), cause),
-                    &mut self.budget,
-                    &mut self.overflow,
-                )
-                .inc();
+            self.failures.update(
+                FailureKey(placed.server.clone(), placed.route.clone(), cause),
+                || FailureKey(other.clone(), other.clone(), cause),
+                &mut self.budget,
+                &mut self.overflow,
+                |c| c.inc(),
+            );
         }
         for &kind in &ex.findings {
             let sev = self.severity(kind);
@@ -897,14 +923,13 @@ impl Metrics {
 
     fn count_finding(&mut self, server: Label, kind: FindingKind, severity: Severity) {
         let other = self.slots.other();
-        self.findings
-            .get(
-                FindingKey(server, kind, severity),
-                || FindingKey(other, kind, severity),
-                &mut self.budget,
-                &mut self.overflow,
-            )
-            .inc();
+        self.findings.update(
+            FindingKey(server, kind, severity),
+            || FindingKey(other, kind, severity),
+            &mut self.budget,
+            &mut self.overflow,
+            |c| c.inc(),
+        );
     }
 
     /// A connection- or endpoint-level finding (`legacy_tls`,
@@ -946,14 +971,13 @@ impl Metrics {
             &mut |o| overflow.add(o),
         );
         let other = self.slots.other();
-        self.connections
-            .get(
-                ConnKey(placed.server, placed.port, protocol),
-                || ConnKey(other.clone(), None, protocol),
-                &mut self.budget,
-                &mut self.overflow,
-            )
-            .inc();
+        self.connections.update(
+            ConnKey(placed.server, placed.port, protocol),
+            || ConnKey(other.clone(), None, protocol),
+            &mut self.budget,
+            &mut self.overflow,
+            |c| c.inc(),
+        );
     }
 
     /// A TLS handshake with its negotiated (else highest offered) version,
@@ -975,14 +999,13 @@ impl Metrics {
         let overflow = &mut self.overflow;
         let version = self.slots.tls_version(version, &mut |o| overflow.add(o));
         let other = self.slots.other();
-        self.tls
-            .get(
-                TlsKey(placed.server, version.clone()),
-                || TlsKey(other, version),
-                &mut self.budget,
-                &mut self.overflow,
-            )
-            .inc();
+        self.tls.update(
+            TlsKey(placed.server, version.clone()),
+            || TlsKey(other, version),
+            &mut self.budget,
+            &mut self.overflow,
+            |c| c.inc(),
+        );
     }
 
     /// Pipeline and source totals (cumulative; stored, not added). Packets

@@ -9,11 +9,16 @@
 //! serde_json made of the derived record this module used to write (the
 //! tests hold it to that). It is built whole in a reused buffer and handed
 //! to the output in one `write_all`: no allocation and no `dyn Write` call
-//! per field, and the output sees whole lines.
+//! per field, and the output sees whole lines. Values whose JSON text is
+//! known without escaping (numbers, booleans, the registered methods,
+//! failure causes and finding kinds) are written directly; strings from the
+//! wire (Host, target, route, other methods) go through serde_json.
 
+use crate::classify::findings::Decimal;
 use crate::classify::redact::redact_target;
 use crate::clock::Timestamp;
 use crate::http::exchange::Exchange;
+use crate::http::Method;
 use crate::output::text::{SocketAddrText, TimestampText};
 use crate::pipeline::ExchangeSink;
 use serde::Serialize;
@@ -29,6 +34,19 @@ fn plain(line: &mut Vec<u8>, s: &[u8]) {
     line.push(b'"');
     line.extend_from_slice(s);
     line.push(b'"');
+}
+
+/// `v` in decimal, as serde_json writes an integer.
+fn decimal(line: &mut Vec<u8>, v: u64) {
+    line.extend_from_slice(Decimal::new(v).as_bytes());
+}
+
+/// A string that needs no escaping (ASCII letters, digits, `_`), or null.
+fn plain_or_null(line: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => plain(line, s.as_bytes()),
+        None => line.extend_from_slice(b"null"),
+    }
 }
 
 /// `Display`'s text without `core::fmt` (see [`crate::output::text`]); it is
@@ -75,7 +93,11 @@ impl ExchangeLog {
         l.extend_from_slice(b",\"server\":");
         plain(l, SocketAddrText::new(&ex.server).as_bytes());
         l.extend_from_slice(b",\"method\":");
-        json(l, &req.map(|r| r.method.as_str()))?;
+        match req.map(|r| &r.method) {
+            // A method from the wire may need escaping.
+            Some(m @ Method::Other(_)) => json(l, m.as_str())?,
+            m => plain_or_null(l, m.map(Method::as_str)),
+        }
         l.extend_from_slice(b",\"host\":");
         json(l, &ex.host)?;
         l.extend_from_slice(b",\"target\":");
@@ -86,22 +108,34 @@ impl ExchangeLog {
         l.extend_from_slice(b",\"route\":");
         json(l, &ex.route)?;
         l.extend_from_slice(b",\"status\":");
-        json(l, &ex.status())?;
+        match ex.status() {
+            Some(s) => decimal(l, u64::from(s)),
+            None => l.extend_from_slice(b"null"),
+        }
         l.extend_from_slice(b",\"duration_ms\":");
         json(l, &ex.duration_micros().map(|us| us as f64 / 1000.0))?;
         l.extend_from_slice(b",\"request_bytes\":");
-        json(l, &ex.request_body_bytes)?;
+        decimal(l, ex.request_body_bytes);
         l.extend_from_slice(b",\"response_bytes\":");
-        json(l, &ex.response_body_bytes)?;
+        decimal(l, ex.response_body_bytes);
         l.extend_from_slice(b",\"failure\":");
-        json(l, &ex.failure.map(|f| f.as_str()))?;
-        l.extend_from_slice(b",\"findings\":");
-        json(l, &ex.findings)?;
+        plain_or_null(l, ex.failure.map(|f| f.as_str()));
+        l.extend_from_slice(b",\"findings\":[");
+        for (i, k) in ex.findings.iter().enumerate() {
+            if i > 0 {
+                l.push(b',');
+            }
+            plain(l, k.as_str().as_bytes());
+        }
+        l.push(b']');
         // An addition to SPEC: bytes of this exchange were lost in the
         // capture, or its pairing could not be proven, so its numbers are
         // uncertain.
-        l.extend_from_slice(b",\"capture_loss\":");
-        json(l, &ex.capture_loss)?;
+        l.extend_from_slice(if ex.capture_loss {
+            b",\"capture_loss\":true"
+        } else {
+            b",\"capture_loss\":false"
+        });
         l.extend_from_slice(b"}\n");
         let written = self.out.write_all(l);
         if l.capacity() > KEEP_LINE_BUFFER {

@@ -44,6 +44,29 @@ struct FoldEntry {
     last: Option<Finding>,
 }
 
+/// `*to = from.clone()`, reusing `to`'s strings.
+fn clone_into(from: &Finding, to: &mut Finding) {
+    // Destructured, so that a new field cannot be forgotten here.
+    let Finding {
+        ts,
+        kind,
+        severity,
+        client,
+        server,
+        host,
+        route,
+        evidence,
+    } = from;
+    to.ts = *ts;
+    to.kind = *kind;
+    to.severity = *severity;
+    to.client = *client;
+    to.server = *server;
+    to.host.clone_from(host);
+    to.route.clone_from(route);
+    to.evidence.clone_from(evidence);
+}
+
 pub struct FindingsLog {
     out: Box<dyn Write + Send>,
     interval: i64,
@@ -139,17 +162,28 @@ impl FindingsLog {
         }
         let k = self.key(f);
         let now = f.ts.as_micros();
-        if let Some(mut e) = self.table.remove(&k) {
+        if let Some(e) = self.table.get_mut(&k) {
             if now.saturating_sub(e.window_start) < self.interval {
+                // The common case for a repeated finding: remembered as the
+                // last occurrence, in the strings the previous one left.
                 e.folded += 1;
                 self.folded += 1;
-                e.last = Some(f.clone());
-            } else {
-                self.flush_entry(&mut e);
-                self.emit(f, None);
-                e.window_start = now;
+                match &mut e.last {
+                    Some(last) => clone_into(f, last),
+                    None => e.last = Some(f.clone()),
+                }
+                return;
             }
-            self.table.insert(k, e);
+            let mut e = std::mem::replace(
+                e,
+                FoldEntry {
+                    window_start: now,
+                    folded: 0,
+                    last: None,
+                },
+            );
+            self.flush_entry(&mut e);
+            self.emit(f, None);
             return;
         }
         while self.table.len() >= self.max_entries {

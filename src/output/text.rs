@@ -7,6 +7,7 @@
 //! 0000–9999 has no fast form ([`TimestampText::new`] returns `None`) and is
 //! left to `Display`. The property tests below hold them to that.
 
+use crate::classify::findings::Decimal;
 use crate::clock::Timestamp;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -35,18 +36,8 @@ impl<const N: usize> Ascii<N> {
     }
 
     /// Decimal, no padding.
-    fn push_u32(&mut self, mut v: u32) {
-        let mut digits = [0u8; 10];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.push_slice(&digits[i..]);
+    fn push_u32(&mut self, v: u32) {
+        self.push_slice(Decimal::new(u64::from(v)).as_bytes());
     }
 
     /// Decimal, zero-padded to `width` digits (`v` must fit).

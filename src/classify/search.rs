@@ -1,0 +1,51 @@
+//! The fixed substrings the per-exchange rules look for, with their
+//! searchers built once.
+//!
+//! Contract: each function answers exactly what `memchr::memmem::find` (or
+//! `find_iter`) answers for the same needle; the difference is cost.
+//! `memmem::find` builds a new searcher on every call, which costs more than
+//! searching a header value or a short target, and the rules search every
+//! header value of every exchange.
+
+use memchr::memmem::{FindIter, Finder};
+use std::sync::LazyLock;
+
+static SCHEME_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"://"));
+static JWT_START: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"eyJ"));
+static ENCODED_AT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"%40"));
+
+/// Where `://` (the end of an absolute-form target's scheme) starts.
+pub fn scheme_end(haystack: &[u8]) -> Option<usize> {
+    SCHEME_END.find(haystack)
+}
+
+/// Every `eyJ` (the start of a JWT's header), in order.
+pub fn jwt_starts(haystack: &[u8]) -> FindIter<'_, 'static> {
+    JWT_START.find_iter(haystack)
+}
+
+/// Where the first `%40` (an encoded `@`) starts.
+pub fn encoded_at(haystack: &[u8]) -> Option<usize> {
+    ENCODED_AT.find(haystack)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_as_memmem_does() {
+        let hays: &[&[u8]] = &[
+            b"",
+            b"ey",
+            b"http://a@b/eyJx.eyJy?q=%40&t=eyJ",
+            b"/plain/path",
+            b"eyJeyJeyJ://%40%4",
+        ];
+        for h in hays {
+            assert_eq!(scheme_end(h), memchr::memmem::find(h, b"://"));
+            assert_eq!(encoded_at(h), memchr::memmem::find(h, b"%40"));
+            assert!(jwt_starts(h).eq(memchr::memmem::find_iter(h, b"eyJ")));
+        }
+    }
+}
