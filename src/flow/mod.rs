@@ -328,8 +328,9 @@ struct Connection {
     /// Some(true): `lo` is the client.
     client_is_lo: Option<bool>,
     syn_seen: [bool; 2],
-    /// Initial sequence number per side, from its SYN.
-    isn: [Option<u32>; 2],
+    /// Initial sequence number per side, from its first SYN (valid where
+    /// `syn_seen`).
+    isn: [u32; 2],
     ended: [bool; 2],
     app: App,
     last_seen: Timestamp,
@@ -432,8 +433,8 @@ impl FlowTable {
         // (port reuse) starts a new one; a repeated SYN is a retransmission.
         if syn_only {
             if let Some(c) = self.flows.get(&key) {
-                let reused = c.isn[side].is_some_and(|isn| isn != seg.seq)
-                    || (c.isn[side].is_none() && c.had_data)
+                let reused = (c.syn_seen[side] && c.isn[side] != seg.seq)
+                    || (!c.syn_seen[side] && c.had_data)
                     || c.ended.iter().any(|&e| e);
                 if reused {
                     let c = self.take(&key).expect("just seen");
@@ -475,8 +476,10 @@ impl FlowTable {
         let spare = &mut self.spare;
         conn.last_seen = now;
         if flags.syn() {
+            if !conn.syn_seen[side] {
+                conn.isn[side] = seg.seq;
+            }
             conn.syn_seen[side] = true;
-            conn.isn[side].get_or_insert(seg.seq);
             if conn.client_is_lo.is_none() {
                 // SYN comes from the client, SYN+ACK from the server.
                 conn.client_is_lo = Some(src_is_lo == syn_only);
@@ -843,7 +846,7 @@ impl Connection {
     /// with the table, see [`ConnTable::bytes`]): every buffer.
     fn mem_bytes(&self) -> usize {
         let own = CONNECTION_BYTES;
-        let streams: usize = self.streams.iter().map(Reassembler::buffered_bytes).sum();
+        let streams: usize = self.streams.iter().map(Reassembler::heap_bytes).sum();
         let app = match &self.app {
             App::Fresh => 0,
             App::Undecided(sn) => {
@@ -869,7 +872,7 @@ impl Connection {
             streams: [Reassembler::new(), Reassembler::new()],
             client_is_lo: None,
             syn_seen: [false; 2],
-            isn: [None; 2],
+            isn: [0; 2],
             ended: [false; 2],
             app: App::Fresh,
             last_seen: now,
