@@ -11,6 +11,11 @@
 //! other and costs nothing more. Idle flows expire by capture time; the
 //! number of flows and the bytes they buffer are bounded, and what the
 //! bounds refuse or evict is counted.
+//!
+//! Connections live in a table of their own making (`table`), laid out so
+//! that a lookup among a million open connections waits for one cache line
+//! of an index; a caller holding a batch of segments can start loading it
+//! ahead ([`FlowTable::prefetch`]).
 
 pub mod reassembly;
 mod sniff;
@@ -1371,6 +1376,22 @@ mod tests {
             crate::http::exchange::Outcome::ConnectionEnded
         );
         assert_eq!(s.table.active_flows(), 0);
+    }
+
+    #[test]
+    fn prefetch_is_only_a_hint() {
+        let (c, srv): (SocketAddr, SocketAddr) = (C.parse().unwrap(), S.parse().unwrap());
+        let mut s = Script::new();
+        s.table.prefetch(c, srv);
+        assert_eq!(s.table.active_flows(), 0);
+        s.handshake();
+        s.table.prefetch(srv, c);
+        s.table.prefetch(c, "10.9.9.9:1".parse().unwrap());
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        assert_eq!(s.table.active_flows(), 1);
+        s.finish();
+        assert_eq!(s.out.len(), 1);
     }
 
     #[test]
