@@ -11,9 +11,15 @@
 //! other and costs nothing more. Idle flows expire by capture time; the
 //! number of flows and the bytes they buffer are bounded, and what the
 //! bounds refuse or evict is counted.
+//!
+//! Connections live in a table of their own making (`table`), laid out so
+//! that a lookup among a million open connections waits for one cache line
+//! of an index; a caller holding a batch of segments can start loading it
+//! ahead ([`FlowTable::prefetch`]).
 
 pub mod reassembly;
 mod sniff;
+mod table;
 
 use crate::classify::tls::{HandshakeReader, TlsHandshake};
 use crate::clock::Timestamp;
@@ -24,16 +30,17 @@ use crate::http::session::{HttpSession, SpareBuffers, StreamEnd};
 use crate::http::Direction;
 use reassembly::{Chunk, Reassembler, StreamEvent, StreamLimits, StreamStats};
 use sniff::{Sniffer, Verdict};
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use table::ConnTable;
 
 /// A connection's identity, the same for both directions.
 ///
 /// Compact (40 bytes, against 64 for two `SocketAddr`s): it is stored once
 /// per tracked connection. Ordered like the `(lo, hi)` socket addresses it
 /// stands for (IPv4 before IPv6, then address, then port).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     lo: Endpoint,
     hi: Endpoint,
@@ -41,7 +48,7 @@ pub struct FlowKey {
 
 /// A socket address without IPv6 flow label and scope (never in a packet's
 /// TCP/IP headers as decoded). Field order gives `SocketAddr`'s ordering.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Endpoint {
     v6: bool,
     ip: [u8; 16],
@@ -75,6 +82,20 @@ impl Endpoint {
             IpAddr::from([self.ip[0], self.ip[1], self.ip[2], self.ip[3]])
         };
         SocketAddr::new(ip, self.port)
+    }
+}
+
+/// Three words, every field in one of them (a derived `Hash` feeds the
+/// hasher eight pieces, and a flow-table lookup hashes once per packet).
+impl Hash for FlowKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let ports = u64::from(self.lo.port) << 32
+            | u64::from(self.hi.port) << 16
+            | u64::from(self.lo.v6) << 1
+            | u64::from(self.hi.v6);
+        state.write_u128(u128::from_ne_bytes(self.lo.ip));
+        state.write_u128(u128::from_ne_bytes(self.hi.ip));
+        state.write_u64(ports);
     }
 }
 
@@ -304,16 +325,17 @@ enum App {
     Done,
 }
 
-/// One tracked connection (boxed in the table, so the table's spare
-/// buckets cost a pointer each rather than a whole connection).
+/// One tracked connection (inline in the table's entry store, beside its
+/// key: see [`table`]).
 struct Connection {
     /// [lo→hi, hi→lo]
     streams: [Reassembler; 2],
     /// Some(true): `lo` is the client.
     client_is_lo: Option<bool>,
     syn_seen: [bool; 2],
-    /// Initial sequence number per side, from its SYN.
-    isn: [Option<u32>; 2],
+    /// Initial sequence number per side, from its first SYN (valid where
+    /// `syn_seen`).
+    isn: [u32; 2],
     ended: [bool; 2],
     app: App,
     last_seen: Timestamp,
@@ -327,12 +349,9 @@ type Side = usize;
 
 pub struct FlowTable {
     cfg: FlowConfig,
-    flows: HashMap<FlowKey, Box<Connection>, ahash::RandomState>,
+    flows: ConnTable<Connection>,
     /// Sum of every connection's `accounted` (the table itself aside).
     conns_bytes: usize,
-    /// Connections the table's buckets hold at most (the largest
-    /// `capacity()` seen: deletions lower `capacity()`, not the buckets).
-    table_capacity: usize,
     stats: FlowStats,
     events: Vec<FlowEvent>,
     /// Room for HTTP sessions' queues and output, lent to the connection
@@ -373,9 +392,8 @@ impl FlowTable {
     pub fn new(cfg: FlowConfig) -> Self {
         FlowTable {
             cfg,
-            flows: HashMap::with_hasher(ahash::RandomState::new()),
+            flows: ConnTable::new(),
             conns_bytes: 0,
-            table_capacity: 0,
             stats: FlowStats::default(),
             events: Vec::new(),
             spare: SpareBuffers::default(),
@@ -396,6 +414,13 @@ impl FlowTable {
         self.flows.len()
     }
 
+    /// A hint, for a caller holding a batch of segments: the segment from
+    /// `src` to `dst` comes soon (some packets ahead), so start loading what
+    /// its lookup in the table will read. Changes nothing else.
+    pub fn prefetch(&self, src: SocketAddr, dst: SocketAddr) {
+        self.flows.prefetch(&FlowKey::new(src, dst).0);
+    }
+
     /// One segment, in capture order. `now` is the pipeline's monotonic time.
     pub fn segment(
         &mut self,
@@ -413,12 +438,12 @@ impl FlowTable {
         // (port reuse) starts a new one; a repeated SYN is a retransmission.
         if syn_only {
             if let Some(c) = self.flows.get(&key) {
-                let reused = c.isn[side].is_some_and(|isn| isn != seg.seq)
-                    || (c.isn[side].is_none() && c.had_data)
+                let reused = (c.syn_seen[side] && c.isn[side] != seg.seq)
+                    || (!c.syn_seen[side] && c.had_data)
                     || c.ended.iter().any(|&e| e);
                 if reused {
                     let c = self.take(&key).expect("just seen");
-                    self.finish(key, *c, now, StreamEnd::Closed, emit);
+                    self.finish(key, c, now, StreamEnd::Closed, emit);
                     self.stats.flows_closed += 1;
                 }
             }
@@ -426,28 +451,29 @@ impl FlowTable {
 
         let starts = flags.syn() || !seg.payload.is_empty() || seg.missing > 0;
         if starts
-            && self.flows.len() == self.flows.capacity()
+            && self.flows.full()
             && self.flows.len() < self.cfg.max_flows
             && !self.flows.contains_key(&key)
         {
             self.make_room(now, emit);
         }
-        let flows_len = self.flows.len();
-        let conn = match self.flows.entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                // Only a handshake or data starts tracking; stray ACKs, FINs
-                // and RSTs of connections we never saw cost nothing.
-                if !starts {
-                    return;
-                }
-                if flows_len >= self.cfg.max_flows {
-                    self.stats.flows_refused += 1;
-                    return;
-                }
-                self.stats.flows_created += 1;
-                e.insert(Box::new(Connection::new(now)))
+        let max_flows = self.cfg.max_flows;
+        let stats = &mut self.stats;
+        let conn = self.flows.get_or_insert_with(key, |flows_len| {
+            // Only a handshake or data starts tracking; stray ACKs, FINs
+            // and RSTs of connections we never saw cost nothing.
+            if !starts {
+                return None;
             }
+            if flows_len >= max_flows {
+                stats.flows_refused += 1;
+                return None;
+            }
+            stats.flows_created += 1;
+            Some(Connection::new(now))
+        });
+        let Some(conn) = conn else {
+            return;
         };
         let cfg = &self.cfg;
         let stats = &mut self.stats;
@@ -455,8 +481,10 @@ impl FlowTable {
         let spare = &mut self.spare;
         conn.last_seen = now;
         if flags.syn() {
+            if !conn.syn_seen[side] {
+                conn.isn[side] = seg.seq;
+            }
             conn.syn_seen[side] = true;
-            conn.isn[side].get_or_insert(seg.seq);
             if conn.client_is_lo.is_none() {
                 // SYN comes from the client, SYN+ACK from the server.
                 conn.client_is_lo = Some(src_is_lo == syn_only);
@@ -473,7 +501,7 @@ impl FlowTable {
             syn_seen,
             ended,
             ..
-        } = &mut **conn;
+        } = &mut *conn;
         let [s0, s1] = streams;
         let (this, other) = if side == 0 { (s0, s1) } else { (s1, s0) };
         let mut ctx = Ctx {
@@ -519,7 +547,7 @@ impl FlowTable {
         self.update_memory();
         if done {
             let c = self.take(&key).expect("present");
-            self.finish(key, *c, now, StreamEnd::Closed, emit);
+            self.finish(key, c, now, StreamEnd::Closed, emit);
             self.stats.flows_closed += 1;
         }
         if self.stats.memory_bytes > self.cfg.memory_budget_bytes {
@@ -544,31 +572,27 @@ impl FlowTable {
         let mut out = Vec::new();
         for (_, key) in order {
             if let Some(c) = self.take(&key) {
-                self.finish(key, *c, now, StreamEnd::CaptureEnded, &mut |ex| {
-                    out.push(ex)
-                });
+                self.finish(key, c, now, StreamEnd::CaptureEnded, &mut |ex| out.push(ex));
             }
         }
-        self.flows.shrink_to_fit();
-        self.table_capacity = self.flows.capacity();
+        self.flows.release_if_empty();
         self.update_memory();
         out.sort_by_key(|ex| (ex.ts, ex.client, ex.server));
         out.into_iter().for_each(emit);
     }
 
     /// Remove a connection from the table and from the memory account.
-    fn take(&mut self, key: &FlowKey) -> Option<Box<Connection>> {
+    fn take(&mut self, key: &FlowKey) -> Option<Connection> {
         let c = self.flows.remove(key)?;
         self.conns_bytes = self.conns_bytes.saturating_sub(c.accounted);
         self.update_memory();
         Some(c)
     }
 
-    /// `memory_bytes` = the connections' accounts plus the table's buckets.
+    /// `memory_bytes` = the connections' accounts plus the table (its
+    /// index and the entries that hold the connections themselves).
     fn update_memory(&mut self) {
-        self.table_capacity = self.table_capacity.max(self.flows.capacity());
-        self.stats.memory_bytes =
-            self.conns_bytes + table_bytes(self.table_capacity) + self.spare.heap_bytes();
+        self.stats.memory_bytes = self.conns_bytes + self.flows.bytes() + self.spare.heap_bytes();
     }
 
     /// Over the memory budget: end the connections idle longest until the
@@ -579,18 +603,15 @@ impl FlowTable {
         self.evict_oldest(target, usize::MAX, now, emit);
     }
 
-    /// The table is full and a new connection comes. If doubling the table
-    /// (while the old one is still held, as a rehash does) would overrun the
-    /// budget, end the connections idle longest instead, to below half the
-    /// table: then the table reuses its buckets (hashbrown rehashes in place
-    /// when at most half full) rather than growing.
+    /// The table's index is full and a new connection comes. If doubling
+    /// the index (while the old one is still held) would overrun the budget,
+    /// end the connections idle longest instead, to half the index: then
+    /// the table does not grow, and does not need to for a while.
     fn make_room(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
-        let cap = self.table_capacity;
-        let grown = table_bytes(cap.max(3) * 2);
-        let need = self.conns_bytes + table_bytes(cap) + grown + CONNECTION_BYTES;
+        let need = self.conns_bytes + self.flows.bytes_while_growing() + CONNECTION_BYTES;
         if need > self.cfg.memory_budget_bytes {
             let target = self.cfg.memory_budget_bytes / 10 * 9;
-            self.evict_oldest(target, (cap / 2).saturating_sub(1), now, emit);
+            self.evict_oldest(target, self.flows.capacity() / 2, now, emit);
         }
     }
 
@@ -654,7 +675,7 @@ impl FlowTable {
                 break;
             }
             if let Some(c) = self.take(&key) {
-                self.finish(key, *c, now, StreamEnd::CaptureEnded, emit);
+                self.finish(key, c, now, StreamEnd::CaptureEnded, emit);
                 self.stats.flows_evicted += 1;
             }
         }
@@ -706,7 +727,7 @@ impl FlowTable {
         expired.sort();
         for k in expired {
             let c = self.take(&k).expect("listed");
-            self.finish(k, *c, now, StreamEnd::CaptureEnded, emit);
+            self.finish(k, c, now, StreamEnd::CaptureEnded, emit);
             self.stats.flows_expired += 1;
         }
     }
@@ -820,34 +841,17 @@ impl FlowTable {
 /// rounding up to 16 bytes).
 const ALLOC_OVERHEAD: usize = 16;
 
-/// A connection's own cost: its box, and the entry that lists it when the
-/// capture ends or it is evicted (`finish_all`, `evict_oldest`).
-const CONNECTION_BYTES: usize = std::mem::size_of::<Connection>()
-    + ALLOC_OVERHEAD
-    + std::mem::size_of::<(Timestamp, FlowKey)>();
-
-/// Bytes of a table that can hold `capacity` connections without growing:
-/// hashbrown keeps a power of two of buckets at most 7/8 full, each bucket
-/// a key, a box pointer and a control byte.
-fn table_bytes(capacity: usize) -> usize {
-    if capacity == 0 {
-        return 0;
-    }
-    let buckets = if capacity < 8 {
-        capacity + 1
-    } else {
-        capacity / 7 * 8
-    };
-    let bucket = std::mem::size_of::<(FlowKey, Box<Connection>)>() + 1;
-    buckets * bucket + 16 + ALLOC_OVERHEAD
-}
+/// A connection's own cost outside the table (whose entry holds the
+/// connection itself, see [`ConnTable::bytes`]): the entry that lists it
+/// when the capture ends or it is evicted (`finish_all`, `evict_oldest`).
+const CONNECTION_BYTES: usize = std::mem::size_of::<(Timestamp, FlowKey)>();
 
 impl Connection {
-    /// Bytes this connection holds: its own size plus every buffer (the
-    /// table's bucket is counted with the table, see [`table_bytes`]).
+    /// Bytes this connection holds beyond its place in the table (counted
+    /// with the table, see [`ConnTable::bytes`]): every buffer.
     fn mem_bytes(&self) -> usize {
         let own = CONNECTION_BYTES;
-        let streams: usize = self.streams.iter().map(Reassembler::buffered_bytes).sum();
+        let streams: usize = self.streams.iter().map(Reassembler::heap_bytes).sum();
         let app = match &self.app {
             App::Fresh => 0,
             App::Undecided(sn) => {
@@ -873,7 +877,7 @@ impl Connection {
             streams: [Reassembler::new(), Reassembler::new()],
             client_is_lo: None,
             syn_seen: [false; 2],
-            isn: [None; 2],
+            isn: [0; 2],
             ended: [false; 2],
             app: App::Fresh,
             last_seen: now,
@@ -1375,6 +1379,22 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_is_only_a_hint() {
+        let (c, srv): (SocketAddr, SocketAddr) = (C.parse().unwrap(), S.parse().unwrap());
+        let mut s = Script::new();
+        s.table.prefetch(c, srv);
+        assert_eq!(s.table.active_flows(), 0);
+        s.handshake();
+        s.table.prefetch(srv, c);
+        s.table.prefetch(c, "10.9.9.9:1".parse().unwrap());
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        assert_eq!(s.table.active_flows(), 1);
+        s.finish();
+        assert_eq!(s.out.len(), 1);
+    }
+
+    #[test]
     fn stray_acks_create_no_flow() {
         let mut s = Script::new();
         s.seg(true, TcpFlags::ACK, b"");
@@ -1431,10 +1451,10 @@ mod tests {
         // The accounting matches what is really held.
         let held: usize = table.flows.values().map(|c| c.accounted).sum();
         assert_eq!(
-            held + table_bytes(table.table_capacity),
+            held + table.flows.bytes() + table.spare.heap_bytes(),
             table.stats().memory_bytes
         );
-        assert!(table.table_capacity >= table.flows.capacity());
+        assert!(table.flows.len() <= table.flows.capacity());
         table.finish_all(Timestamp::from_micros(2_000_000), &mut |e| out.push(e));
         assert_eq!(table.stats().memory_bytes, 0);
     }
@@ -1506,7 +1526,7 @@ mod tests {
         open_flows(&mut table, n, None);
         assert_eq!(table.active_flows(), n as usize);
         let per_flow = table.stats().memory_bytes / n as usize;
-        let worst = CONNECTION_BYTES + table_bytes(1 << 20) / (1 << 19);
+        let worst = CONNECTION_BYTES + ConnTable::<Connection>::worst_bytes_per_entry();
         assert!(per_flow <= 1024, "{per_flow} bytes per idle connection");
         assert!(
             worst <= 1024,
@@ -1534,7 +1554,7 @@ mod tests {
         let bare = CONNECTION_BYTES + std::mem::size_of::<HttpConn>() + ALLOC_OVERHEAD;
         assert_eq!(one, bare, "an idle keep-alive connection holds buffers");
         let per_flow = table.stats().memory_bytes / n as usize;
-        let worst = one + table_bytes(1 << 20) / (1 << 19);
+        let worst = one + ConnTable::<Connection>::worst_bytes_per_entry();
         eprintln!("keep-alive after one exchange: {one} bytes each, {per_flow} with the table");
         assert!(
             per_flow <= 1024,

@@ -78,10 +78,12 @@
 //!
 //! # Memory
 //!
-//! Idle, a [`Reassembler`] is 64 bytes and owns no heap memory. The first
+//! Idle, a [`Reassembler`] is 24 bytes and owns no heap memory. The first
 //! thing that arrives out of order (data ahead of a hole, an ACK ahead of the
 //! data, a FIN ahead of the data) allocates one small side structure; it is
-//! freed again when nothing is pending. A byte that arrives out of order is
+//! freed again when nothing is pending. The counters ([`StreamStats`]) are
+//! allocated at the first thing counted (most directions count nothing)
+//! and kept to the end. A byte that arrives out of order is
 //! copied once into that buffer; in-order bytes are never copied. Held
 //! captured bytes never exceed `max_buffered_bytes`, held pieces never exceed
 //! `max_buffered_segments`.
@@ -233,10 +235,39 @@ enum Phase {
     Reset,
 }
 
+/// A direction's counters, allocated at the first count: kept inline they
+/// would be 48 of a tracked connection's bytes per direction, nearly all
+/// of them zeros.
+#[derive(Debug, Default)]
+struct Counters(Option<Box<StreamStats>>);
+
+/// What [`Reassembler::stats`] shows before anything was counted.
+const NO_COUNTS: StreamStats = StreamStats {
+    missing_bytes: 0,
+    gaps: 0,
+    duplicate_bytes: 0,
+    conflicting_overlap_bytes: 0,
+    out_of_order_segments: 0,
+    garbage_segments: 0,
+};
+
+impl Counters {
+    fn get(&mut self) -> &mut StreamStats {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Add `n` to a counter; nothing is allocated for 0.
+    fn add(&mut self, counter: fn(&mut StreamStats) -> &mut u64, n: u64) {
+        if n > 0 {
+            *counter(self.get()) += n;
+        }
+    }
+}
+
 /// One direction of one connection (see the module doc).
 #[derive(Debug, Default)]
 pub struct Reassembler {
-    stats: StreamStats,
+    stats: Counters,
     /// Out-of-line state, present only while something is pending.
     pending: Option<Box<Pending>>,
     /// The next expected sequence number, valid once not `Unstarted`.
@@ -324,7 +355,7 @@ impl<'p> Incoming<'p> {
 }
 
 fn emit_gap(
-    stats: &mut StreamStats,
+    stats: &mut Counters,
     seq: u32,
     len: u32,
     ts: Timestamp,
@@ -333,6 +364,7 @@ fn emit_gap(
     if len == 0 {
         return;
     }
+    let stats = stats.get();
     stats.gaps += 1;
     stats.missing_bytes += u64::from(len);
     out(StreamEvent::Gap { seq, len, ts });
@@ -341,14 +373,14 @@ fn emit_gap(
 /// Counts what `inc` repeats of `h` over `[lo, hi)`: every captured incoming
 /// byte inside `h`'s span is a duplicate; where both copies were captured
 /// and differ, a conflict (the held copy, the first, wins).
-fn account_overlap(stats: &mut StreamStats, inc: &Incoming<'_>, lo: u32, hi: u32, h: &Held) {
+fn account_overlap(stats: &mut Counters, inc: &Incoming<'_>, lo: u32, hi: u32, h: &Held) {
     let lo = seq_max(lo, h.seq);
     let hi = seq_min(hi, h.end());
     if !seq_lt(lo, hi) {
         return;
     }
     let theirs = inc.captured(lo, hi);
-    stats.duplicate_bytes += theirs.len() as u64;
+    stats.add(|s| &mut s.duplicate_bytes, theirs.len() as u64);
     if theirs.is_empty() {
         return;
     }
@@ -363,7 +395,7 @@ fn account_overlap(stats: &mut StreamStats, inc: &Incoming<'_>, lo: u32, hi: u32
         let theirs = &theirs[..n];
         if mine != theirs {
             let differ = mine.iter().zip(theirs).filter(|(x, y)| x != y).count();
-            stats.conflicting_overlap_bytes += differ as u64;
+            stats.add(|s| &mut s.conflicting_overlap_bytes, differ as u64);
         }
     }
 }
@@ -400,7 +432,7 @@ impl Reassembler {
             match self.phase {
                 Phase::Reset => return,
                 Phase::Open | Phase::Finished if !seq_near(seq, self.next) => {
-                    self.stats.garbage_segments += 1;
+                    self.stats.get().garbage_segments += 1;
                     return;
                 }
                 Phase::Open => self.deliver_held_with_gaps(ts, out),
@@ -422,7 +454,7 @@ impl Reassembler {
             .and_then(|n| n.checked_add(missing))
             .filter(|&n| n < SEQ_WINDOW);
         let Some(span) = span else {
-            self.stats.garbage_segments += 1;
+            self.stats.get().garbage_segments += 1;
             return;
         };
         if !started {
@@ -432,7 +464,7 @@ impl Reassembler {
             self.next = base;
             self.phase = Phase::Open;
         } else if !seq_near(base, self.next) {
-            self.stats.garbage_segments += 1;
+            self.stats.get().garbage_segments += 1;
             return;
         }
         let end = base.wrapping_add(span);
@@ -474,7 +506,7 @@ impl Reassembler {
             return;
         }
         if !seq_near(ack, self.next) {
-            self.stats.garbage_segments += 1;
+            self.stats.get().garbage_segments += 1;
             return;
         }
         let p = self.pending.get_or_insert_with(Default::default);
@@ -551,7 +583,16 @@ impl Reassembler {
     }
 
     pub fn stats(&self) -> &StreamStats {
-        &self.stats
+        self.stats.0.as_deref().unwrap_or(&NO_COUNTS)
+    }
+
+    /// Heap bytes this direction holds in all: [`Reassembler::buffered_bytes`]
+    /// and its counters, once allocated.
+    pub fn heap_bytes(&self) -> usize {
+        let counters = self.stats.0.as_ref().map_or(0, |_| {
+            std::mem::size_of::<StreamStats>() + super::ALLOC_OVERHEAD
+        });
+        self.buffered_bytes() + counters
     }
 
     /// The next expected sequence number, once the stream start is known.
@@ -581,11 +622,13 @@ impl Reassembler {
         loop {
             if !seq_lt(self.next, inc.end) {
                 // Entirely before the stream position: a retransmission.
-                self.stats.duplicate_bytes += inc.captured(inc.start, inc.end).len() as u64;
+                let n = inc.captured(inc.start, inc.end).len() as u64;
+                self.stats.add(|s| &mut s.duplicate_bytes, n);
                 return;
             }
             if seq_lt(inc.start, self.next) {
-                self.stats.duplicate_bytes += inc.captured(inc.start, self.next).len() as u64;
+                let n = inc.captured(inc.start, self.next).len() as u64;
+                self.stats.add(|s| &mut s.duplicate_bytes, n);
                 inc.start = self.next;
             }
             if inc.start == self.next {
@@ -600,7 +643,7 @@ impl Reassembler {
             {
                 p.hold(&inc, Some(&mut self.stats));
                 if pieces > 0 {
-                    self.stats.out_of_order_segments += 1;
+                    self.stats.get().out_of_order_segments += 1;
                 }
                 return;
             }
@@ -813,7 +856,7 @@ impl Pending {
     /// Walk `inc` over the held runs. With `stats`, insert copies of the
     /// positions no run covers and account the overlaps; without, only
     /// measure what that would hold: (captured bytes, new runs).
-    fn hold(&mut self, inc: &Incoming<'_>, mut stats: Option<&mut StreamStats>) -> (usize, usize) {
+    fn hold(&mut self, inc: &Incoming<'_>, mut stats: Option<&mut Counters>) -> (usize, usize) {
         let mut bytes = 0;
         let mut pieces = 0;
         let mut cur = inc.start;
