@@ -12,10 +12,9 @@
 //! number of flows and the bytes they buffer are bounded, and what the
 //! bounds refuse or evict is counted.
 //!
-//! Connections live in a table of their own making (`table`), laid out so
-//! that a lookup among a million open connections waits for one cache line
-//! of an index; a caller holding a batch of segments can start loading it
-//! ahead ([`FlowTable::prefetch`]).
+//! Connections live in a table (`table`) laid out so that a lookup among a
+//! million open connections walks a compact index of hash bits, then the
+//! one entry that holds both the key and the connection.
 
 pub mod reassembly;
 mod sniff;
@@ -412,13 +411,6 @@ impl FlowTable {
 
     pub fn active_flows(&self) -> usize {
         self.flows.len()
-    }
-
-    /// A hint, for a caller holding a batch of segments: the segment from
-    /// `src` to `dst` comes soon (some packets ahead), so start loading what
-    /// its lookup in the table will read. Changes nothing else.
-    pub fn prefetch(&self, src: SocketAddr, dst: SocketAddr) {
-        self.flows.prefetch(&FlowKey::new(src, dst).0);
     }
 
     /// One segment, in capture order. `now` is the pipeline's monotonic time.
@@ -1376,22 +1368,6 @@ mod tests {
             crate::http::exchange::Outcome::ConnectionEnded
         );
         assert_eq!(s.table.active_flows(), 0);
-    }
-
-    #[test]
-    fn prefetch_is_only_a_hint() {
-        let (c, srv): (SocketAddr, SocketAddr) = (C.parse().unwrap(), S.parse().unwrap());
-        let mut s = Script::new();
-        s.table.prefetch(c, srv);
-        assert_eq!(s.table.active_flows(), 0);
-        s.handshake();
-        s.table.prefetch(srv, c);
-        s.table.prefetch(c, "10.9.9.9:1".parse().unwrap());
-        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
-        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
-        assert_eq!(s.table.active_flows(), 1);
-        s.finish();
-        assert_eq!(s.out.len(), 1);
     }
 
     #[test]

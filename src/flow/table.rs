@@ -16,114 +16,36 @@
 //! the packet needs anyway. No connection costs an allocation of its own.
 //!
 //! Layout:
-//! - the index: a power of two of slots, at most 3/4 used, linear probing,
-//!   removal by shifting the following slots back (no tombstones, so probes
-//!   stay short however many connections come and go). A used slot holds
-//!   32 bits of the key's hash (the probe starts at those bits masked to the
-//!   index size, and they are compared before the key) and the number of
-//!   the entry. Growing the index re-places slots from those bits alone,
-//!   without reading the entries.
-//!   An index of 2 MiB or more is aligned to 2 MiB and asks for transparent
-//!   huge pages: read at random, it would otherwise cost a page-table walk
-//!   on nearly every lookup (dearer still in a virtual machine).
+//! - the index: a [`hashbrown::HashTable`] of 8-byte slots, each 32 bits
+//!   of the key's hash and the number of its entry. A probe compares those
+//!   bits before it reads an entry, and growing the index rehashes from
+//!   them alone, without reading the entries.
 //! - the entries: chunks of [`CHUNK`] that never move (so a growing table
-//!   never copies connections, and a connection's address is stable); a
+//!   never copies connections, nor holds them twice while it grows); a
 //!   removed entry's place is reused by the next insertion.
 
 use super::FlowKey;
+use hashbrown::HashTable;
 
 /// Entries per chunk of the entry store.
 const CHUNK: usize = 256;
 
-/// An unused index slot (entry number `u32::MAX` is never given out).
-const EMPTY: u64 = u64::MAX;
-
-/// Index size from which it gets huge pages (their size on x86_64).
-const HUGE_PAGE: usize = 2 << 20;
-
-/// The index's slots: `buf[off..off + len]`, `off` placing a large index
-/// on a huge-page boundary.
-struct Index {
-    buf: Vec<u64>,
-    off: usize,
-    len: usize,
+/// A slot's 64-bit hash from the 32 bits it keeps: spread over the whole
+/// word (the index takes its position from the low bits and a filter byte
+/// from the high ones), and the same whenever it is recomputed.
+fn spread(tag: u32) -> u64 {
+    u64::from(tag).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-impl Index {
-    fn empty() -> Self {
-        Index {
-            buf: Vec::new(),
-            off: 0,
-            len: 0,
-        }
-    }
-
-    /// `len` empty slots.
-    fn new(len: usize) -> Self {
-        let bytes = len * std::mem::size_of::<u64>();
-        if bytes < HUGE_PAGE {
-            return Index {
-                buf: vec![EMPTY; len],
-                off: 0,
-                len,
-            };
-        }
-        let mut buf: Vec<u64> = Vec::with_capacity(len + HUGE_PAGE / 8);
-        let addr = buf.as_ptr() as usize;
-        let aligned = addr.next_multiple_of(HUGE_PAGE);
-        advise_huge_pages(aligned, bytes);
-        let off = (aligned - addr) / 8;
-        // Filled after the advice, so that the first touch faults huge pages in.
-        buf.resize(off + len, EMPTY);
-        Index { buf, off, len }
-    }
-
-    /// What [`Index::new`] allocates for `len` slots.
-    fn bytes_for(len: usize) -> usize {
-        let bytes = len * std::mem::size_of::<u64>();
-        if bytes < HUGE_PAGE {
-            bytes
-        } else {
-            bytes + HUGE_PAGE
-        }
-    }
-
-    #[inline]
-    fn get(&self, pos: usize) -> u64 {
-        self.buf[self.off + pos]
-    }
-
-    #[inline]
-    fn set(&mut self, pos: usize, slot: u64) {
-        self.buf[self.off + pos] = slot;
-    }
-
-    fn used(&self) -> impl Iterator<Item = u64> + '_ {
-        self.buf[self.off..].iter().copied().filter(|&s| s != EMPTY)
-    }
-}
-
-/// Ask for transparent huge pages for `[addr, addr + len)`.
-fn advise_huge_pages(addr: usize, len: usize) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: the range lies inside an allocation of ours that holds nothing
-    // yet; MADV_HUGEPAGE changes how the kernel backs it, never what it
-    // holds. If the kernel refuses (no transparent huge pages), small pages
-    // serve as before, so the result is not checked.
-    unsafe {
-        libc::madvise(addr as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (addr, len);
+fn slot_tag(slot: u64) -> u32 {
+    (slot >> 32) as u32
 }
 
 pub(super) struct ConnTable<V> {
     hasher: ahash::RandomState,
-    /// INVARIANT: empty, or a power of two long with fewer than 3/4 used;
-    /// every used slot names a live entry, which no other slot names, and
-    /// lies between its home (its hash bits masked) and the first empty
-    /// slot after that, cyclically.
-    slots: Index,
+    /// INVARIANT: every slot names a live entry, which no other slot names,
+    /// and keeps 32 bits of its key's hash.
+    slots: HashTable<u64>,
     /// INVARIANT: every chunk but the last is full (`CHUNK` long); each
     /// was allocated with room for exactly `CHUNK`.
     chunks: Vec<Vec<Option<(FlowKey, V)>>>,
@@ -136,7 +58,7 @@ impl<V> ConnTable<V> {
     pub fn new() -> Self {
         ConnTable {
             hasher: ahash::RandomState::new(),
-            slots: Index::empty(),
+            slots: HashTable::new(),
             chunks: Vec::new(),
             free: Vec::new(),
             len: 0,
@@ -150,11 +72,11 @@ impl<V> ConnTable<V> {
     /// Bytes the table holds: index, entries (whole chunks, vacant places
     /// included), the vacancy list, each allocation's overhead.
     pub fn bytes(&self) -> usize {
-        if self.slots.buf.capacity() == 0 && self.chunks.capacity() == 0 {
+        if self.slots.allocation_size() == 0 && self.chunks.capacity() == 0 {
             return 0;
         }
         let vecs = 3 + self.chunks.len();
-        self.slots.buf.capacity() * std::mem::size_of::<u64>()
+        self.slots.allocation_size()
             + self.chunks.len() * CHUNK * std::mem::size_of::<Option<(FlowKey, V)>>()
             + self.chunks.capacity() * std::mem::size_of::<Vec<Option<(FlowKey, V)>>>()
             + self.free.capacity() * std::mem::size_of::<u32>()
@@ -163,7 +85,7 @@ impl<V> ConnTable<V> {
 
     /// Connections the index holds without growing.
     pub fn capacity(&self) -> usize {
-        self.slots.len / 4 * 3
+        self.slots.capacity()
     }
 
     /// Whether one more connection makes the index grow.
@@ -179,14 +101,10 @@ impl<V> ConnTable<V> {
         let chunk_list =
             self.chunks.capacity().max(4) * std::mem::size_of::<Vec<Option<(FlowKey, V)>>>();
         self.bytes()
-            + Index::bytes_for(self.grown_len())
+            + index_bytes_for((self.capacity() + 1) * 2)
             + chunk
             + chunk_list
             + 5 * super::ALLOC_OVERHEAD
-    }
-
-    fn grown_len(&self) -> usize {
-        (self.slots.len * 2).max(16)
     }
 
     /// The key's 32 hash bits kept in its slot.
@@ -208,39 +126,13 @@ impl<V> ConnTable<V> {
             .expect("a used slot names a live entry")
     }
 
-    /// The slot holding `key`, or the empty slot where it would go.
-    fn probe(&self, tag: u32, key: &FlowKey) -> Result<usize, usize> {
-        let mask = self.slots.len - 1;
-        let mut pos = tag as usize & mask;
-        loop {
-            let s = self.slots.get(pos);
-            if s == EMPTY {
-                return Err(pos);
-            }
-            if (s >> 32) as u32 == tag && self.entry(s as u32).0 == *key {
-                return Ok(pos);
-            }
-            pos = (pos + 1) & mask;
-        }
-    }
-
     fn find(&self, key: &FlowKey) -> Option<u32> {
-        if self.len == 0 {
-            return None;
-        }
-        let pos = self.probe(self.tag(key), key).ok()?;
-        Some(self.slots.get(pos) as u32)
-    }
-
-    /// Start loading the index line that a lookup of `key` reads first, so
-    /// that a lookup a few packets later finds it in the cache (with many
-    /// connections open, that line is the one a lookup waits for).
-    pub fn prefetch(&self, key: &FlowKey) {
-        if self.slots.len == 0 {
-            return;
-        }
-        let pos = self.tag(key) as usize & (self.slots.len - 1);
-        prefetch_line(&self.slots.buf[self.slots.off + pos]);
+        let tag = self.tag(key);
+        self.slots
+            .find(spread(tag), |&s| {
+                slot_tag(s) == tag && self.entry(s as u32).0 == *key
+            })
+            .map(|&s| s as u32)
     }
 
     pub fn contains_key(&self, key: &FlowKey) -> bool {
@@ -259,20 +151,16 @@ impl<V> ConnTable<V> {
         key: FlowKey,
         make: impl FnOnce(usize) -> Option<V>,
     ) -> Option<&mut V> {
-        let tag = self.tag(&key);
-        if self.slots.len != 0 {
-            if let Ok(pos) = self.probe(tag, &key) {
-                let n = self.slots.get(pos) as u32;
-                return Some(&mut self.entry_mut(n).1);
-            }
+        if let Some(n) = self.find(&key) {
+            return Some(&mut self.entry_mut(n).1);
         }
         let value = make(self.len)?;
-        if self.full() {
-            self.grow();
-        }
-        let pos = self.probe(tag, &key).expect_err("absent");
+        let tag = self.tag(&key);
         let n = self.store(key, value);
-        self.slots.set(pos, u64::from(tag) << 32 | u64::from(n));
+        self.slots
+            .insert_unique(spread(tag), u64::from(tag) << 32 | u64::from(n), |&s| {
+                spread(slot_tag(s))
+            });
         self.len += 1;
         Some(&mut self.entry_mut(n).1)
     }
@@ -296,50 +184,22 @@ impl<V> ConnTable<V> {
         n as u32
     }
 
-    /// Double the index (16 slots at first), re-placing the used slots by
-    /// their hash bits.
-    fn grow(&mut self) {
-        let grown = Index::new(self.grown_len());
-        let old = std::mem::replace(&mut self.slots, grown);
-        let mask = self.slots.len - 1;
-        for s in old.used() {
-            let mut pos = (s >> 32) as usize & mask;
-            while self.slots.get(pos) != EMPTY {
-                pos = (pos + 1) & mask;
-            }
-            self.slots.set(pos, s);
-        }
-    }
-
     pub fn remove(&mut self, key: &FlowKey) -> Option<V> {
-        if self.len == 0 {
-            return None;
-        }
-        let mut hole = self.probe(self.tag(key), key).ok()?;
-        let n = self.slots.get(hole) as u32;
-        let i = n as usize;
+        let tag = self.tag(key);
+        let chunks = &self.chunks;
+        let found = self.slots.find_entry(spread(tag), |&s| {
+            slot_tag(s) == tag
+                && chunks[s as u32 as usize / CHUNK][s as u32 as usize % CHUNK]
+                    .as_ref()
+                    .is_some_and(|(k, _)| k == key)
+        });
+        let (slot, _) = found.ok()?.remove();
+        let i = slot as u32 as usize;
         let (_, value) = self.chunks[i / CHUNK][i % CHUNK]
             .take()
-            .expect("a used slot names a live entry");
-        self.free.push(n);
+            .expect("a slot names a live entry");
+        self.free.push(i as u32);
         self.len -= 1;
-        // Shift back every following slot (up to the next empty one) that
-        // may stand in the hole: its home is not after the hole.
-        let mask = self.slots.len - 1;
-        let mut pos = hole;
-        loop {
-            pos = (pos + 1) & mask;
-            let s = self.slots.get(pos);
-            if s == EMPTY {
-                break;
-            }
-            let home = (s >> 32) as usize & mask;
-            if pos.wrapping_sub(home) & mask >= pos.wrapping_sub(hole) & mask {
-                self.slots.set(hole, s);
-                hole = pos;
-            }
-        }
-        self.slots.set(hole, EMPTY);
         Some(value)
     }
 
@@ -355,11 +215,12 @@ impl<V> ConnTable<V> {
     }
 
     /// The most a connection costs in the table: its entry, its share of
-    /// an index just doubled (at 3/8 of its slots), its vacancy-list place.
+    /// an index just doubled (at 7/16 of its slots: 8 bytes and a control
+    /// byte each), its vacancy-list place.
     #[cfg(test)]
     pub fn worst_bytes_per_entry() -> usize {
         std::mem::size_of::<Option<(FlowKey, V)>>()
-            + std::mem::size_of::<u64>() * 8 / 3
+            + (std::mem::size_of::<u64>() + 1) * 16 / 7
             + std::mem::size_of::<u32>()
     }
 
@@ -382,19 +243,12 @@ impl<V> ConnTable<V> {
     }
 }
 
-/// A hint to the processor to load `p`'s cache line; no effect on what
-/// the program computes.
-#[inline]
-fn prefetch_line<T>(p: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing into the program and cannot fault;
-    // `p` is a valid reference anyway. SSE is part of x86_64.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((p as *const T).cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+/// Bytes a [`HashTable<u64>`] allocates to hold `n` slots: buckets (a power
+/// of two, at most 7/8 used) of 8 bytes and a control byte, and a group of
+/// control bytes more.
+fn index_bytes_for(n: usize) -> usize {
+    let buckets = (n * 8 / 7).next_power_of_two().max(4);
+    buckets * (std::mem::size_of::<u64>() + 1) + 16
 }
 
 #[cfg(test)]
@@ -475,10 +329,9 @@ mod tests {
         }
         assert!((0..100_000).all(|i| t.get(&key(i)) == Some(&i)));
         let per_entry = std::mem::size_of::<Option<(FlowKey, u32)>>();
-        let slots = t.capacity() / 3 * 4;
-        assert!(t.bytes() >= 100_000 * per_entry + slots * 8);
+        assert!(t.bytes() >= 100_000 * per_entry + t.capacity() * 8);
         // Beyond entries and index: the list of chunks, allocation overhead.
         let extra = 64 * 1024;
-        assert!(t.bytes() <= (100_000 + CHUNK) * per_entry + Index::bytes_for(slots) + extra);
+        assert!(t.bytes() <= (100_000 + CHUNK) * per_entry + index_bytes_for(t.capacity()) + extra);
     }
 }
