@@ -71,7 +71,7 @@ use crate::http::exchange::Exchange;
 use crate::pipeline::{deliver, pass_event, ExchangeSink, Pipeline, PipelineStats};
 use std::mem::take;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -320,8 +320,10 @@ struct MergeShared {
     /// Bytes of outputs the workers produced that the merging thread has
     /// not released yet (an estimate, like the flow table's).
     in_flight: AtomicUsize,
-    /// Notified by the merging thread after each release.
+    /// Notified by the merging thread after each release while
+    /// `reader_waits`.
     released: Condvar,
+    reader_waits: AtomicBool,
     released_lock: Mutex<()>,
 }
 
@@ -432,15 +434,18 @@ impl Merger {
             }
             self.shared
                 .in_flight
-                .fetch_sub(out.heap_bytes(), Ordering::Relaxed);
+                .fetch_sub(out.heap_bytes(), Ordering::SeqCst);
             match out {
                 Output::Exchange(ex) => deliver(&mut self.classifier, sink)(ex),
                 Output::Event(ev) => pass_event(ev, sink),
             }
         }
-        // Taking the lock orders this notice after a waiting reader's check.
-        drop(lock(&self.shared.released_lock));
-        self.shared.released.notify_all();
+        // A notice is a system call: only when the reader waits. Taking the
+        // lock orders it after the waiting reader's check.
+        if self.shared.reader_waits.load(Ordering::SeqCst) {
+            drop(lock(&self.shared.released_lock));
+            self.shared.released.notify_all();
+        }
     }
 }
 
@@ -714,7 +719,9 @@ impl Sharded {
             return;
         };
         let shared = self.shared.clone();
-        let in_flight = || shared.in_flight.load(Ordering::Relaxed);
+        // SeqCst here and where the merging thread subtracts and then
+        // reads `reader_waits`: one of the two sees the other's write.
+        let in_flight = || shared.in_flight.load(Ordering::SeqCst);
         if in_flight() <= cap {
             return;
         }
@@ -728,10 +735,11 @@ impl Sharded {
         }
         let since = Instant::now();
         let mut guard = lock(&shared.released_lock);
+        shared.reader_waits.store(true, Ordering::SeqCst);
         while in_flight() > cap / 2 {
             if since.elapsed() >= IN_FLIGHT_PATIENCE {
                 tracing::warn!("the merging thread is stuck; reading on");
-                return;
+                break;
             }
             guard = shared
                 .released
@@ -739,6 +747,7 @@ impl Sharded {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+        shared.reader_waits.store(false, Ordering::SeqCst);
     }
 
     /// Live mode: the wall clock, when no packet came for a while. Every
