@@ -205,54 +205,12 @@ pub fn push_more(out: &mut String, n: usize) {
 
 /// `v` in decimal, as `Display` writes it (without `core::fmt`).
 pub fn push_decimal(out: &mut String, v: u64) {
-    // Digits are ASCII: the check cannot fail.
-    out.push_str(std::str::from_utf8(Decimal::new(v).as_bytes()).unwrap_or_default());
+    out.push_str(itoa::Buffer::new().format(v));
 }
 
-/// `ip` as `Display` writes it; IPv4 (the common case) without `core::fmt`.
+/// `ip` as `Display` writes it (without `core::fmt`).
 pub fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                push_decimal(out, u64::from(octet));
-            }
-        }
-        IpAddr::V6(v6) => {
-            // Writing into a String cannot fail.
-            let _ = std::fmt::Write::write_fmt(out, format_args!("{v6}"));
-        }
-    }
-}
-
-/// An integer's decimal digits on the stack, as `Display` writes them: for
-/// text built on every exchange (evidence, log lines) without `core::fmt`.
-pub struct Decimal {
-    digits: [u8; 20],
-    start: usize,
-}
-
-impl Decimal {
-    pub fn new(mut v: u64) -> Self {
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        Decimal { digits, start }
-    }
-
-    /// ASCII digits.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.digits[self.start..]
-    }
+    out.push_str(crate::output::text::IpText::new(&ip).as_str());
 }
 
 #[cfg(test)]
@@ -270,7 +228,9 @@ mod tests {
         s.set(FindingKind::RouteVariants, None);
         assert_eq!(s.get(FindingKind::RouteVariants), None);
         assert_eq!(printable(b"a\x01b\xff", 3), "a?b…");
-        assert_eq!(Decimal::new(u64::MAX).as_bytes(), b"18446744073709551615");
+        let mut max = String::new();
+        push_decimal(&mut max, u64::MAX);
+        assert_eq!(max, "18446744073709551615");
         for ip in [
             "0.0.0.0",
             "10.99.0.1",
@@ -288,7 +248,9 @@ mod tests {
     fn evidence_pieces_write_what_format_writes() {
         for n in [0usize, 1, 9, 10, 99, 1234, usize::MAX] {
             assert_eq!(redacted(n), format!("<redacted, {n} bytes>"));
-            assert_eq!(Decimal::new(n as u64).as_bytes(), n.to_string().as_bytes());
+            let mut decimal = String::new();
+            push_decimal(&mut decimal, n as u64);
+            assert_eq!(decimal, n.to_string());
             let mut more = String::new();
             push_more(&mut more, n);
             let want = if n > 0 {

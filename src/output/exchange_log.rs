@@ -14,7 +14,6 @@
 //! failure causes and finding kinds) are written directly; strings from the
 //! wire (Host, target, route, other methods) go through serde_json.
 
-use crate::classify::findings::Decimal;
 use crate::classify::redact::redact_target;
 use crate::clock::Timestamp;
 use crate::http::exchange::Exchange;
@@ -38,7 +37,7 @@ fn plain(line: &mut Vec<u8>, s: &[u8]) {
 
 /// `v` in decimal, as serde_json writes an integer.
 fn decimal(line: &mut Vec<u8>, v: u64) {
-    line.extend_from_slice(Decimal::new(v).as_bytes());
+    line.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// A string that needs no escaping (ASCII letters, digits, `_`), or null.

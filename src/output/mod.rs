@@ -9,7 +9,7 @@
 pub mod exchange_log;
 pub mod findings_log;
 pub mod summary;
-mod text;
+pub(crate) mod text;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};

@@ -1,15 +1,14 @@
 //! Allocation-free text for the fields every log line carries.
 //!
-//! Contract: [`SocketAddrText`] and [`TimestampText`] hold exactly the bytes
-//! `to_string()` (the `Display` impls of [`SocketAddr`] and [`Timestamp`])
-//! gives for the same value; `Display` is the format, these only avoid
+//! Contract: [`SocketAddrText`], [`IpText`] and [`TimestampText`] hold
+//! exactly the bytes `to_string()` (the `Display` impls of [`SocketAddr`],
+//! [`IpAddr`] and [`Timestamp`]) gives for the same value; `Display` is the format, these only avoid
 //! `core::fmt` and the heap on the hot path. A timestamp outside years
 //! 0000–9999 has no fast form ([`TimestampText::new`] returns `None`) and is
 //! left to `Display`. The property tests below hold them to that.
 
-use crate::classify::findings::Decimal;
 use crate::clock::Timestamp;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Up to `N` ASCII bytes on the stack.
 struct Ascii<const N: usize> {
@@ -37,7 +36,7 @@ impl<const N: usize> Ascii<N> {
 
     /// Decimal, no padding.
     fn push_u32(&mut self, v: u32) {
-        self.push_slice(Decimal::new(u64::from(v)).as_bytes());
+        self.push_slice(itoa::Buffer::new().format(v).as_bytes());
     }
 
     /// Decimal, zero-padded to `width` digits (`v` must fit).
@@ -96,6 +95,25 @@ impl SocketAddrText {
     /// ASCII only.
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
+    }
+}
+
+/// `IpAddr`'s `Display` text.
+pub struct IpText(Ascii<48>);
+
+impl IpText {
+    pub fn new(ip: &IpAddr) -> Self {
+        let mut t = Ascii::new();
+        match ip {
+            IpAddr::V4(v4) => push_ipv4(&mut t, v4),
+            IpAddr::V6(v6) => push_ipv6(&mut t, v6),
+        }
+        IpText(t)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever pushed: the check cannot fail.
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
     }
 }
 
@@ -239,6 +257,14 @@ mod tests {
         fn v6_is_display(ip in any::<u128>(), port in any::<u16>(), scope in any::<u32>()) {
             v6_same(Ipv6Addr::from(ip), port, scope)?;
             v6_same(Ipv6Addr::from(ip), port, 0)?;
+        }
+
+        #[test]
+        fn ip_is_display(v4 in any::<u32>(), g in proptest::array::uniform8(group())) {
+            for ip in [IpAddr::from(Ipv4Addr::from(v4)), IpAddr::from(Ipv6Addr::from(g))] {
+                let text = IpText::new(&ip);
+                prop_assert_eq!(text.as_str(), ip.to_string());
+            }
         }
 
         #[test]
