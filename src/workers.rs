@@ -718,13 +718,13 @@ impl Sharded {
         let Some(cap) = self.in_flight_cap else {
             return;
         };
-        let shared = self.shared.clone();
         // SeqCst here and where the merging thread subtracts and then
         // reads `reader_waits`: one of the two sees the other's write.
-        let in_flight = || shared.in_flight.load(Ordering::SeqCst);
-        if in_flight() <= cap {
+        if self.shared.in_flight.load(Ordering::SeqCst) <= cap {
             return;
         }
+        let shared = self.shared.clone();
+        let in_flight = || shared.in_flight.load(Ordering::SeqCst);
         tracing::debug!(
             in_flight = in_flight(),
             cap,

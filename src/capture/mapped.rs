@@ -29,6 +29,9 @@ const RELEASE_EVERY: usize = 16 << 20;
 /// How far behind the reader pages stay mapped when released.
 const RELEASE_LAG: usize = 4 << 20;
 
+/// The page size madvise ranges are aligned to.
+const PAGE: usize = 4096;
+
 /// How far ahead of the reader pages are mapped in.
 const POPULATE_AHEAD: usize = 16 << 20;
 
@@ -98,15 +101,22 @@ struct Window {
 }
 
 impl Window {
+    fn new(map: Arc<memmap2::Mmap>) -> Self {
+        Window {
+            map,
+            released: Arc::default(),
+            populated: 0,
+        }
+    }
+
     /// The reader is at `off`: map in up to [`POPULATE_AHEAD`] past it, give
     /// back what is more than [`RELEASE_LAG`] behind, by
     /// [`RELEASE_EVERY`] at a time. At most the sum of the three (plus two
     /// [`NOTICE_EVERY`] when on the pager thread) stays resident.
     fn advance(&mut self, off: usize) {
-        let page = 4096;
         if off + POPULATE_AHEAD / 2 >= self.populated {
             let end = (off + POPULATE_AHEAD).min(self.map.len());
-            let start = self.populated.max(off) / page * page;
+            let start = self.populated.max(off) / PAGE * PAGE;
             if end > start {
                 // Older kernels refuse it: faults then do the work.
                 let _ = self
@@ -127,7 +137,7 @@ impl Window {
 /// may still be reading payloads there (see `backing`; at most a few
 /// batches behind); past it they would only fault the pages back in.
 fn release(map: &memmap2::Mmap, released: &AtomicUsize, off: usize) {
-    let upto = off.saturating_sub(RELEASE_LAG) / 4096 * 4096;
+    let upto = off.saturating_sub(RELEASE_LAG) / PAGE * PAGE;
     let from = released.fetch_max(upto, Ordering::Relaxed);
     if upto <= from {
         return;
@@ -158,12 +168,9 @@ struct PagerThread {
 }
 
 impl Pager {
-    /// Move the window to a thread of its own; it stays with the reader if
-    /// the thread cannot start.
-    fn spawn(self) -> Pager {
-        let Pager::Inline(mut window) = self else {
-            return self;
-        };
+    /// `window`, moved by a thread of its own; by the reader if the thread
+    /// cannot start.
+    fn spawn(mut window: Window) -> Pager {
         let (tx, rx) = channel::<usize>();
         let map = window.map.clone();
         let (released, populated) = (window.released.clone(), window.populated);
@@ -250,11 +257,7 @@ impl MappedPcap {
             // The upper 16 bits of the link type may carry FCS information.
             link: LinkType(header.network.0 as u32 & 0xffff),
             snaplen: header.snaplen,
-            pager: Pager::Inline(Window {
-                map: map.clone(),
-                released: Arc::new(AtomicUsize::new(0)),
-                populated: 0,
-            }),
+            pager: Pager::Inline(Window::new(map.clone())),
             map,
             off: 24,
             big_endian,
@@ -323,14 +326,10 @@ impl MappedPcap {
     /// on the reading thread (which then only reads): worth it when a second
     /// core can run it.
     pub fn page_on_thread(&mut self) {
-        let idle = Pager::Thread(PagerThread {
-            tx: None,
-            handle: None,
-            map: self.map.clone(),
-            released: Arc::default(),
-        });
-        let pager = std::mem::replace(&mut self.pager, idle);
-        self.pager = pager.spawn();
+        if let Pager::Inline(w) = &mut self.pager {
+            let window = std::mem::replace(w, Window::new(self.map.clone()));
+            self.pager = Pager::spawn(window);
+        }
     }
 
     /// The mapped file, for readers on other threads.

@@ -14,6 +14,7 @@ use super::redact::{is_credential_name, percent_decode};
 use super::settings::ClassifyConfig;
 use crate::http::exchange::Exchange;
 use crate::http::{Headers, RequestHead};
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `Basic <redacted, 24 bytes>`: the scheme word, if the value has one, and
@@ -309,7 +310,7 @@ pub fn public_plaintext_endpoint(cfg: &ClassifyConfig, ex: &Exchange) -> Option<
     }
     let mut e = String::from("plaintext HTTP answered by public address ");
     // Writing into a String cannot fail.
-    let _ = std::fmt::Write::write_fmt(&mut e, format_args!("{}", ex.server));
+    let _ = write!(e, "{}", ex.server);
     Some(e)
 }
 
@@ -484,7 +485,7 @@ impl JwtScan {
                     e.push_str(&info.alg);
                     e.push_str("): ");
                     // Writing into a String cannot fail.
-                    let _ = std::fmt::Write::write_fmt(&mut e, format_args!("{w}"));
+                    let _ = write!(e, "{w}");
                     self.weak = Some(e);
                 }
             }

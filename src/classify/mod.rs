@@ -252,32 +252,13 @@ impl Classifier {
                         format!("routes {earlier} and {route} differ only by {how}"),
                     ),
                 };
-                if let Some(f) = self.finding(ex, kind, r, evidence) {
+                if let Some(f) = finding(&self.cfg, ex, kind, r, evidence) {
                     out.push(f);
                 }
             }
         }
         self.server = server;
         out
-    }
-
-    fn finding(
-        &self,
-        ex: &Exchange,
-        kind: FindingKind,
-        route: Option<String>,
-        evidence: String,
-    ) -> Option<Finding> {
-        Some(Finding {
-            ts: ex.ts,
-            kind,
-            severity: self.cfg.severities.get(kind)?,
-            client: ex.client,
-            server: ex.server,
-            host: ex.host.clone(),
-            route,
-            evidence,
-        })
     }
 
     /// The per-exchange findings that fire and whose kind is not turned
@@ -417,24 +398,35 @@ impl Found<'_> {
     /// Run a rule unless its kind is turned off; keep its finding if it
     /// fires.
     fn rule(&mut self, kind: FindingKind, evidence: impl FnOnce() -> Option<String>) {
-        let Some(severity) = self.cfg.severities.get(kind) else {
+        if self.cfg.severities.get(kind).is_none() {
             return;
-        };
-        let Some(evidence) = evidence() else {
-            return;
-        };
-        let ex = self.ex;
-        self.out.push(Finding {
-            ts: ex.ts,
-            kind,
-            severity,
-            client: ex.client,
-            server: ex.server,
-            host: ex.host.clone(),
-            route: ex.route.clone(),
-            evidence,
-        });
+        }
+        if let Some(evidence) = evidence() {
+            let route = self.ex.route.clone();
+            self.out
+                .extend(finding(self.cfg, self.ex, kind, route, evidence));
+        }
     }
+}
+
+/// A finding of `kind` about `ex`, unless its kind is turned off.
+fn finding(
+    cfg: &ClassifyConfig,
+    ex: &Exchange,
+    kind: FindingKind,
+    route: Option<String>,
+    evidence: String,
+) -> Option<Finding> {
+    Some(Finding {
+        ts: ex.ts,
+        kind,
+        severity: cfg.severities.get(kind)?,
+        client: ex.client,
+        server: ex.server,
+        host: ex.host.clone(),
+        route,
+        evidence,
+    })
 }
 
 /// SPEC's server identity: `server_address` (the Host name when it is a

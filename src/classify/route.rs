@@ -165,50 +165,24 @@ pub fn template(path: &[u8]) -> String {
     // `{id}` can be longer than what it replaces: room for a few, so that
     // the route is rarely reallocated while it is built.
     let mut out = String::with_capacity((path.len() + 16).min(MAX_ROUTE_BYTES));
-    match std::str::from_utf8(path) {
-        // The common case: the segments are text as they are (validated
-        // once, not segment by segment).
-        Ok(text) => {
-            for seg in text.strip_prefix('/').unwrap_or(text).split('/') {
-                let piece = if is_identifier(seg.as_bytes()) {
-                    "{id}"
-                } else {
-                    seg
-                };
-                if !push_segment(&mut out, piece) {
-                    return out;
-                }
-            }
+    for seg in split_segments(path) {
+        // Borrowed, not copied, when the segment is valid UTF-8.
+        let piece: std::borrow::Cow<'_, str> = if is_identifier(seg) {
+            "{id}".into()
+        } else {
+            String::from_utf8_lossy(seg)
+        };
+        if out.len() + 1 + piece.len() > MAX_ROUTE_BYTES - CUT.len() {
+            out.push_str(CUT);
+            return out;
         }
-        Err(_) => {
-            for seg in split_segments(path) {
-                let piece: std::borrow::Cow<'_, str> = if is_identifier(seg) {
-                    "{id}".into()
-                } else {
-                    String::from_utf8_lossy(seg)
-                };
-                if !push_segment(&mut out, &piece) {
-                    return out;
-                }
-            }
-        }
+        out.push('/');
+        out.push_str(&piece);
     }
     if out.is_empty() {
         out.push('/');
     }
     out
-}
-
-/// Append `/piece` to a route being built; at the length bound, append
-/// [`CUT`] instead and answer false (the route is complete).
-fn push_segment(out: &mut String, piece: &str) -> bool {
-    if out.len() + 1 + piece.len() > MAX_ROUTE_BYTES - CUT.len() {
-        out.push_str(CUT);
-        return false;
-    }
-    out.push('/');
-    out.push_str(piece);
-    true
 }
 
 /// Does a path segment look like an identifier rather than a resource name?

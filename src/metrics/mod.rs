@@ -556,6 +556,18 @@ struct Series<L> {
     dirty: bool,
 }
 
+impl<L> Series<L> {
+    /// The local buffer, to update; the series (`key`) listed in `dirty`
+    /// unless it is already.
+    fn touch<K>(&mut self, key: K, dirty: &mut Vec<K>) -> &mut L {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(key);
+        }
+        &mut self.local
+    }
+}
+
 /// The global series budget.
 struct Budget {
     /// Series held under the budget.
@@ -589,11 +601,7 @@ impl<K: SeriesKey, V: Shared> Family<K, V> {
     ) {
         // The common case: the series exists (one look-up).
         if let Some(s) = self.series.get_mut(&key) {
-            if !s.dirty {
-                s.dirty = true;
-                self.dirty.push(key);
-            }
-            update(&mut s.local);
+            update(s.touch(key, &mut self.dirty));
             return;
         }
         let key = if budget.used + self.cost <= budget.max {
@@ -612,11 +620,7 @@ impl<K: SeriesKey, V: Shared> Family<K, V> {
             local: shared.create(&key.values()),
             dirty: false,
         });
-        if !s.dirty {
-            s.dirty = true;
-            self.dirty.push(key);
-        }
-        update(&mut s.local);
+        update(s.touch(key, &mut self.dirty));
     }
 
     fn flush(&mut self) {
