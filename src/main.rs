@@ -6,6 +6,11 @@ use apitap::config::Config;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// See the `jemalloc` feature in Cargo.toml for why.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // A bug must not print a trace that could hold packet bytes.
     std::panic::set_hook(Box::new(|info| {

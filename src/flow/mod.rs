@@ -829,8 +829,8 @@ impl FlowTable {
     }
 }
 
-/// What the allocator adds to each allocation (glibc: a size word, and
-/// rounding up to 16 bytes).
+/// What the allocator adds to each allocation, about (glibc: a size word
+/// and rounding up to 16 bytes; jemalloc: rounding up to its size class).
 const ALLOC_OVERHEAD: usize = 16;
 
 /// A connection's own cost outside the table (whose entry holds the
