@@ -19,9 +19,9 @@ use pcap_parser::pcap::{
     parse_pcap_frame, parse_pcap_frame_be, parse_pcap_header, LegacyPcapBlock,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// How much is read between two releases of the pages behind the reader.
 const RELEASE_EVERY: usize = 16 << 20;
@@ -158,36 +158,60 @@ enum Pager {
     Inline(Window),
 }
 
-/// Tells the pager thread where the reader is; stops it when dropped.
+/// Where the reader is, for the pager thread, which looks now and then
+/// (see [`PagerThread::poll`]); stops it when dropped.
 struct PagerThread {
-    tx: Option<Sender<usize>>,
+    /// The reader's offset; `usize::MAX`: stop.
+    at: Arc<AtomicUsize>,
     handle: Option<JoinHandle<()>>,
     map: Arc<memmap2::Mmap>,
     /// The window's.
     released: Arc<AtomicUsize>,
 }
 
+impl PagerThread {
+    /// How long the pager sleeps between looks while the reader moves (the
+    /// reader reads a few MB in that time; the window reaches 16 MiB
+    /// ahead), and at most while it does not (a paced replay). A look costs
+    /// the reader nothing: telling a sleeping thread each time instead
+    /// (a futex wake) cost the reader about 20 µs a time, 1-2 % of a run.
+    const POLL: Duration = Duration::from_millis(1);
+    const POLL_IDLE: Duration = Duration::from_millis(50);
+
+    fn run(mut window: Window, at: &AtomicUsize) {
+        let mut seen = 0;
+        let mut nap = Self::POLL;
+        loop {
+            let off = at.load(Ordering::Relaxed);
+            if off == usize::MAX {
+                return;
+            }
+            if off != seen {
+                seen = off;
+                window.advance(off);
+                nap = Self::POLL;
+            } else {
+                nap = (nap * 2).min(Self::POLL_IDLE);
+            }
+            std::thread::park_timeout(nap);
+        }
+    }
+}
+
 impl Pager {
     /// `window`, moved by a thread of its own; by the reader if the thread
     /// cannot start.
-    fn spawn(mut window: Window) -> Pager {
-        let (tx, rx) = channel::<usize>();
+    fn spawn(window: Window) -> Pager {
+        let at = Arc::new(AtomicUsize::new(0));
         let map = window.map.clone();
         let (released, populated) = (window.released.clone(), window.populated);
+        let seen = at.clone();
         let spawned = std::thread::Builder::new()
             .name("apitap-pager".into())
-            .spawn(move || {
-                while let Ok(mut off) = rx.recv() {
-                    // Only the latest position matters.
-                    while let Ok(o) = rx.try_recv() {
-                        off = o;
-                    }
-                    window.advance(off);
-                }
-            });
+            .spawn(move || PagerThread::run(window, &seen));
         match spawned {
             Ok(handle) => Pager::Thread(PagerThread {
-                tx: Some(tx),
+                at,
                 handle: Some(handle),
                 map,
                 released,
@@ -203,9 +227,7 @@ impl Pager {
     fn notice(&mut self, off: usize) {
         match self {
             Pager::Thread(t) => {
-                if let Some(tx) = &t.tx {
-                    let _ = tx.send(off);
-                }
+                t.at.store(off.min(usize::MAX - 1), Ordering::Relaxed);
                 // A pager thread starved of CPU (a busy machine) would let
                 // the resident window grow with the file: past its usual
                 // lag, the reader gives the pages back itself.
@@ -221,8 +243,9 @@ impl Pager {
 
 impl Drop for PagerThread {
     fn drop(&mut self) {
-        self.tx.take();
+        self.at.store(usize::MAX, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
+            h.thread().unpark();
             let _ = h.join();
         }
     }
@@ -426,7 +449,7 @@ mod tests {
             Paging::Thread => m.page_on_thread(),
             Paging::Starved => {
                 m.pager = Pager::Thread(PagerThread {
-                    tx: None,
+                    at: Arc::default(),
                     handle: None,
                     map: m.map.clone(),
                     released: Arc::default(),
