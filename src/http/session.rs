@@ -481,6 +481,11 @@ impl HttpSession {
                 self.log_lost(old);
             }
         }
+        if self.pending.capacity() == 0 {
+            // Most connections have one request open at a time; the first
+            // push would make room for four.
+            self.pending.reserve_exact(1);
+        }
         self.pending.push_back(p);
     }
 
