@@ -46,12 +46,19 @@ pub(crate) fn deliver<'a, S: ExchangeSink + ?Sized>(
     classifier: &'a mut Classifier,
     sink: &'a mut S,
 ) -> impl FnMut(Exchange) + 'a {
-    move |mut ex| {
-        let found = classifier.classify(&mut ex);
-        sink.exchange(&ex);
-        for f in &found {
-            sink.finding(f);
-        }
+    move |mut ex| deliver_one(classifier, sink, &mut ex)
+}
+
+/// Classify one finished exchange, then hand it to the sink.
+pub(crate) fn deliver_one<S: ExchangeSink + ?Sized>(
+    classifier: &mut Classifier,
+    sink: &mut S,
+    ex: &mut Exchange,
+) {
+    let found = classifier.classify(ex);
+    sink.exchange(ex);
+    for f in &found {
+        sink.finding(f);
     }
 }
 

@@ -56,7 +56,10 @@
 //!   the reader instead of queueing. Outputs a fast lane produced wait in
 //!   the merging thread until the slowest lane is past them (at most
 //!   [`BATCH_MAX_AGE_PACKETS`] packets behind, or the reader would be
-//!   waiting on it). Emptied batches go back to the reader for reuse.
+//!   waiting on it). Emptied batches go back to the reader for reuse, and
+//!   carry the exchanges the merging thread is done with back to the
+//!   worker that made them, to be freed there ([`Batch::dead`]; at most a
+//!   quarter of the in-flight share, counted with it).
 
 use crate::capture::live::{LiveSource, Stopper};
 use crate::capture::replay::StopFlag;
@@ -68,7 +71,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::decode::{DecodeStats, Decoded, Decoder, DecoderConfig, TcpFlags, TcpSegment};
 use crate::flow::{FlowConfig, FlowEvent, FlowKey, FlowStats, FlowTable, SweepSchedule};
 use crate::http::exchange::Exchange;
-use crate::pipeline::{deliver, pass_event, ExchangeSink, Pipeline, PipelineStats};
+use crate::pipeline::{deliver_one, pass_event, ExchangeSink, Pipeline, PipelineStats};
 use std::mem::take;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -96,6 +99,10 @@ const REPLY_CHUNK: usize = 64;
 /// workers' tables share the rest.
 const IN_FLIGHT_SHARE: usize = 16;
 const IN_FLIGHT_MIN: usize = 1 << 20;
+/// Finished exchanges on their way back to their worker (see
+/// [`Batch::dead`]) hold at most this many bytes, and at most a quarter of
+/// the in-flight share; past it the merging thread drops them itself.
+const DEAD_MAX: usize = 1 << 20;
 /// How long the reader waits for the merging thread to release outputs
 /// before it reads on anyway (only a dead worker makes it that slow).
 const IN_FLIGHT_PATIENCE: Duration = Duration::from_secs(5);
@@ -157,6 +164,16 @@ struct Batch {
     upto: u64,
     /// The capture time and packet index of its first item.
     first: Option<(Timestamp, u64)>,
+    /// Exchanges the merging thread is done with, going back to the worker
+    /// that made them (lane `dead_lane`) to be dropped there: glibc's
+    /// malloc frees a block on another thread than its own only under the
+    /// lock of the block's arena, and the merging thread freeing what the
+    /// workers allocate made the two queue on those locks (a third of all
+    /// its context switches).
+    dead: Vec<Exchange>,
+    dead_lane: usize,
+    /// Their bytes, counted in [`MergeShared::dead`] until dropped.
+    dead_bytes: usize,
 }
 
 impl Batch {
@@ -325,6 +342,12 @@ struct MergeShared {
     released: Condvar,
     reader_waits: AtomicBool,
     released_lock: Mutex<()>,
+    /// Bytes of the exchanges in [`Batch::dead`]s and on their way there.
+    dead: AtomicUsize,
+    /// The most `dead` may hold (0: the merging thread drops them all).
+    dead_cap: AtomicUsize,
+    /// Finished exchanges the workers dropped (for tests).
+    dead_dropped: AtomicU64,
 }
 
 impl MergeShared {
@@ -332,6 +355,23 @@ impl MergeShared {
         let shared = MergeShared::default();
         *lock(&shared.reports) = vec![LaneReport::default(); lanes];
         Arc::new(shared)
+    }
+
+    /// Count `bytes` of a finished exchange as on their way back to their
+    /// worker, if they fit.
+    fn try_add_dead(&self, bytes: usize) -> bool {
+        let cap = self.dead_cap.load(Ordering::Relaxed);
+        self.dead
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |d| {
+                (d + bytes <= cap).then_some(d + bytes)
+            })
+            .is_ok()
+    }
+
+    /// Bytes outside the workers' tables: outputs in flight and finished
+    /// exchanges on their way back.
+    fn out_of_tables(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst) + self.dead.load(Ordering::SeqCst)
     }
 
     fn add_in_flight(&self, outputs: &[Tagged]) {
@@ -354,6 +394,8 @@ struct Merger {
     replies: Receiver<Reply>,
     /// Emptied batches back to the reader.
     free: Sender<Batch>,
+    /// Per lane: released exchanges for its worker to drop, and their bytes.
+    dead: Vec<(Vec<Exchange>, usize)>,
     shared: Arc<MergeShared>,
     /// Live outputs have no index to merge by: released as they come.
     live: bool,
@@ -386,6 +428,12 @@ impl Merger {
             decode,
         } = reply;
         if batch.items.capacity() > 0 {
+            let mut batch = batch;
+            if let Some((dead, bytes)) = self.dead.get_mut(worker) {
+                batch.dead = take(dead);
+                batch.dead_bytes = take(bytes);
+                batch.dead_lane = worker;
+            }
             let _ = self.free.send(batch);
         }
         if let Some(r) = lock(&self.shared.reports).get_mut(worker) {
@@ -432,11 +480,18 @@ impl Merger {
             if held.front().is_some_and(|c| c.len() == 0) {
                 held.pop_front();
             }
-            self.shared
-                .in_flight
-                .fetch_sub(out.heap_bytes(), Ordering::SeqCst);
+            let bytes = out.heap_bytes();
+            self.shared.in_flight.fetch_sub(bytes, Ordering::SeqCst);
             match out {
-                Output::Exchange(ex) => deliver(&mut self.classifier, sink)(ex),
+                Output::Exchange(mut ex) => {
+                    deliver_one(&mut self.classifier, sink, &mut ex);
+                    if let Some((dead, held)) = self.dead.get_mut(i) {
+                        if self.shared.try_add_dead(bytes) {
+                            *held += bytes;
+                            dead.push(ex);
+                        }
+                    }
+                }
                 Output::Event(ev) => pass_event(ev, sink),
             }
         }
@@ -554,6 +609,10 @@ impl Sharded {
             Sharded::with(decoder, classifier, lanes, replies, threads, shared, false)?;
         sharded.backing = backing;
         sharded.in_flight_cap = Some(cap);
+        sharded
+            .shared
+            .dead_cap
+            .store(DEAD_MAX.min(cap / 4), Ordering::Relaxed);
         Ok(sharded)
     }
 
@@ -572,6 +631,7 @@ impl Sharded {
             classifier,
             replies,
             free: free_tx,
+            dead: (0..lanes.len()).map(|_| (Vec::new(), 0)).collect(),
             shared: shared.clone(),
             live,
         };
@@ -720,11 +780,13 @@ impl Sharded {
         };
         // SeqCst here and where the merging thread subtracts and then
         // reads `reader_waits`: one of the two sees the other's write.
-        if self.shared.in_flight.load(Ordering::SeqCst) <= cap {
+        if self.shared.out_of_tables() <= cap {
             return;
         }
         let shared = self.shared.clone();
-        let in_flight = || shared.in_flight.load(Ordering::SeqCst);
+        // At most a quarter of `cap` is finished exchanges on their way
+        // back (`dead_cap`), so the wait below can end.
+        let in_flight = || shared.out_of_tables();
         tracing::debug!(
             in_flight = in_flight(),
             cap,
@@ -871,7 +933,21 @@ impl Sharded {
     /// Send lane `i`'s batch (even empty: it carries the time and tells the
     /// merge this lane is past `upto`).
     fn send(&mut self, i: usize) {
-        let fresh = self.free.try_recv().unwrap_or_default();
+        let mut fresh = self.free.try_recv().unwrap_or_default();
+        // Its dead exchanges go with the next batch of the lane that made
+        // them (moved as one vector: none is touched here).
+        if !fresh.dead.is_empty() {
+            if let Some(lane) = self.lanes.get_mut(fresh.dead_lane) {
+                if lane.batch.dead.is_empty() {
+                    std::mem::swap(&mut lane.batch.dead, &mut fresh.dead);
+                    std::mem::swap(&mut lane.batch.dead_bytes, &mut fresh.dead_bytes);
+                }
+            }
+            fresh.dead.clear();
+        }
+        self.shared
+            .dead
+            .fetch_sub(take(&mut fresh.dead_bytes), Ordering::SeqCst);
         let mut batch = std::mem::replace(&mut self.lanes[i].batch, fresh);
         batch.upto = self.packets;
         let lane = &mut self.lanes[i];
@@ -918,6 +994,13 @@ fn work(
             ToWorker::Batch(b) => (b, None),
             ToWorker::Finish(t) => (Batch::default(), Some(t)),
         };
+        // Freed here, where they were allocated (see `Batch::dead`).
+        let dropped = batch.dead.len() as u64;
+        batch.dead.clear();
+        shared.dead_dropped.fetch_add(dropped, Ordering::Relaxed);
+        shared
+            .dead
+            .fetch_sub(take(&mut batch.dead_bytes), Ordering::SeqCst);
         let tagged = |idx: u64, phase: u8| move |out: Output| (Order::of(idx, phase, &out), out);
         for (k, item) in batch.items.iter().enumerate() {
             let idx = match *item {
@@ -1188,13 +1271,17 @@ mod tests {
         const CONNS: u16 = 300;
         let req = b"GET /users/1 HTTP/1.1\r\nHost: api\r\n\r\n";
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        const ROUNDS: u32 = 20;
+        let (qlen, plen) = (req.len() as u32, resp.len() as u32);
         let mut frames = Vec::new();
-        for c in 0..CONNS {
-            frames.push(frame(10_000 + c, 80, true, 1, 1, req));
-        }
-        for c in 0..CONNS {
-            let ack = 1 + req.len() as u32;
-            frames.push(frame(80, 10_000 + c, false, 1, ack, resp));
+        for r in 0..ROUNDS {
+            for c in 0..CONNS {
+                frames.push(frame(10_000 + c, 80, true, 1 + r * qlen, 1 + r * plen, req));
+            }
+            for c in 0..CONNS {
+                let (seq, ack) = (1 + r * plen, 1 + (r + 1) * qlen);
+                frames.push(frame(80, 10_000 + c, false, seq, ack, resp));
+            }
         }
         let classifier = Classifier::new(ClassifyConfig::default()).unwrap();
         let flows = FlowConfig {
@@ -1220,8 +1307,16 @@ mod tests {
             sharded.packet(&pkt, &sink);
         }
         sharded.finish(&sink);
-        assert_eq!(seen.load(Ordering::Relaxed), u64::from(CONNS));
+        // Finished exchanges went back to the workers that made them.
+        assert!(sharded.shared.dead_dropped.load(Ordering::Relaxed) > 0);
+        assert_eq!(
+            seen.load(Ordering::Relaxed),
+            u64::from(CONNS) * u64::from(ROUNDS)
+        );
         assert_eq!(sharded.shared.in_flight.load(Ordering::Relaxed), 0);
+        // What is still on its way back is within its cap.
+        let dead = sharded.shared.dead.load(Ordering::Relaxed);
+        assert!(dead <= sharded.shared.dead_cap.load(Ordering::Relaxed));
     }
 
     #[test]
