@@ -297,7 +297,7 @@ pub fn has_net_raw() -> bool {
 }
 
 /// An append-only log file that reopens its path when its generation
-/// counter moves (see [`ReopenFile::reopen_handle`]).
+/// counter moves (SIGHUP bumps it; checked at each write and flush).
 pub struct ReopenFile {
     path: PathBuf,
     out: BufWriter<File>,

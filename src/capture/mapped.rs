@@ -159,7 +159,7 @@ enum Pager {
 }
 
 /// Where the reader is, for the pager thread, which looks now and then
-/// (see [`PagerThread::poll`]); stops it when dropped.
+/// (every [`PagerThread::POLL`] while it moves); stops it when dropped.
 struct PagerThread {
     /// The reader's offset; `usize::MAX`: stop.
     at: Arc<AtomicUsize>,
