@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod decode;
 pub mod flow;
 pub mod http;
+mod lazy;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;

@@ -181,8 +181,9 @@ pub fn run(cfg: &Config, cli: &Cli, log: LogHandle) -> Result<(), RunError> {
             // Paging on a thread of its own: faster with a core to spare.
             // With workers on every core it was 13 % slower on an idle
             // machine (one more thread to schedule) and 20 % faster on a
-            // busy one (the reader then needs less CPU); the idle case is
-            // the one measured, so it stays inline there.
+            // busy one; since the pager polls instead of being woken, the
+            // two measure the same on an idle machine. It stays inline
+            // there.
             if cfg.workers < crate::config::cores() {
                 source = source.page_on_thread();
             }

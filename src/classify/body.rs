@@ -6,7 +6,7 @@
 //! (the prefix is usually cut mid-stream). Cost is bounded by the prefix
 //! (input) and `limit` (output), so a decompression bomb costs nothing. Other
 //! codings (br, zstd, …) are left alone: the body is then not looked into.
-//! [`verbose_error_marker`] and [`is_empty_json`] read that decoded text.
+//! [`VerboseMarkers`] and [`is_empty_json`] read that decoded text.
 //! Decompressing costs more than everything else apitap does with an
 //! exchange, so [`worth_decoding`] says when a rule can use the text: a
 //! 5xx (verbose errors), a tiny body (empty responses), or a small textual
@@ -235,13 +235,6 @@ impl Inflaters {
     }
 }
 
-/// The first marker of internals found in `text`, if any.
-pub fn verbose_error_marker<'m>(text: &[u8], markers: &'m [String]) -> Option<&'m str> {
-    VerboseMarkers::new(markers)
-        .first_in(text)
-        .map(|i| markers[i].as_str())
-}
-
 /// The configured markers of internals with their searchers built once
 /// (building one costs more than searching a body prefix with it).
 pub struct VerboseMarkers {
@@ -330,11 +323,15 @@ mod tests {
         }
     }
 
+    /// 0, 1, 2, … up to `n`, written out one after another: text that
+    /// compresses but is not all one byte.
+    fn digits(n: u32) -> Vec<u8> {
+        (0..n).flat_map(|i| i.to_string().into_bytes()).collect()
+    }
+
     #[test]
     fn truncated_gzip_yields_what_it_can() {
-        let text: Vec<u8> = (0..5000u32)
-            .flat_map(|i| i.to_string().into_bytes())
-            .collect();
+        let text = digits(5000);
         let gz = gzip(&text);
         let cut = &gz[..gz.len() / 2];
         let got = decoded_prefix(&headers(Some("gzip")), cut, 1 << 20, || true).unwrap();
@@ -346,9 +343,7 @@ mod tests {
     /// whole and broken, in turn: each answer is what new ones give.
     #[test]
     fn kept_decompressors_answer_as_new_ones() {
-        let text: Vec<u8> = (0..3000u32)
-            .flat_map(|i| i.to_string().into_bytes())
-            .collect();
+        let text = digits(3000);
         let gz = gzip(&text);
         let mut z = ZlibEncoder::new(Vec::new(), Compression::default());
         z.write_all(&text).unwrap();

@@ -2,7 +2,7 @@
 //!
 //! Contract: each rule looks at an exchange and, when it fires, returns the
 //! evidence text; evidence names what was exposed and its length, never the
-//! value (see [`super::findings::redacted`]). All work is bounded by the
+//! value (see [`super::findings::push_redacted`]). All work is bounded by the
 //! head size, the body prefix and the configured limits. A rule that does
 //! not fire allocates nothing; one that fires builds its evidence in one
 //! string.

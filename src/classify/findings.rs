@@ -2,7 +2,7 @@
 //! [`Finding`] record the findings log writes.
 //!
 //! Contract: a [`Finding`] never holds a secret; evidence is built with
-//! [`redacted`] (length only) and [`printable`] (bounded, non-secret text).
+//! [`push_redacted`] (length only) and [`printable`] (bounded, non-secret text).
 
 use crate::clock::Timestamp;
 use serde::Serialize;
@@ -154,15 +154,9 @@ pub struct Finding {
     pub evidence: String,
 }
 
-/// How evidence stands for a secret: `<redacted, 24 bytes>`.
-pub fn redacted(len: usize) -> String {
-    let mut s = String::with_capacity(32);
-    push_redacted(&mut s, len);
-    s
-}
-
-/// [`redacted`], appended to `out`. Evidence is built by appending its
-/// pieces to one string: a finding costs one allocation, not one per piece.
+/// How evidence stands for a secret, appended to `out`: `<redacted, 24
+/// bytes>`. Evidence is built by appending its pieces to one string: a
+/// finding costs one allocation, not one per piece.
 pub fn push_redacted(out: &mut String, len: usize) {
     out.push_str("<redacted, ");
     push_decimal(out, len as u64);
@@ -247,7 +241,9 @@ mod tests {
     #[test]
     fn evidence_pieces_write_what_format_writes() {
         for n in [0usize, 1, 9, 10, 99, 1234, usize::MAX] {
-            assert_eq!(redacted(n), format!("<redacted, {n} bytes>"));
+            let mut redacted = String::new();
+            push_redacted(&mut redacted, n);
+            assert_eq!(redacted, format!("<redacted, {n} bytes>"));
             let mut decimal = String::new();
             push_decimal(&mut decimal, n as u64);
             assert_eq!(decimal, n.to_string());

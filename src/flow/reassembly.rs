@@ -238,8 +238,7 @@ enum Phase {
 /// A direction's counters, allocated at the first count: kept inline they
 /// would be 48 of a tracked connection's bytes per direction, nearly all
 /// of them zeros.
-#[derive(Debug, Default)]
-struct Counters(Option<Box<StreamStats>>);
+type Counters = crate::lazy::Lazy<StreamStats>;
 
 /// What [`Reassembler::stats`] shows before anything was counted.
 const NO_COUNTS: StreamStats = StreamStats {
@@ -252,10 +251,6 @@ const NO_COUNTS: StreamStats = StreamStats {
 };
 
 impl Counters {
-    fn get(&mut self) -> &mut StreamStats {
-        self.0.get_or_insert_with(Box::default)
-    }
-
     /// Add `n` to a counter; nothing is allocated for 0.
     fn add(&mut self, counter: fn(&mut StreamStats) -> &mut u64, n: u64) {
         if n > 0 {
@@ -583,13 +578,13 @@ impl Reassembler {
     }
 
     pub fn stats(&self) -> &StreamStats {
-        self.stats.0.as_deref().unwrap_or(&NO_COUNTS)
+        self.stats.peek().unwrap_or(&NO_COUNTS)
     }
 
     /// Heap bytes this direction holds in all: [`Reassembler::buffered_bytes`]
     /// and its counters, once allocated.
     pub fn heap_bytes(&self) -> usize {
-        let counters = self.stats.0.as_ref().map_or(0, |_| {
+        let counters = self.stats.peek().map_or(0, |_| {
             std::mem::size_of::<StreamStats>() + super::ALLOC_OVERHEAD
         });
         self.buffered_bytes() + counters

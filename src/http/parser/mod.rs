@@ -231,24 +231,22 @@ pub struct MessageParser {
 #[derive(Default)]
 pub(crate) struct LazyStats {
     heads: u64,
-    rest: Option<Box<ParserStats>>,
+    rest: crate::lazy::Lazy<ParserStats>,
 }
 
 impl LazyStats {
     pub(crate) fn get(&mut self) -> &mut ParserStats {
-        self.rest.get_or_insert_with(Default::default)
+        self.rest.get()
     }
 
     fn snapshot(&self) -> ParserStats {
-        let mut s = self.rest.as_deref().cloned().unwrap_or_default();
+        let mut s = self.rest.peek().cloned().unwrap_or_default();
         s.heads = self.heads;
         s
     }
 
     fn heap_bytes(&self) -> usize {
-        self.rest
-            .as_ref()
-            .map_or(0, |_| std::mem::size_of::<ParserStats>())
+        self.rest.heap_bytes()
     }
 }
 
