@@ -19,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub mod decode;
 pub mod flow;
+mod hint;
 pub mod http;
 mod lazy;
 pub mod metrics;

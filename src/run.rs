@@ -351,7 +351,10 @@ fn new_engine(cfg: &Config, backing: Option<crate::capture::Backing>) -> Result<
         Engine::Many(Box::new(sharded))
     } else {
         let one = Pipeline::new(DecoderConfig::default(), cfg.flow.clone(), classifier);
-        Engine::One(Box::new(one))
+        Engine::One(Box::new(match backing {
+            Some(b) => one.mapped(b),
+            None => one,
+        }))
     })
 }
 

@@ -68,10 +68,15 @@ use crate::capture::{
 };
 use crate::classify::Classifier;
 use crate::clock::{Clock, Timestamp};
-use crate::decode::{DecodeStats, Decoded, Decoder, DecoderConfig, TcpFlags, TcpSegment};
-use crate::flow::{FlowConfig, FlowEvent, FlowKey, FlowStats, FlowTable, SweepSchedule};
+use crate::decode::{DecodeStats, Decoded, Decoder, DecoderConfig, TcpSegment};
+use crate::flow::{
+    FlowConfig, FlowEvent, FlowKey, FlowStats, FlowTable, SweepSchedule, PREFETCH_AHEAD,
+    PREFETCH_FROM_FLOWS,
+};
 use crate::http::exchange::Exchange;
-use crate::pipeline::{deliver_one, pass_event, ExchangeSink, Pipeline, PipelineStats};
+use crate::pipeline::{
+    deliver_one, locate, pass_event, ExchangeSink, Payload, Pipeline, PipelineStats, Seg,
+};
 use std::mem::take;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -94,6 +99,7 @@ const LANE_DEPTH: usize = 4;
 /// A worker replies before its batch is done once it holds this many
 /// outputs.
 const REPLY_CHUNK: usize = 64;
+
 /// Outputs produced and not yet released by the merging thread may hold
 /// this share of the flow memory budget (at least [`IN_FLIGHT_MIN`]); the
 /// workers' tables share the rest.
@@ -106,34 +112,6 @@ const DEAD_MAX: usize = 1 << 20;
 /// How long the reader waits for the merging thread to release outputs
 /// before it reads on anyway (only a dead worker makes it that slow).
 const IN_FLIGHT_PATIENCE: Duration = Duration::from_secs(5);
-
-/// Where a segment's payload is.
-#[derive(Clone, Copy, Debug)]
-enum Payload {
-    /// In the mapped capture file, at this offset.
-    Mapped { start: usize, len: usize },
-    /// In the batch's own byte buffer.
-    Copied { start: usize, len: usize },
-}
-
-/// A [`TcpSegment`] without the borrow.
-#[derive(Clone, Copy, Debug)]
-struct Seg {
-    /// The packet's index in the input (1-based).
-    idx: u64,
-    /// The reader's monotonic clock at this packet (the time one pipeline
-    /// would have used; `ts` alone may go backwards across flows).
-    now: Timestamp,
-    ts: Timestamp,
-    src: SocketAddr,
-    dst: SocketAddr,
-    seq: u32,
-    ack: u32,
-    flags: TcpFlags,
-    window: u16,
-    missing: u32,
-    payload: Payload,
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Item {
@@ -747,19 +725,9 @@ impl Sharded {
                 }
             };
             batch.first.get_or_insert((seg.ts, self.packets));
-            batch.items.push(Item::Seg(Seg {
-                idx: self.packets,
-                now,
-                ts: seg.ts,
-                src: seg.src,
-                dst: seg.dst,
-                seq: seg.seq,
-                ack: seg.ack,
-                flags: seg.flags,
-                window: seg.window,
-                missing: seg.missing,
-                payload,
-            }));
+            batch
+                .items
+                .push(Item::Seg(Seg::of(self.packets, now, &seg, payload)));
             if batch.items.len() >= BATCH_SEGMENTS || batch.bytes.len() >= BATCH_BYTES {
                 self.send(i);
             }
@@ -969,12 +937,70 @@ fn reply_channel(workers: usize) -> (SyncSender<Reply>, Receiver<Reply>) {
     sync_channel(workers.max(1) * (LANE_DEPTH + 1))
 }
 
-/// `payload`'s offset in `backing`, when it lies inside it.
-fn locate(payload: &[u8], backing: Option<&Backing>) -> Option<usize> {
-    let map: &[u8] = (**backing?).as_ref();
-    let (base, p) = (map.as_ptr() as usize, payload.as_ptr() as usize);
-    let end = p.checked_add(payload.len())?;
-    (p >= base && end <= base + map.len()).then(|| p - base)
+/// One lane's flows, and the outputs they produced since its last reply:
+/// a worker's.
+struct Shard {
+    id: usize,
+    flows: FlowTable,
+    outputs: Vec<Tagged>,
+}
+
+/// `out`, tagged with its place in the one-pipeline order.
+fn tagged(idx: u64, phase: u8, out: Output) -> Tagged {
+    (Order::of(idx, phase, &out), out)
+}
+
+impl Shard {
+    fn new(id: usize, cfg: FlowConfig) -> Shard {
+        Shard {
+            id,
+            flows: FlowTable::new(cfg).with_caller_sweeps(),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Sweep (expire idle flows and overdue requests) before packet `idx`.
+    fn sweep(&mut self, idx: u64, now: Timestamp) {
+        let outputs = &mut self.outputs;
+        self.flows.sweep(now, &mut |ex| {
+            outputs.push(tagged(idx, SWEPT, Output::Exchange(ex)))
+        });
+        self.events(idx);
+    }
+
+    /// Packet `idx`'s segment.
+    fn segment(&mut self, seg: &TcpSegment<'_>, idx: u64, now: Timestamp) {
+        let outputs = &mut self.outputs;
+        self.flows.segment(seg, now, &mut |ex| {
+            outputs.push(tagged(idx, OWN, Output::Exchange(ex)))
+        });
+        self.events(idx);
+    }
+
+    fn events(&mut self, idx: u64) {
+        let events = self.flows.drain_events();
+        self.outputs
+            .extend(events.map(|e| tagged(idx, EVENT, Output::Event(e))));
+    }
+
+    /// End of input: every flow ends.
+    fn finish(&mut self, now: Timestamp) {
+        let outputs = &mut self.outputs;
+        self.flows.finish_all(now, &mut |ex| {
+            outputs.push(tagged(u64::MAX, SWEPT, Output::Exchange(ex)))
+        });
+        self.events(u64::MAX);
+    }
+
+    /// The outputs so far, as a reply (counted in flight from now on). At
+    /// one packet a sweep's events were drained before the packet's own
+    /// exchanges; put them in `Order` (a stable sort keeps each phase's
+    /// own order).
+    fn reply(&mut self, batch: Batch, upto: u64, shared: &MergeShared) -> Reply {
+        self.outputs.sort_by_key(|(o, _)| *o);
+        shared.add_in_flight(&self.outputs);
+        Reply::of(self.id, &self.flows, batch, upto, take(&mut self.outputs))
+    }
 }
 
 /// A worker: its own flow table, fed batches until `Finish`.
@@ -986,10 +1012,9 @@ fn work(
     tx: SyncSender<Reply>,
     shared: &MergeShared,
 ) {
-    let mut flows = FlowTable::new(cfg).with_caller_sweeps();
+    let mut shard = Shard::new(id, cfg);
     let map: &[u8] = backing.as_ref().map_or(&[], |b| (**b).as_ref());
     while let Ok(msg) = rx.recv() {
-        let mut outputs: Vec<Tagged> = Vec::new();
         let (mut batch, end) = match msg {
             ToWorker::Batch(b) => (b, None),
             ToWorker::Finish(t) => (Batch::default(), Some(t)),
@@ -1001,48 +1026,35 @@ fn work(
         shared
             .dead
             .fetch_sub(take(&mut batch.dead_bytes), Ordering::SeqCst);
-        let tagged = |idx: u64, phase: u8| move |out: Output| (Order::of(idx, phase, &out), out);
+        // With many connections open, hints for the segments to come hide
+        // their lookups' cache misses (see `FlowTable::prefetch`).
+        let hint = shard.flows.active_flows() >= PREFETCH_FROM_FLOWS;
         for (k, item) in batch.items.iter().enumerate() {
+            if hint {
+                if let Some(Item::Seg(next)) = batch.items.get(k + 2 * PREFETCH_AHEAD) {
+                    shard.flows.prefetch(next.src, next.dst, false);
+                }
+                if let Some(Item::Seg(next)) = batch.items.get(k + PREFETCH_AHEAD) {
+                    shard.flows.prefetch(next.src, next.dst, true);
+                }
+            }
             let idx = match *item {
                 Item::Sweep { idx, now } => {
-                    let tag = tagged(idx, SWEPT);
-                    flows.sweep(now, &mut |ex| outputs.push(tag(Output::Exchange(ex))));
+                    shard.sweep(idx, now);
                     idx
                 }
                 Item::Seg(s) => {
-                    let payload = match s.payload {
-                        Payload::Mapped { start, len } => map.get(start..start + len),
-                        Payload::Copied { start, len } => batch.bytes.get(start..start + len),
-                    };
-                    let seg = TcpSegment {
-                        ts: s.ts,
-                        src: s.src,
-                        dst: s.dst,
-                        seq: s.seq,
-                        ack: s.ack,
-                        flags: s.flags,
-                        window: s.window,
-                        payload: payload.unwrap_or_default(),
-                        missing: s.missing,
-                    };
-                    let tag = tagged(s.idx, OWN);
-                    flows.segment(&seg, s.now, &mut |ex| {
-                        outputs.push(tag(Output::Exchange(ex)))
-                    });
+                    shard.segment(&s.segment(map, &batch.bytes), s.idx, s.now);
                     s.idx
                 }
             };
-            let tag = tagged(idx, EVENT);
-            outputs.extend(flows.drain_events().map(|e| tag(Output::Event(e))));
             // A long batch of outputs (an eviction round) goes ahead in
             // chunks, so what waits in the bounded reply channel is bounded
             // too; never inside one packet's outputs (they are sorted
-            // together below).
+            // together).
             let next_idx = batch.items.get(k + 1).map(Item::idx);
-            if outputs.len() >= REPLY_CHUNK && next_idx != Some(idx) {
-                outputs.sort_by_key(|(o, _)| *o);
-                shared.add_in_flight(&outputs);
-                let partial = Reply::of(id, &flows, Batch::default(), 0, take(&mut outputs));
+            if shard.outputs.len() >= REPLY_CHUNK && next_idx != Some(idx) {
+                let partial = shard.reply(Batch::default(), 0, shared);
                 if tx.send(partial).is_err() {
                     return;
                 }
@@ -1051,20 +1063,12 @@ fn work(
         let upto = match end {
             None => batch.upto,
             Some(t) => {
-                let tag = tagged(u64::MAX, SWEPT);
-                flows.finish_all(t, &mut |ex| outputs.push(tag(Output::Exchange(ex))));
-                let tag = tagged(u64::MAX, EVENT);
-                outputs.extend(flows.drain_events().map(|e| tag(Output::Event(e))));
+                shard.finish(t);
                 u64::MAX
             }
         };
-        // At one packet a sweep's events were drained before the packet's
-        // own exchanges; put them in `Order` (a stable sort keeps each
-        // phase's own order).
-        outputs.sort_by_key(|(o, _)| *o);
         batch.clear();
-        shared.add_in_flight(&outputs);
-        let reply = Reply::of(id, &flows, batch, upto, outputs);
+        let reply = shard.reply(batch, upto, shared);
         if tx.send(reply).is_err() || end.is_some() {
             return;
         }
@@ -1250,21 +1254,7 @@ mod tests {
     use super::*;
     use crate::capture::LinkType;
     use crate::classify::ClassifyConfig;
-    use etherparse::PacketBuilder;
-
-    /// An Ethernet frame from `src` port `sport` to `dst` port `dport`.
-    fn frame(sport: u16, dport: u16, to_server: bool, seq: u32, ack: u32, p: &[u8]) -> Vec<u8> {
-        let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
-        let (src, dst) = if to_server { (a, b) } else { (b, a) };
-        let t = PacketBuilder::ethernet2([1; 6], [2; 6])
-            .ipv4(src, dst, 64)
-            .tcp(sport, dport, seq, 512)
-            .ack(ack)
-            .psh();
-        let mut v = Vec::with_capacity(t.size(p.len()));
-        t.write(&mut v, p).unwrap();
-        v
-    }
+    use crate::pipeline::tests::frame;
 
     #[test]
     fn outputs_in_flight_are_all_released_and_accounted_back_to_zero() {

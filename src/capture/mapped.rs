@@ -48,22 +48,12 @@ const MAX_SANE_RECORD: u32 = 256 * 1024;
 /// bottleneck); the next record alone gained less, 32 KiB no more.
 const PREFETCH_AHEAD: usize = 8 << 10;
 
-/// Hint the CPU to load the cache line at `off` (a no-op elsewhere).
+/// Hint the CPU to load the cache line at `off` of `map`.
 #[inline(always)]
 fn prefetch(map: &[u8], off: usize) {
-    #[cfg(target_arch = "x86_64")]
     if let Some(b) = map.get(off) {
-        // SAFETY: a prefetch never faults and changes no state; the address
-        // is inside the map anyway.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch(
-                std::ptr::from_ref(b).cast::<i8>(),
-                std::arch::x86_64::_MM_HINT_T0,
-            )
-        }
+        crate::hint::prefetch(b);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (map, off);
 }
 
 pub struct MappedPcap {

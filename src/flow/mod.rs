@@ -16,6 +16,7 @@
 //! million open connections walks a compact index of hash bits, then the
 //! one entry that holds both the key and the connection.
 
+mod index;
 pub mod reassembly;
 mod sniff;
 mod table;
@@ -362,6 +363,18 @@ pub struct FlowTable {
 
 const SWEEP_INTERVAL_MICROS: i64 = 1_000_000;
 
+/// Connections open from which a caller that knows its next segments
+/// should give [`FlowTable::prefetch`] hints: about 4 MB of entries, a
+/// core's L2 cache here, which the packets streaming through share. Below
+/// that the hints cost more than they save.
+pub const PREFETCH_FROM_FLOWS: usize = 8192;
+
+/// How many segments ahead to hint: the index slot of the segment
+/// `2 * PREFETCH_AHEAD` ahead, the connection of the one `PREFETCH_AHEAD`
+/// ahead. Measured with 200,000 connections open: 2 to 8 hid the misses
+/// alike.
+pub const PREFETCH_AHEAD: usize = 4;
+
 /// When sweeps run: at the first event at or after each whole second of
 /// capture time. The boundaries are absolute, not counted from the first
 /// packet, so tables that see different parts of one input agree on them.
@@ -411,6 +424,19 @@ impl FlowTable {
 
     pub fn active_flows(&self) -> usize {
         self.flows.len()
+    }
+
+    /// Hints for a segment from `src` to `dst` to come: start loading the
+    /// index slot its lookup begins with (`entry` false), or, some time
+    /// later, its connection (`entry` true). Worth it only when many
+    /// connections are open (see [`PREFETCH_FROM_FLOWS`]).
+    pub fn prefetch(&self, src: SocketAddr, dst: SocketAddr, entry: bool) {
+        let key = FlowKey::new(src, dst).0;
+        if entry {
+            self.flows.prefetch_entry(&key);
+        } else {
+            self.flows.prefetch_slot(&key);
+        }
     }
 
     /// One segment, in capture order. `now` is the pipeline's monotonic time.

@@ -10,42 +10,36 @@
 //! open, each packet's lookup misses the cache, and there the cost was the
 //! bucket (a 40-byte key and a pointer, in a table of many MB) and then the
 //! boxed connection elsewhere. Here the part a lookup walks at random is an
-//! index of 8-byte slots (a quarter of a MB per 20,000 connections, so it
-//! mostly stays in the core's cache), and the entry it leads to holds the
-//! key and the connection together, so the key comparison loads the lines
-//! the packet needs anyway. No connection costs an allocation of its own.
+//! index of 8-byte slots, and the entry it leads to holds the key and the
+//! connection together, so the key comparison loads the lines the packet
+//! needs anyway. No connection costs an allocation of its own. Past a few
+//! tens of thousands of connections the index outgrows the core's cache
+//! too; a caller that knows its next keys hides both misses with
+//! [`ConnTable::prefetch_slot`] and [`ConnTable::prefetch_entry`].
 //!
 //! Layout:
-//! - the index: a [`hashbrown::HashTable`] of 8-byte slots, each 32 bits
-//!   of the key's hash and the number of its entry. A probe compares those
-//!   bits before it reads an entry, and growing the index rehashes from
-//!   them alone, without reading the entries.
+//! - the index ([`Index`]): 8-byte slots, each 32 bits of the key's hash
+//!   and the number of its entry. A probe compares those bits before it
+//!   reads an entry, and growing the index rehashes from them alone,
+//!   without reading the entries.
 //! - the entries: chunks of [`CHUNK`] that never move (so a growing table
 //!   never copies connections, nor holds them twice while it grows); a
 //!   removed entry's place is reused by the next insertion.
 
+use super::index::Index;
 use super::FlowKey;
-use hashbrown::HashTable;
 
 /// Entries per chunk of the entry store.
 const CHUNK: usize = 256;
 
-/// A slot's 64-bit hash from the 32 bits it keeps: spread over the whole
-/// word (the index takes its position from the low bits and a filter byte
-/// from the high ones), and the same whenever it is recomputed.
-fn spread(tag: u32) -> u64 {
-    u64::from(tag).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-fn slot_tag(slot: u64) -> u32 {
-    (slot >> 32) as u32
-}
+/// Cache lines of an entry [`ConnTable::prefetch_entry`] loads.
+const PREFETCH_LINES: usize = 4;
 
 pub(super) struct ConnTable<V> {
     hasher: ahash::RandomState,
     /// INVARIANT: every slot names a live entry, which no other slot names,
     /// and keeps 32 bits of its key's hash.
-    slots: HashTable<u64>,
+    slots: Index,
     /// INVARIANT: every chunk but the last is full (`CHUNK` long); each
     /// was allocated with room for exactly `CHUNK`.
     chunks: Vec<Vec<Option<(FlowKey, V)>>>,
@@ -58,7 +52,7 @@ impl<V> ConnTable<V> {
     pub fn new() -> Self {
         ConnTable {
             hasher: ahash::RandomState::new(),
-            slots: HashTable::new(),
+            slots: Index::new(),
             chunks: Vec::new(),
             free: Vec::new(),
             len: 0,
@@ -72,11 +66,11 @@ impl<V> ConnTable<V> {
     /// Bytes the table holds: index, entries (whole chunks, vacant places
     /// included), the vacancy list, each allocation's overhead.
     pub fn bytes(&self) -> usize {
-        if self.slots.allocation_size() == 0 && self.chunks.capacity() == 0 {
+        if self.slots.bytes() == 0 && self.chunks.capacity() == 0 {
             return 0;
         }
         let vecs = 3 + self.chunks.len();
-        self.slots.allocation_size()
+        self.slots.bytes()
             + self.chunks.len() * CHUNK * std::mem::size_of::<Option<(FlowKey, V)>>()
             + self.chunks.capacity() * std::mem::size_of::<Vec<Option<(FlowKey, V)>>>()
             + self.free.capacity() * std::mem::size_of::<u32>()
@@ -101,7 +95,7 @@ impl<V> ConnTable<V> {
         let chunk_list =
             self.chunks.capacity().max(4) * std::mem::size_of::<Vec<Option<(FlowKey, V)>>>();
         self.bytes()
-            + index_bytes_for((self.capacity() + 1) * 2)
+            + Index::bytes_for(self.capacity() + 1)
             + chunk
             + chunk_list
             + 5 * super::ALLOC_OVERHEAD
@@ -128,11 +122,32 @@ impl<V> ConnTable<V> {
 
     fn find(&self, key: &FlowKey) -> Option<u32> {
         let tag = self.tag(key);
-        self.slots
-            .find(spread(tag), |&s| {
-                slot_tag(s) == tag && self.entry(s as u32).0 == *key
-            })
-            .map(|&s| s as u32)
+        self.slots.find(tag, |n| self.entry(n).0 == *key)
+    }
+
+    /// Start loading the index slot a lookup of `key` reads first: the
+    /// first of two hints for a lookup to come (see the module doc).
+    pub fn prefetch_slot(&self, key: &FlowKey) {
+        self.slots.prefetch(self.tag(key));
+    }
+
+    /// Start loading the first [`PREFETCH_LINES`] cache lines of `key`'s
+    /// entry, if it has one: the second hint, once its slot had time to
+    /// arrive. The probe compares hash bits only (it reads no entry); on
+    /// the rare collision it loads the wrong one, which costs nothing but
+    /// the hint.
+    pub fn prefetch_entry(&self, key: &FlowKey) {
+        let Some(n) = self.slots.find(self.tag(key), |_| true) else {
+            return;
+        };
+        let n = n as usize;
+        if let Some(entry) = self.chunks.get(n / CHUNK).and_then(|c| c.get(n % CHUNK)) {
+            let p = std::ptr::from_ref(entry).cast::<u8>();
+            let size = std::mem::size_of_val(entry);
+            for line in (0..size.min(PREFETCH_LINES * 64)).step_by(64) {
+                crate::hint::prefetch(p.wrapping_add(line));
+            }
+        }
     }
 
     pub fn contains_key(&self, key: &FlowKey) -> bool {
@@ -157,10 +172,7 @@ impl<V> ConnTable<V> {
         let value = make(self.len)?;
         let tag = self.tag(&key);
         let n = self.store(key, value);
-        self.slots
-            .insert_unique(spread(tag), u64::from(tag) << 32 | u64::from(n), |&s| {
-                spread(slot_tag(s))
-            });
+        self.slots.insert(tag, n);
         self.len += 1;
         Some(&mut self.entry_mut(n).1)
     }
@@ -187,14 +199,12 @@ impl<V> ConnTable<V> {
     pub fn remove(&mut self, key: &FlowKey) -> Option<V> {
         let tag = self.tag(key);
         let chunks = &self.chunks;
-        let found = self.slots.find_entry(spread(tag), |&s| {
-            slot_tag(s) == tag
-                && chunks[s as u32 as usize / CHUNK][s as u32 as usize % CHUNK]
-                    .as_ref()
-                    .is_some_and(|(k, _)| k == key)
-        });
-        let (slot, _) = found.ok()?.remove();
-        let i = slot as u32 as usize;
+        let n = self.slots.remove(tag, |n| {
+            chunks[n as usize / CHUNK][n as usize % CHUNK]
+                .as_ref()
+                .is_some_and(|(k, _)| k == key)
+        })?;
+        let i = n as usize;
         let (_, value) = self.chunks[i / CHUNK][i % CHUNK]
             .take()
             .expect("a slot names a live entry");
@@ -215,12 +225,13 @@ impl<V> ConnTable<V> {
     }
 
     /// The most a connection costs in the table: its entry, its share of
-    /// an index just doubled (at 7/16 of its slots: 8 bytes and a control
-    /// byte each), its vacancy-list place.
+    /// an index just doubled (at 3/8 of its 8-byte slots), its vacancy-list
+    /// place.
     #[cfg(test)]
     pub fn worst_bytes_per_entry() -> usize {
         std::mem::size_of::<Option<(FlowKey, V)>>()
-            + (std::mem::size_of::<u64>() + 1) * 16 / 7
+            + std::mem::size_of::<u64>() * 8 / 3
+            + 1
             + std::mem::size_of::<u32>()
     }
 
@@ -241,14 +252,6 @@ impl<V> ConnTable<V> {
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.iter().map(|(_, v)| v)
     }
-}
-
-/// Bytes a [`HashTable<u64>`] allocates to hold `n` slots: buckets (a power
-/// of two, at most 7/8 used) of 8 bytes and a control byte, and a group of
-/// control bytes more.
-fn index_bytes_for(n: usize) -> usize {
-    let buckets = (n * 8 / 7).next_power_of_two().max(4);
-    buckets * (std::mem::size_of::<u64>() + 1) + 16
 }
 
 #[cfg(test)]
@@ -332,6 +335,8 @@ mod tests {
         assert!(t.bytes() >= 100_000 * per_entry + t.capacity() * 8);
         // Beyond entries and index: the list of chunks, allocation overhead.
         let extra = 64 * 1024;
-        assert!(t.bytes() <= (100_000 + CHUNK) * per_entry + index_bytes_for(t.capacity()) + extra);
+        assert!(
+            t.bytes() <= (100_000 + CHUNK) * per_entry + Index::bytes_for(t.capacity()) + extra
+        );
     }
 }
