@@ -71,6 +71,7 @@ impl Index {
         slots_for(n) * std::mem::size_of::<u64>()
     }
 
+    /// `tag`'s home slot (the slots must not be empty).
     fn home(&self, tag: u32) -> usize {
         (spread(tag) >> self.shift) as usize
     }
@@ -81,8 +82,8 @@ impl Index {
 
     /// Start loading the slot a lookup of `tag` reads first.
     pub fn prefetch(&self, tag: u32) {
-        if let Some(s) = self.slots.get(self.home(tag)) {
-            crate::hint::prefetch(s);
+        if !self.slots.is_empty() {
+            crate::hint::prefetch(&self.slots[self.home(tag)]);
         }
     }
 
