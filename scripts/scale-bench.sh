@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Does apitap's cost grow with the number of concurrent flows? (issue #8.3)
 #
-#   scripts/scale-bench.sh [-f FLOWS] [-l LOW] [-n RUNS] [-b BUDGET] [-H]
+#   scripts/scale-bench.sh [-f FLOWS] [-l LOW] [-n RUNS] [-b BUDGET] [-w WORKERS] [-H]
 #
 # Writes two captures with tools/hostile (example `hostile`, deterministic):
 # FLOWS connections (default 1,000,000), each a handshake, one API exchange
@@ -11,8 +11,9 @@
 # --metrics-out /dev/null` on each, alternating A B A B ... (RUNS each,
 # default 5), with flow.memory-budget = BUDGET (default 8 GiB, so nothing is
 # evicted), and prints medians of wall and CPU (user+sys) time, MB/s, peak
-# RSS and the ratio of the two. The machine is shared: compare the ratio,
-# within one run. -H also runs tests/hostile.rs at full size (1 M half-open
+# RSS and the ratio of the two. -w passes --workers WORKERS (default:
+# apitap's own default, one per core). The machine is shared: compare the
+# ratio, within one run. -H also runs tests/hostile.rs at full size (1 M half-open
 # flows, 100,000 hosts, 1 M concurrent flows; APITAP_HOSTILE_FULL=1).
 # Captures live in /var/tmp/apitap-scale (never committed).
 set -euo pipefail
@@ -23,14 +24,16 @@ low=1000
 runs=5
 budget=$((8 << 30))
 hostile=0
-while getopts "f:l:n:b:Hh" opt; do
+workers=()
+while getopts "f:l:n:b:w:Hh" opt; do
     case "$opt" in
     f) flows=$OPTARG ;;
     l) low=$OPTARG ;;
     n) runs=$OPTARG ;;
     b) budget=$OPTARG ;;
+    w) workers=(--workers "$OPTARG") ;;
     H) hostile=1 ;;
-    *) sed -n '2,19p' "$0"; exit 2 ;;
+    *) sed -n '2,21p' "$0"; exit 2 ;;
     esac
 done
 [ -x /usr/bin/time ] || { echo "scale-bench.sh: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
@@ -61,7 +64,7 @@ for i in $(seq "$runs"); do
         f=${spec#*:}
         # wall user sys maxrss_kib
         /usr/bin/time -f "$label %e %U %S %M" -a -o "$times" \
-            "$apitap" --config.file "$cfg" -r "$f" --metrics-out /dev/null
+            "$apitap" --config.file "$cfg" -r "$f" --metrics-out /dev/null "${workers[@]}"
     done
     printf 'run %d: %s\n' "$i" "$(tail -n 2 "$times" | tr '\n' ' ')"
 done
