@@ -737,18 +737,19 @@ impl FlowTable {
         let idle = self.cfg.idle_timeout_micros;
         let handshake = self.cfg.handshake_timeout_micros;
         let mut expired = Vec::new();
-        for (k, c) in self.flows.iter_mut() {
+        let spare = &mut self.spare;
+        self.flows.for_each_mut(|k, c| {
             let limit = if c.had_data { idle } else { handshake };
             if c.last_seen.saturating_add_micros(limit) <= now {
                 expired.push(*k);
             } else if c.deadline <= now {
                 if let App::Http(h) = &mut c.app {
-                    h.session.borrow_buffers(&mut self.spare);
+                    h.session.borrow_buffers(spare);
                     h.session.expire(now);
                     for ex in h.session.drain(client_server(k, c.client_is_lo)) {
                         emit(ex);
                     }
-                    h.session.return_buffers(&mut self.spare);
+                    h.session.return_buffers(spare);
                     c.deadline = h.session.next_deadline().unwrap_or(NEVER);
                 }
             }
@@ -757,7 +758,7 @@ impl FlowTable {
                 let cached = Some(c.deadline).filter(|&d| d != NEVER);
                 debug_assert_eq!(cached, h.session.next_deadline(), "stale deadline");
             }
-        }
+        });
         expired.sort();
         for k in expired {
             let c = self.take(&k).expect("listed");

@@ -242,11 +242,24 @@ impl<V> ConnTable<V> {
             .filter_map(|e| e.as_ref().map(|(k, v)| (k, v)))
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&FlowKey, &mut V)> {
-        self.chunks
-            .iter_mut()
-            .flatten()
-            .filter_map(|e| e.as_mut().map(|(k, v)| (&*k, v)))
+    /// Every connection, in no particular order, with the entries a few
+    /// places ahead prefetched: a walk over a million connections (the
+    /// sweep, each second) otherwise waits on memory at each one.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&FlowKey, &mut V)) {
+        const AHEAD: usize = 8;
+        let size = std::mem::size_of::<Option<(FlowKey, V)>>();
+        for chunk in &mut self.chunks {
+            for i in 0..chunk.len() {
+                if let Some(next) = chunk.get(i + AHEAD) {
+                    let p = std::ptr::from_ref(next).cast::<u8>();
+                    crate::hint::prefetch(p);
+                    crate::hint::prefetch(p.wrapping_add(size - 1));
+                }
+                if let Some((k, v)) = &mut chunk[i] {
+                    f(k, v);
+                }
+            }
+        }
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
