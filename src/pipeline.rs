@@ -222,21 +222,23 @@ impl Pipeline {
         self.bytes += pkt.data.len() as u64;
         let now = self.clock.observe(pkt.ts);
         let wait = self.backing.is_some() && self.flows.active_flows() >= self.wait_from;
+        let map = self.backing.as_ref().map_or(&[][..], |b| (**b).as_ref());
+        let mut flow = Flow {
+            flows: &mut self.flows,
+            classifier: &mut self.classifier,
+            map,
+        };
         if !wait && self.waiting.is_empty() {
-            {
-                let mut deliver = deliver(&mut self.classifier, sink);
-                match self.decoder.decode(pkt) {
-                    Decoded::Tcp(seg) => self.flows.segment(&seg, now, &mut deliver),
-                    Decoded::Skipped(_) => self.flows.tick(now, &mut deliver),
-                }
+            match self.decoder.decode(pkt) {
+                Decoded::Tcp(seg) => flow.segment(&seg, now, sink),
+                Decoded::Skipped(_) => flow.step(Waiting::Tick(now), sink),
             }
-            self.pass_events(sink);
             return;
         }
         let waiting = match self.decoder.decode(pkt) {
             Decoded::Tcp(seg) => match locate(seg.payload, self.backing.as_ref()) {
                 Some(start) => {
-                    self.flows.prefetch(seg.src, seg.dst, false);
+                    flow.flows.prefetch(seg.src, seg.dst, false);
                     let payload = Payload::Mapped {
                         start,
                         len: seg.payload.len(),
@@ -246,12 +248,6 @@ impl Pipeline {
                 // Not in the file (a reassembled fragment): after those
                 // waiting, at once.
                 None => {
-                    let map = self.backing.as_ref().map_or(&[][..], |b| (**b).as_ref());
-                    let mut flow = Flow {
-                        flows: &mut self.flows,
-                        classifier: &mut self.classifier,
-                        map,
-                    };
                     while let Some(w) = self.waiting.pop_front() {
                         flow.step(w, sink);
                     }

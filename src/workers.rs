@@ -99,7 +99,6 @@ const LANE_DEPTH: usize = 4;
 /// A worker replies before its batch is done once it holds this many
 /// outputs.
 const REPLY_CHUNK: usize = 64;
-
 /// Outputs produced and not yet released by the merging thread may hold
 /// this share of the flow memory budget (at least [`IN_FLIGHT_MIN`]); the
 /// workers' tables share the rest.
@@ -937,8 +936,7 @@ fn reply_channel(workers: usize) -> (SyncSender<Reply>, Receiver<Reply>) {
     sync_channel(workers.max(1) * (LANE_DEPTH + 1))
 }
 
-/// One lane's flows, and the outputs they produced since its last reply:
-/// a worker's.
+/// A worker's flows, and the outputs they produced since its last reply.
 struct Shard {
     id: usize,
     flows: FlowTable,
