@@ -222,12 +222,7 @@ impl Pipeline {
         self.bytes += pkt.data.len() as u64;
         let now = self.clock.observe(pkt.ts);
         let wait = self.backing.is_some() && self.flows.active_flows() >= self.wait_from;
-        let map = self.backing.as_ref().map_or(&[][..], |b| (**b).as_ref());
-        let mut flow = Flow {
-            flows: &mut self.flows,
-            classifier: &mut self.classifier,
-            map,
-        };
+        let mut flow = Flow::new(&mut self.flows, &mut self.classifier, &self.backing);
         if !wait && self.waiting.is_empty() {
             match self.decoder.decode(pkt) {
                 Decoded::Tcp(seg) => flow.segment(&seg, now, sink),
@@ -238,7 +233,7 @@ impl Pipeline {
         let waiting = match self.decoder.decode(pkt) {
             Decoded::Tcp(seg) => match locate(seg.payload, self.backing.as_ref()) {
                 Some(start) => {
-                    flow.flows.prefetch(seg.src, seg.dst, false);
+                    flow.flows.prefetch_slot(seg.src, seg.dst);
                     let payload = Payload::Mapped {
                         start,
                         len: seg.payload.len(),
@@ -259,7 +254,7 @@ impl Pipeline {
         };
         self.waiting.push_back(waiting);
         if let Some(Waiting::Segment(s)) = self.waiting.iter().rev().nth(PREFETCH_AHEAD) {
-            self.flows.prefetch(s.src, s.dst, true);
+            self.flows.prefetch_entry(s.src, s.dst);
         }
         // Wait no longer once few connections are open.
         let keep = if wait { 2 * PREFETCH_AHEAD } else { 0 };
@@ -271,14 +266,12 @@ impl Pipeline {
     /// Give the oldest waiting packet to the flow table.
     fn step(&mut self, sink: &mut impl ExchangeSink) {
         if let Some(w) = self.waiting.pop_front() {
-            let map = self.backing.as_ref().map_or(&[][..], |b| (**b).as_ref());
-            Flow {
-                flows: &mut self.flows,
-                classifier: &mut self.classifier,
-                map,
-            }
-            .step(w, sink);
+            self.flow().step(w, sink);
         }
+    }
+
+    fn flow(&mut self) -> Flow<'_> {
+        Flow::new(&mut self.flows, &mut self.classifier, &self.backing)
     }
 
     /// Every waiting packet to the flow table.
@@ -292,26 +285,17 @@ impl Pipeline {
     pub fn tick(&mut self, wall: Timestamp, sink: &mut impl ExchangeSink) {
         self.catch_up(sink);
         let now = self.clock.observe(wall);
-        self.flows
-            .tick(now, &mut deliver(&mut self.classifier, sink));
-        // Expired connections may have finished a TLS handshake or been
-        // decided at their end.
-        self.pass_events(sink);
+        self.flow().step(Waiting::Tick(now), sink);
     }
 
     /// End of input: every open exchange is logged.
     pub fn finish(&mut self, sink: &mut impl ExchangeSink) {
         self.catch_up(sink);
         let now = self.clock.now().unwrap_or_default();
-        self.flows
-            .finish_all(now, &mut deliver(&mut self.classifier, sink));
-        self.pass_events(sink);
-    }
-
-    fn pass_events(&mut self, sink: &mut impl ExchangeSink) {
-        for ev in self.flows.drain_events() {
-            pass_event(ev, sink);
-        }
+        let mut flow = self.flow();
+        flow.flows
+            .finish_all(now, &mut deliver(&mut *flow.classifier, sink));
+        flow.pass_events(sink);
     }
 
     pub fn stats(&self) -> PipelineStats {
@@ -346,16 +330,30 @@ struct Flow<'a> {
     map: &'a [u8],
 }
 
-impl Flow<'_> {
+impl<'a> Flow<'a> {
+    fn new(
+        flows: &'a mut FlowTable,
+        classifier: &'a mut Classifier,
+        backing: &'a Option<Backing>,
+    ) -> Self {
+        let map = backing.as_ref().map_or(&[][..], |b| (**b).as_ref());
+        Flow {
+            flows,
+            classifier,
+            map,
+        }
+    }
+
+    /// A waiting packet; a tick also expires what is due (expired
+    /// connections may have finished a TLS handshake or been decided at
+    /// their end: their events follow).
     fn step(&mut self, w: Waiting, sink: &mut impl ExchangeSink) {
         match w {
             Waiting::Segment(s) => self.segment(&s.segment(self.map, &[]), s.now, sink),
             Waiting::Tick(now) => {
                 self.flows
                     .tick(now, &mut deliver(&mut *self.classifier, sink));
-                for ev in self.flows.drain_events() {
-                    pass_event(ev, sink);
-                }
+                self.pass_events(sink);
             }
         }
     }
@@ -363,6 +361,10 @@ impl Flow<'_> {
     fn segment(&mut self, seg: &TcpSegment<'_>, now: Timestamp, sink: &mut impl ExchangeSink) {
         self.flows
             .segment(seg, now, &mut deliver(&mut *self.classifier, sink));
+        self.pass_events(sink);
+    }
+
+    fn pass_events(&mut self, sink: &mut impl ExchangeSink) {
         for ev in self.flows.drain_events() {
             pass_event(ev, sink);
         }

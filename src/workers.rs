@@ -322,14 +322,17 @@ struct MergeShared {
     /// Bytes of the exchanges in [`Batch::dead`]s and on their way there.
     dead: AtomicUsize,
     /// The most `dead` may hold (0: the merging thread drops them all).
-    dead_cap: AtomicUsize,
+    dead_cap: usize,
     /// Finished exchanges the workers dropped (for tests).
     dead_dropped: AtomicU64,
 }
 
 impl MergeShared {
-    fn new(lanes: usize) -> Arc<MergeShared> {
-        let shared = MergeShared::default();
+    fn new(lanes: usize, dead_cap: usize) -> Arc<MergeShared> {
+        let shared = MergeShared {
+            dead_cap,
+            ..MergeShared::default()
+        };
         *lock(&shared.reports) = vec![LaneReport::default(); lanes];
         Arc::new(shared)
     }
@@ -337,7 +340,7 @@ impl MergeShared {
     /// Count `bytes` of a finished exchange as on their way back to their
     /// worker, if they fit.
     fn try_add_dead(&self, bytes: usize) -> bool {
-        let cap = self.dead_cap.load(Ordering::Relaxed);
+        let cap = self.dead_cap;
         self.dead
             .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |d| {
                 (d + bytes <= cap).then_some(d + bytes)
@@ -568,7 +571,7 @@ impl Sharded {
             },
             n,
         );
-        let shared = MergeShared::new(n);
+        let shared = MergeShared::new(n, DEAD_MAX.min(cap / 4));
         let (reply_tx, replies) = reply_channel(n);
         let mut lanes = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -586,10 +589,6 @@ impl Sharded {
             Sharded::with(decoder, classifier, lanes, replies, threads, shared, false)?;
         sharded.backing = backing;
         sharded.in_flight_cap = Some(cap);
-        sharded
-            .shared
-            .dead_cap
-            .store(DEAD_MAX.min(cap / 4), Ordering::Relaxed);
         Ok(sharded)
     }
 
@@ -655,7 +654,9 @@ impl Sharded {
             .first()
             .map_or_else(String::new, |s| s.interface().to_string());
         let (reply_tx, replies) = reply_channel(sources.len());
-        let shared = MergeShared::new(sources.len());
+        // Live replies bring no batch back: the merging thread drops what
+        // it released.
+        let shared = MergeShared::new(sources.len(), 0);
         let (mut lanes, mut threads) = (Vec::new(), Vec::new());
         let (mut stoppers, mut counters, mut drops) = (Vec::new(), Vec::new(), Vec::new());
         for (id, source) in sources.into_iter().enumerate() {
@@ -1025,15 +1026,15 @@ fn work(
             .dead
             .fetch_sub(take(&mut batch.dead_bytes), Ordering::SeqCst);
         // With many connections open, hints for the segments to come hide
-        // their lookups' cache misses (see `FlowTable::prefetch`).
+        // their lookups' cache misses (see `FlowTable::prefetch_slot`).
         let hint = shard.flows.active_flows() >= PREFETCH_FROM_FLOWS;
         for (k, item) in batch.items.iter().enumerate() {
             if hint {
                 if let Some(Item::Seg(next)) = batch.items.get(k + 2 * PREFETCH_AHEAD) {
-                    shard.flows.prefetch(next.src, next.dst, false);
+                    shard.flows.prefetch_slot(next.src, next.dst);
                 }
                 if let Some(Item::Seg(next)) = batch.items.get(k + PREFETCH_AHEAD) {
-                    shard.flows.prefetch(next.src, next.dst, true);
+                    shard.flows.prefetch_entry(next.src, next.dst);
                 }
             }
             let idx = match *item {
@@ -1147,7 +1148,7 @@ fn work_live(
     let mut clock = Clock::default();
     let mut outputs: Vec<Tagged> = Vec::new();
     let mut last_reply = Instant::now();
-    let tag = |out: Output| (Order::of(0, OWN, &out), out);
+    let tag = |out: Output| tagged(0, OWN, out);
     loop {
         let (end, tick) = match source.next_event() {
             Ok(Some(SourceEvent::Packet(pkt))) => {
@@ -1304,7 +1305,7 @@ mod tests {
         assert_eq!(sharded.shared.in_flight.load(Ordering::Relaxed), 0);
         // What is still on its way back is within its cap.
         let dead = sharded.shared.dead.load(Ordering::Relaxed);
-        assert!(dead <= sharded.shared.dead_cap.load(Ordering::Relaxed));
+        assert!(dead <= sharded.shared.dead_cap);
     }
 
     #[test]

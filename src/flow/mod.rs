@@ -373,7 +373,8 @@ const SWEEP_INTERVAL_MICROS: i64 = 1_000_000;
 const NEVER: Timestamp = Timestamp::from_micros(i64::MAX);
 
 /// Connections open from which a caller that knows its next segments
-/// should give [`FlowTable::prefetch`] hints: about 4 MB of entries, a
+/// should give [`FlowTable::prefetch_slot`] and
+/// [`FlowTable::prefetch_entry`] hints: about 4 MB of entries, a
 /// core's L2 cache here, which the packets streaming through share. Below
 /// that the hints cost more than they save.
 pub const PREFETCH_FROM_FLOWS: usize = 8192;
@@ -435,17 +436,17 @@ impl FlowTable {
         self.flows.len()
     }
 
-    /// Hints for a segment from `src` to `dst` to come: start loading the
-    /// index slot its lookup begins with (`entry` false), or, some time
-    /// later, its connection (`entry` true). Worth it only when many
-    /// connections are open (see [`PREFETCH_FROM_FLOWS`]).
-    pub fn prefetch(&self, src: SocketAddr, dst: SocketAddr, entry: bool) {
-        let key = FlowKey::new(src, dst).0;
-        if entry {
-            self.flows.prefetch_entry(&key);
-        } else {
-            self.flows.prefetch_slot(&key);
-        }
+    /// The first hint for a segment from `src` to `dst` to come: start
+    /// loading the index slot its lookup begins with. Worth it only when
+    /// many connections are open (see [`PREFETCH_FROM_FLOWS`]).
+    pub fn prefetch_slot(&self, src: SocketAddr, dst: SocketAddr) {
+        self.flows.prefetch_slot(&FlowKey::new(src, dst).0);
+    }
+
+    /// The second hint, [`PREFETCH_AHEAD`] segments later: start loading
+    /// its connection.
+    pub fn prefetch_entry(&self, src: SocketAddr, dst: SocketAddr) {
+        self.flows.prefetch_entry(&FlowKey::new(src, dst).0);
     }
 
     /// One segment, in capture order. `now` is the pipeline's monotonic time.
