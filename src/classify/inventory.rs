@@ -52,7 +52,11 @@ impl OkPaths {
             return;
         }
         if self.current.len() >= self.max {
-            self.old = std::mem::take(&mut self.current);
+            // The old generation's table, emptied, is the new one: its room
+            // is kept (a full generation's), so rotating costs no
+            // allocation, nor a table grown again from nothing.
+            std::mem::swap(&mut self.current, &mut self.old);
+            self.current.clear();
             self.rotations += 1;
         }
         self.current.insert(k);
