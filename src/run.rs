@@ -437,13 +437,16 @@ fn run_source(
     // The wall clock only paces publishing; the pipeline sees packet time.
     let mut last_publish = Instant::now();
     let mut events = 0u64;
+    // Dropped before anything else here locks the sinks.
+    let mut held = None;
     while let Some(ev) = source.next_event()? {
         let tick = match ev {
             SourceEvent::Packet(pkt) => {
-                pipeline.packet(&pkt, &sinks);
+                pipeline.packet(&pkt, &sinks, &mut held);
                 false
             }
             SourceEvent::Tick(t) => {
+                held = None;
                 pipeline.tick(t, &sinks);
                 true
             }
@@ -451,6 +454,7 @@ fn run_source(
         events = events.wrapping_add(1);
         Progress::set(&progress.events, events);
         if service.reload.flag.load(Ordering::Relaxed) {
+            held = None;
             apply_reload(
                 &mut running,
                 &mut pipeline,
@@ -460,6 +464,7 @@ fn run_source(
             );
         }
         if (tick || events.is_multiple_of(256)) && last_publish.elapsed() >= PUBLISH_EVERY {
+            held = None;
             let mut sinks = lock(&sinks);
             publish(&mut sinks.metrics, &pipeline, &source);
             let st = source.stats();
@@ -474,6 +479,7 @@ fn run_source(
         }
     }
     service.notifier.stopping();
+    drop(held);
     pipeline.finish(&sinks);
     let mut sinks = lock(&sinks);
     publish(&mut sinks.metrics, &pipeline, &source);

@@ -1080,19 +1080,28 @@ pub enum Engine {
     Many(Box<Sharded>),
 }
 
-/// The sink the loop shares with the merging thread. One pipeline locks it
-/// per call (uncontended); several workers hand it to their merging thread
-/// and the loop locks it only to read or reconfigure it.
+/// The sink the loop shares with the merging thread. One pipeline holds
+/// its lock across packets ([`HeldSink`]: no other thread takes it then);
+/// several workers hand it to their merging thread and the loop locks it
+/// only to read or reconfigure it.
 pub type SharedSink<S> = Arc<Mutex<S>>;
 
+/// The sink's lock as one pipeline holds it from packet to packet (two
+/// atomic operations a packet saved); `None` when not held. The loop drops
+/// it before it locks the sink itself, or ticks or finishes the engine.
+pub type HeldSink<'a, S> = Option<MutexGuard<'a, S>>;
+
 impl Engine {
-    pub fn packet<S: ExchangeSink + Send + 'static>(
+    /// One packet. One pipeline takes the sink's lock into `held` (if not
+    /// held already) and keeps it there; several workers never hold it.
+    pub fn packet<'a, S: ExchangeSink + Send + 'static>(
         &mut self,
         pkt: &RawPacket<'_>,
-        sink: &SharedSink<S>,
+        sink: &'a SharedSink<S>,
+        held: &mut HeldSink<'a, S>,
     ) {
         match self {
-            Engine::One(p) => p.packet(pkt, &mut *lock(sink)),
+            Engine::One(p) => p.packet(pkt, &mut **held.get_or_insert_with(|| lock(sink))),
             Engine::Many(s) => s.packet(pkt, sink),
         }
     }
