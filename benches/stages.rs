@@ -24,6 +24,10 @@
 //!   `FindingsLog` (into `io::sink()`) as a read-mode run hands them: what
 //!   one exchange costs after HTTP parsing.
 //!
+//! - `flow_table/sweep_idle_200k`: one sweep of a `FlowTable` holding
+//!   200,000 idle keep-alive HTTP connections, none due (connections): what
+//!   a live daemon pays each second for connections that send nothing.
+//!
 //! Inputs are read and pre-cut once, outside the timed loops, so each number
 //! is the stage alone.
 
@@ -33,7 +37,7 @@ use apitap::classify::{Classifier, ClassifyConfig};
 use apitap::clock::Timestamp;
 use apitap::decode::{Decoded, Decoder, DecoderConfig};
 use apitap::flow::reassembly::{Chunk, Reassembler, StreamEvent, StreamLimits};
-use apitap::flow::{FlowConfig, FlowKey};
+use apitap::flow::{FlowConfig, FlowKey, FlowTable};
 use apitap::http::exchange::Exchange;
 use apitap::http::parser::{sniff_request_start, MessageParser, ParserLimits, Sniff};
 use apitap::http::{
@@ -507,6 +511,76 @@ fn stages(c: &mut Criterion) {
         findings.finish().expect("io::sink never fails");
     });
     g.finish();
+
+    let mut g = c.benchmark_group("flow_table");
+    const IDLE: u32 = 200_000;
+    let (mut table, t0) = idle_connections(IDLE);
+    g.throughput(Throughput::Elements(u64::from(IDLE)));
+    g.bench_function("sweep_idle_200k", |b| {
+        // A minute on: nothing is due (idle timeout 300 s), so every sweep
+        // finds the same table.
+        let now = t0.saturating_add_micros(60_000_000);
+        b.iter(|| {
+            table.sweep(now, &mut |ex| {
+                black_box(ex);
+            })
+        })
+    });
+    assert_eq!(table.active_flows(), IDLE as usize, "nothing expired");
+    g.finish();
+}
+
+/// A flow table with `n` keep-alive HTTP connections, each after one
+/// answered exchange; the time of the last segment.
+fn idle_connections(n: u32) -> (FlowTable, Timestamp) {
+    use apitap::decode::{TcpFlags, TcpSegment};
+    let mut table = FlowTable::new(FlowConfig::default());
+    let t = Timestamp::from_micros(1_000_000_000);
+    let server: SocketAddr = "10.0.0.1:80".parse().expect("address");
+    let req = b"GET /api/v1/items HTTP/1.1\r\nHost: api.example.com\r\n\r\n";
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+    for i in 0..n {
+        let client = SocketAddr::from((
+            [10, 1, (i >> 16) as u8, (i >> 8) as u8],
+            1024 + (i & 0xff) as u16,
+        ));
+        let (c, s) = (1000u32, 5000u32);
+        let steps: [(bool, u8, u32, u32, &[u8]); 5] = [
+            (true, TcpFlags::SYN, c - 1, 0, b""),
+            (false, TcpFlags::SYN | TcpFlags::ACK, s - 1, c, b""),
+            (true, TcpFlags::ACK, c, s, b""),
+            (true, TcpFlags::ACK | TcpFlags::PSH, c, s, req),
+            (
+                false,
+                TcpFlags::ACK | TcpFlags::PSH,
+                s,
+                c + req.len() as u32,
+                resp,
+            ),
+        ];
+        for (from_client, flags, seq, ack, payload) in steps {
+            let (src, dst) = if from_client {
+                (client, server)
+            } else {
+                (server, client)
+            };
+            let seg = TcpSegment {
+                ts: t,
+                src,
+                dst,
+                seq,
+                ack,
+                flags: TcpFlags(flags),
+                window: 1000,
+                payload,
+                missing: 0,
+            };
+            table.segment(&seg, t, &mut |ex| {
+                black_box(ex);
+            });
+        }
+    }
+    (table, t)
 }
 
 criterion_group! {

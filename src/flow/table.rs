@@ -25,12 +25,19 @@
 //! - the entries: chunks of [`CHUNK`] that never move (so a growing table
 //!   never copies connections, nor holds them twice while it grows); a
 //!   removed entry's place is reused by the next insertion.
+//! - the wakes: 4 bytes per entry, in chunks beside the entries', each a
+//!   time by which the entry's owner wants it visited
+//!   ([`ConnTable::for_each_due`]), so that a periodic sweep reads the
+//!   entries that are due, not all of them.
 
 use super::index::Index;
 use super::FlowKey;
 
 /// Entries per chunk of the entry store.
 const CHUNK: usize = 256;
+
+/// The wake of a vacant entry: no sweep visits it.
+pub const ASLEEP: u32 = u32::MAX;
 
 /// Cache lines of an entry [`ConnTable::prefetch_entry`] loads.
 const PREFETCH_LINES: usize = 4;
@@ -43,6 +50,11 @@ pub(super) struct ConnTable<V> {
     /// INVARIANT: every chunk but the last is full (`CHUNK` long); each
     /// was allocated with room for exactly `CHUNK`.
     chunks: Vec<Vec<Option<(FlowKey, V)>>>,
+    /// Each entry's wake ([`ConnTable::for_each_due`]), a chunk of them per
+    /// chunk of entries: [`ASLEEP`] for a vacant entry, 0 for a new one.
+    /// Boxed like the entries' chunks, so the list grows by pointers.
+    #[allow(clippy::vec_box)]
+    wakes: Vec<Box<[u32; CHUNK]>>,
     /// Numbers of the vacant entries (`None`), reused last-in first-out.
     free: Vec<u32>,
     len: usize,
@@ -54,6 +66,7 @@ impl<V> ConnTable<V> {
             hasher: ahash::RandomState::new(),
             slots: Index::new(),
             chunks: Vec::new(),
+            wakes: Vec::new(),
             free: Vec::new(),
             len: 0,
         }
@@ -69,10 +82,12 @@ impl<V> ConnTable<V> {
         if self.slots.bytes() == 0 && self.chunks.capacity() == 0 {
             return 0;
         }
-        let vecs = 3 + self.chunks.len();
+        let vecs = 4 + 2 * self.chunks.len();
         self.slots.bytes()
             + self.chunks.len() * CHUNK * std::mem::size_of::<Option<(FlowKey, V)>>()
             + self.chunks.capacity() * std::mem::size_of::<Vec<Option<(FlowKey, V)>>>()
+            + self.wakes.len() * std::mem::size_of::<[u32; CHUNK]>()
+            + self.wakes.capacity() * std::mem::size_of::<Box<[u32; CHUNK]>>()
             + self.free.capacity() * std::mem::size_of::<u32>()
             + vecs * super::ALLOC_OVERHEAD
     }
@@ -90,15 +105,17 @@ impl<V> ConnTable<V> {
     /// The most bytes the table holds while growing its index for one more
     /// connection: the new index is filled while the old one is still held.
     pub fn bytes_while_growing(&self) -> usize {
-        let chunk = CHUNK * std::mem::size_of::<Option<(FlowKey, V)>>();
-        // The list of chunks may double too.
-        let chunk_list =
-            self.chunks.capacity().max(4) * std::mem::size_of::<Vec<Option<(FlowKey, V)>>>();
+        let chunk =
+            CHUNK * (std::mem::size_of::<Option<(FlowKey, V)>>() + std::mem::size_of::<u32>());
+        // The lists of chunks may double too.
+        let chunk_list = self.chunks.capacity().max(4)
+            * (std::mem::size_of::<Vec<Option<(FlowKey, V)>>>()
+                + std::mem::size_of::<Box<[u32; CHUNK]>>());
         self.bytes()
             + Index::bytes_for(self.capacity() + 1)
             + chunk
             + chunk_list
-            + 5 * super::ALLOC_OVERHEAD
+            + 7 * super::ALLOC_OVERHEAD
     }
 
     /// The key's 32 hash bits kept in its slot.
@@ -161,20 +178,39 @@ impl<V> ConnTable<V> {
 
     /// The value of `key`; if absent, `make(len)` may give one to insert
     /// (`len`: connections held before it).
+    #[cfg(test)]
     pub fn get_or_insert_with(
         &mut self,
         key: FlowKey,
         make: impl FnOnce(usize) -> Option<V>,
     ) -> Option<&mut V> {
+        self.entry_or_insert_with(key, make).map(|(_, v)| v)
+    }
+
+    /// [`ConnTable::get_or_insert_with`], with the entry's number (for
+    /// [`ConnTable::wake_by`]).
+    pub fn entry_or_insert_with(
+        &mut self,
+        key: FlowKey,
+        make: impl FnOnce(usize) -> Option<V>,
+    ) -> Option<(u32, &mut V)> {
         if let Some(n) = self.find(&key) {
-            return Some(&mut self.entry_mut(n).1);
+            return Some((n, &mut self.entry_mut(n).1));
         }
         let value = make(self.len)?;
         let tag = self.tag(&key);
         let n = self.store(key, value);
         self.slots.insert(tag, n);
         self.len += 1;
-        Some(&mut self.entry_mut(n).1)
+        Some((n, &mut self.entry_mut(n).1))
+    }
+
+    /// Entry `n` is to be visited by the sweep of time `wake` or an earlier
+    /// one (see [`ConnTable::for_each_due`]).
+    pub fn wake_by(&mut self, n: u32, wake: u32) {
+        let n = n as usize;
+        let w = &mut self.wakes[n / CHUNK][n % CHUNK];
+        *w = (*w).min(wake);
     }
 
     /// Put an entry in a vacant place; its number.
@@ -182,13 +218,16 @@ impl<V> ConnTable<V> {
         if let Some(n) = self.free.pop() {
             let i = n as usize;
             self.chunks[i / CHUNK][i % CHUNK] = Some((key, value));
+            self.wakes[i / CHUNK][i % CHUNK] = 0;
             return n;
         }
         if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
+            self.wakes.push(Box::new([ASLEEP; CHUNK]));
         }
         let n = (self.chunks.len() - 1) * CHUNK + self.chunks.last().map_or(0, Vec::len);
         assert!(n < u32::MAX as usize, "more than 2^32 - 1 connections");
+        self.wakes[n / CHUNK][n % CHUNK] = 0;
         self.chunks
             .last_mut()
             .expect("pushed")
@@ -208,6 +247,7 @@ impl<V> ConnTable<V> {
         let (_, value) = self.chunks[i / CHUNK][i % CHUNK]
             .take()
             .expect("a slot names a live entry");
+        self.wakes[i / CHUNK][i % CHUNK] = ASLEEP;
         self.free.push(i as u32);
         self.len -= 1;
         Some(value)
@@ -232,7 +272,7 @@ impl<V> ConnTable<V> {
         std::mem::size_of::<Option<(FlowKey, V)>>()
             + std::mem::size_of::<u64>() * 8 / 3
             + 1
-            + std::mem::size_of::<u32>()
+            + 2 * std::mem::size_of::<u32>()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &V)> {
@@ -242,24 +282,31 @@ impl<V> ConnTable<V> {
             .filter_map(|e| e.as_ref().map(|(k, v)| (k, v)))
     }
 
-    /// Every connection, in no particular order, with the entries a few
-    /// places ahead prefetched: a walk over a million connections (the
-    /// sweep, each second) otherwise waits on memory at each one.
-    pub fn for_each_mut(&mut self, mut f: impl FnMut(&FlowKey, &mut V)) {
-        const AHEAD: usize = 8;
-        let size = std::mem::size_of::<Option<(FlowKey, V)>>();
-        for chunk in &mut self.chunks {
-            for i in 0..chunk.len() {
-                if let Some(next) = chunk.get(i + AHEAD) {
-                    let p = std::ptr::from_ref(next).cast::<u8>();
-                    crate::hint::prefetch(p);
-                    crate::hint::prefetch(p.wrapping_add(size - 1));
-                }
-                if let Some((k, v)) = &mut chunk[i] {
-                    f(k, v);
+    /// Every connection whose wake is `now` or earlier, in no particular
+    /// order; its wake becomes what `f` returns. The wakes lie apart from
+    /// the entries, four bytes each, so a sweep over a million connections
+    /// reads 4 MB in order and only the entries that are due, not every
+    /// entry's lines.
+    pub fn for_each_due(&mut self, now: u32, mut f: impl FnMut(&FlowKey, &mut V) -> u32) {
+        for (chunk, wakes) in self.chunks.iter_mut().zip(self.wakes.iter_mut()) {
+            for (entry, wake) in chunk.iter_mut().zip(wakes.iter_mut()) {
+                if *wake <= now {
+                    if let Some((k, v)) = entry {
+                        *wake = f(k, v);
+                    }
                 }
             }
         }
+    }
+
+    /// Entry wakes, with their entries (for checks).
+    #[cfg(debug_assertions)]
+    pub fn wakes(&self) -> impl Iterator<Item = (u32, &FlowKey, &V)> {
+        self.chunks
+            .iter()
+            .zip(&self.wakes)
+            .flat_map(|(c, w)| c.iter().zip(w.iter()))
+            .filter_map(|(e, w)| e.as_ref().map(|(k, v)| (*w, k, v)))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
@@ -349,7 +396,8 @@ mod tests {
         // Beyond entries and index: the list of chunks, allocation overhead.
         let extra = 64 * 1024;
         assert!(
-            t.bytes() <= (100_000 + CHUNK) * per_entry + Index::bytes_for(t.capacity()) + extra
+            t.bytes()
+                <= (100_000 + CHUNK) * (per_entry + 4) + Index::bytes_for(t.capacity()) + extra
         );
     }
 }
