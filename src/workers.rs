@@ -99,6 +99,7 @@ const LANE_DEPTH: usize = 4;
 /// A worker replies before its batch is done once it holds this many
 /// outputs.
 const REPLY_CHUNK: usize = 64;
+
 /// Outputs produced and not yet released by the merging thread may hold
 /// this share of the flow memory budget (at least [`IN_FLIGHT_MIN`]); the
 /// workers' tables share the rest.

@@ -783,12 +783,7 @@ impl FlowTable {
         // Only connections whose wake has come are visited; each leaves
         // with the wake of its next due time.
         self.flows.for_each_due(wake_of(now), |k, c| {
-            let limit = if c.had_data {
-                cfg.idle_timeout_micros
-            } else {
-                cfg.handshake_timeout_micros
-            };
-            if c.last_seen.saturating_add_micros(limit) <= now {
+            if c.idle_until(cfg) <= now {
                 expired.push(*k);
             } else if c.deadline <= now {
                 if let App::Http(h) = &mut c.app {
@@ -953,14 +948,18 @@ impl Connection {
     /// When a sweep has something to do with this connection: it has been
     /// idle too long, or a request of it waits too long.
     fn due(&self, cfg: &FlowConfig) -> Timestamp {
+        self.idle_until(cfg).min(self.deadline)
+    }
+
+    /// When it has been idle too long: the idle timeout after its last
+    /// segment, or the handshake timeout before any data.
+    fn idle_until(&self, cfg: &FlowConfig) -> Timestamp {
         let limit = if self.had_data {
             cfg.idle_timeout_micros
         } else {
             cfg.handshake_timeout_micros
         };
-        self.last_seen
-            .saturating_add_micros(limit)
-            .min(self.deadline)
+        self.last_seen.saturating_add_micros(limit)
     }
 
     /// What the two streams hold on the heap.
