@@ -8,7 +8,7 @@
 //!
 //! - The caller's thread reads and decodes every packet (IP fragments and
 //!   tunnels need one decoder that sees everything), picks a worker by
-//!   [`FlowKey::symmetric_hash`], so both directions of a connection land on
+//!   [`FlowKey::symmetric_hash_of`], so both directions of a connection land on
 //!   the same one, and sends it segments in batches. Payload bytes that lie
 //!   in the memory-mapped capture file travel as offsets into it (no copy);
 //!   others (streamed input, reassembled fragments) are copied into the
@@ -708,8 +708,8 @@ impl Sharded {
             self.mark_sweep(self.packets, now);
         }
         if let Decoded::Tcp(seg) = self.decoder.decode(pkt) {
-            let (key, _) = FlowKey::new(seg.src, seg.dst);
-            let i = (key.symmetric_hash() % self.lanes.len() as u64) as usize;
+            let hash = FlowKey::symmetric_hash_of(&seg.src, &seg.dst);
+            let i = (hash % self.lanes.len() as u64) as usize;
             let batch = &mut self.lanes[i].batch;
             let payload = match locate(seg.payload, self.backing.as_ref()) {
                 Some(start) => Payload::Mapped {

@@ -219,6 +219,10 @@ pub fn host_ip_literal(host: &str) -> Option<IpAddr> {
     if let Some(v4) = lenient_ipv4(h.strip_suffix('.').unwrap_or(h)) {
         return Some(IpAddr::V4(v4));
     }
+    // Every IPv6 literal has a ':'; a name (the common case) is not parsed.
+    if !host.contains(':') {
+        return None;
+    }
     host.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
 }
 
