@@ -190,7 +190,7 @@ pub fn run(cfg: &Config, cli: &Cli, log: LogHandle) -> Result<(), RunError> {
             let flag = stop.clone();
             on_signals(move || flag.stop(), reloader)
                 .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
-            let engine = new_engine(cfg, source.backing())?;
+            let engine = new_engine(cfg, source.backing(), source.hold())?;
             run_source(cfg, source, engine, &stop, &service)
         }
         Input::Interface(iface) if cfg.workers > 1 => {
@@ -239,7 +239,7 @@ pub fn run(cfg: &Config, cli: &Cli, log: LogHandle) -> Result<(), RunError> {
             )
             .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
             tracing::info!(interface = %iface, filter = %cfg.filter, "capturing");
-            let engine = new_engine(cfg, None)?;
+            let engine = new_engine(cfg, None, None)?;
             run_source(cfg, source, engine, &stop, &service)
         }
     }
@@ -336,8 +336,13 @@ fn classifier(cfg: &Config) -> Result<Classifier, RunError> {
 }
 
 /// One pipeline, or `cfg.workers` fed by this thread (`backing`: the mapped
-/// capture file the packets lie in, if any).
-fn new_engine(cfg: &Config, backing: Option<crate::capture::Backing>) -> Result<Engine, RunError> {
+/// capture file the packets lie in, if any, and what keeps the pages the
+/// workers still read mapped).
+fn new_engine(
+    cfg: &Config,
+    backing: Option<crate::capture::Backing>,
+    hold: Option<crate::capture::mapped::Hold>,
+) -> Result<Engine, RunError> {
     let classifier = classifier(cfg)?;
     Ok(if cfg.workers > 1 {
         let sharded = Sharded::new(
@@ -347,7 +352,8 @@ fn new_engine(cfg: &Config, backing: Option<crate::capture::Backing>) -> Result<
             cfg.workers,
             backing,
         )
-        .map_err(|e| RunError::Setup(format!("cannot start worker threads: {e}")))?;
+        .map_err(|e| RunError::Setup(format!("cannot start worker threads: {e}")))?
+        .holding(hold);
         Engine::Many(Box::new(sharded))
     } else {
         let one = Pipeline::new(DecoderConfig::default(), cfg.flow.clone(), classifier);

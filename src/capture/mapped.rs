@@ -11,7 +11,9 @@
 //! Memory: only a window of the file around the reader is in the process's
 //! resident set ([`Window`]: mapped in ahead, given back behind), whatever
 //! the file's size; the window moves on the reading thread, or on a thread
-//! of its own ([`MappedPcap::page_on_thread`]).
+//! of its own ([`MappedPcap::page_on_thread`]). Threads that read payloads
+//! behind the reader (offline workers) keep what they still need mapped
+//! with a [`Hold`]: pages are given back only before it.
 
 use super::{Backing, LinkType, RawPacket, SourceStats};
 use crate::clock::Timestamp;
@@ -56,9 +58,33 @@ fn prefetch(map: &[u8], off: usize) {
     }
 }
 
+/// Where in a mapped file readers behind the reader still read: pages from
+/// this offset on stay mapped (`usize::MAX`, the start: nothing held). Set
+/// by whoever hands payloads to other threads (see
+/// `workers::Sharded::holding`); without it, pages a worker reads after
+/// they were given back would be faulted in again and stay resident.
+#[derive(Clone, Debug)]
+pub struct Hold(Arc<AtomicUsize>);
+
+impl Hold {
+    fn new() -> Hold {
+        Hold(Arc::new(AtomicUsize::new(usize::MAX)))
+    }
+
+    /// Keep the pages from `from` on mapped (`usize::MAX`: none).
+    pub fn set(&self, from: usize) {
+        self.0.store(from, Ordering::Relaxed);
+    }
+
+    fn from(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 pub struct MappedPcap {
     /// Shared with worker threads, which read payloads by offset.
     map: Arc<memmap2::Mmap>,
+    hold: Hold,
     /// Offset of the next record.
     off: usize,
     big_endian: bool,
@@ -88,14 +114,16 @@ struct Window {
     released: Arc<AtomicUsize>,
     /// Pages before this offset were mapped in ahead of use.
     populated: usize,
+    hold: Hold,
 }
 
 impl Window {
-    fn new(map: Arc<memmap2::Mmap>) -> Self {
+    fn new(map: Arc<memmap2::Mmap>, hold: Hold) -> Self {
         Window {
             map,
             released: Arc::default(),
             populated: 0,
+            hold,
         }
     }
 
@@ -117,17 +145,16 @@ impl Window {
         }
         if off.saturating_sub(self.released.load(Ordering::Relaxed)) >= RELEASE_EVERY + RELEASE_LAG
         {
-            release(&self.map, &self.released, off);
+            release(&self.map, &self.released, off, &self.hold);
         }
     }
 }
 
 /// Give back the pages of `map` from `released` up to [`RELEASE_LAG`]
-/// behind `off`. A little stays mapped behind the reader: worker threads
-/// may still be reading payloads there (see `backing`; at most a few
-/// batches behind); past it they would only fault the pages back in.
-fn release(map: &memmap2::Mmap, released: &AtomicUsize, off: usize) {
-    let upto = off.saturating_sub(RELEASE_LAG) / PAGE * PAGE;
+/// behind `off`, and not past `hold` (where worker threads still read
+/// payloads; past it they would only fault the pages back in).
+fn release(map: &memmap2::Mmap, released: &AtomicUsize, off: usize, hold: &Hold) {
+    let upto = off.saturating_sub(RELEASE_LAG).min(hold.from()) / PAGE * PAGE;
     let from = released.fetch_max(upto, Ordering::Relaxed);
     if upto <= from {
         return;
@@ -157,6 +184,7 @@ struct PagerThread {
     map: Arc<memmap2::Mmap>,
     /// The window's.
     released: Arc<AtomicUsize>,
+    hold: Hold,
 }
 
 impl PagerThread {
@@ -195,6 +223,7 @@ impl Pager {
         let at = Arc::new(AtomicUsize::new(0));
         let map = window.map.clone();
         let (released, populated) = (window.released.clone(), window.populated);
+        let hold = window.hold.clone();
         let seen = at.clone();
         let spawned = std::thread::Builder::new()
             .name("apitap-pager".into())
@@ -205,11 +234,13 @@ impl Pager {
                 handle: Some(handle),
                 map,
                 released,
+                hold,
             }),
             Err(_) => Pager::Inline(Window {
                 map,
                 released,
                 populated,
+                hold,
             }),
         }
     }
@@ -223,7 +254,7 @@ impl Pager {
                 // lag, the reader gives the pages back itself.
                 let behind = off.saturating_sub(t.released.load(Ordering::Relaxed));
                 if behind >= RELEASE_EVERY + RELEASE_LAG + 2 * NOTICE_EVERY {
-                    release(&t.map, &t.released, off);
+                    release(&t.map, &t.released, off, &t.hold);
                 }
             }
             Pager::Inline(w) => w.advance(off),
@@ -266,12 +297,14 @@ impl MappedPcap {
         };
         let _ = map.advise(memmap2::Advice::Sequential);
         let map = Arc::new(map);
+        let hold = Hold::new();
         Ok(Some(MappedPcap {
             // The upper 16 bits of the link type may carry FCS information.
             link: LinkType(header.network.0 as u32 & 0xffff),
             snaplen: header.snaplen,
-            pager: Pager::Inline(Window::new(map.clone())),
+            pager: Pager::Inline(Window::new(map.clone(), hold.clone())),
             map,
+            hold,
             off: 24,
             big_endian,
             nanos,
@@ -340,7 +373,7 @@ impl MappedPcap {
     /// core can run it.
     pub fn page_on_thread(&mut self) {
         if let Pager::Inline(w) = &mut self.pager {
-            let window = std::mem::replace(w, Window::new(self.map.clone()));
+            let window = std::mem::replace(w, Window::new(self.map.clone(), self.hold.clone()));
             self.pager = Pager::spawn(window);
         }
     }
@@ -348,6 +381,11 @@ impl MappedPcap {
     /// The mapped file, for readers on other threads.
     pub fn backing(&self) -> Backing {
         self.map.clone()
+    }
+
+    /// What those readers set to keep the pages they still read mapped.
+    pub fn hold(&self) -> Hold {
+        self.hold.clone()
     }
 
     /// The packet the last `next_packet` returned, again.
@@ -432,8 +470,14 @@ mod tests {
         Starved,
     }
 
-    fn read_all(path: &str, paging: Paging, mut each: impl FnMut(u32)) -> u32 {
+    fn read_all(path: &str, paging: Paging, each: impl FnMut(u32)) -> u32 {
+        read_all_holding(path, paging, usize::MAX, each)
+    }
+
+    /// [`read_all`] with the pages from `hold` on held.
+    fn read_all_holding(path: &str, paging: Paging, hold: usize, mut each: impl FnMut(u32)) -> u32 {
         let mut m = MappedPcap::open(path).unwrap().expect("a classic pcap");
+        m.hold().set(hold);
         match paging {
             Paging::Inline => {}
             Paging::Thread => m.page_on_thread(),
@@ -443,6 +487,7 @@ mod tests {
                     handle: None,
                     map: m.map.clone(),
                     released: Arc::default(),
+                    hold: m.hold.clone(),
                 })
             }
         }
@@ -493,6 +538,39 @@ mod tests {
             assert!(
                 worst > 0,
                 "the mapping was not found: the check measures nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hold_keeps_what_workers_still_read_and_gives_back_what_lies_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held.pcap");
+        // 64 MiB, held from 8 MiB on: without the hold the window (tested
+        // above) keeps at most about 38 MiB resident.
+        let (records, len) = (44_000, 1500);
+        write_pcap(&path, records, len);
+        let path = path.to_str().unwrap();
+        let file_kib = (std::fs::metadata(path).unwrap().len() >> 10) as u64;
+        let hold = 8 << 20;
+        for paging in [Paging::Inline, Paging::Starved] {
+            // Measured at the last packet, the file still mapped.
+            let mut rss = 0;
+            let n = read_all_holding(path, paging, hold, |n| {
+                if n == records {
+                    rss = resident_kib(path);
+                }
+            });
+            assert_eq!(n, records);
+            eprintln!("{paging:?}: held from 8 MiB: {rss} KiB of {file_kib} KiB resident");
+            let held_kib = file_kib - (hold >> 10) as u64;
+            assert!(
+                rss >= held_kib - 1024,
+                "{paging:?}: pages past the hold were given back ({rss} KiB resident)"
+            );
+            assert!(
+                rss <= held_kib + 1024,
+                "{paging:?}: pages before the hold were kept ({rss} KiB resident)"
             );
         }
     }

@@ -159,4 +159,9 @@ pub trait PacketSource {
     fn backing(&self) -> Option<Backing> {
         None
     }
+    /// With [`PacketSource::backing`]: what keeps the pages of the backing
+    /// that other threads still read mapped.
+    fn hold(&self) -> Option<mapped::Hold> {
+        None
+    }
 }

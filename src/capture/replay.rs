@@ -9,7 +9,7 @@
 //! the wall clock and sleeps; the pipeline still sees packet time only.
 
 use super::file::FileSource;
-use super::mapped::MappedPcap;
+use super::mapped::{Hold, MappedPcap};
 use super::{Backing, CaptureError, PacketSource, RawPacket, SourceEvent, SourceStats};
 use crate::clock::Timestamp;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -227,6 +227,13 @@ impl PacketSource for ReplaySource {
     fn backing(&self) -> Option<Backing> {
         match &self.file {
             Input::Mapped(m) if !self.looping => Some(m.backing()),
+            _ => None,
+        }
+    }
+
+    fn hold(&self) -> Option<Hold> {
+        match &self.file {
+            Input::Mapped(m) if !self.looping => Some(m.hold()),
             _ => None,
         }
     }
