@@ -93,6 +93,9 @@ use std::time::{Duration, Instant};
 const BATCH_SEGMENTS: usize = 256;
 /// … or this many copied payload bytes …
 const BATCH_BYTES: usize = 256 * 1024;
+/// … or payloads that span this much of the mapped file (only big
+/// packets, TSO or jumbo frames, reach it before `BATCH_SEGMENTS`) …
+const BATCH_MAPPED_BYTES: usize = 512 * 1024;
 /// … or once the reader's clock is this far past its first segment …
 pub const BATCH_MAX_AGE_MICROS: i64 = 50_000;
 /// … or the reader has read this many packets since (a quiet lane must not
@@ -102,7 +105,12 @@ const BATCH_MAX_AGE_PACKETS: u64 = 4096;
 /// seldom waits for the reader or the reader for a worker (16 against 4:
 /// 0.86 of the wall time with two workers on small packets). Payloads
 /// copied into batches (streamed input) make that at most `LANE_DEPTH *
-/// BATCH_BYTES`, 4 MiB, per worker; mapped payloads travel as offsets.
+/// BATCH_BYTES`, 4 MiB, per worker. Mapped payloads travel as offsets, and
+/// the pages a worker may still read (held, see [`Hold`]) span at most
+/// `LANE_DEPTH + 2` batches of `BATCH_MAPPED_BYTES` and a packet each,
+/// 10 MiB, behind the reader, as long as each lane fills its batches at the
+/// pace of the others (the window keeps at most 12 MiB mapped behind the
+/// reader for them).
 const LANE_DEPTH: usize = 16;
 /// A worker replies before its batch is done once it holds this many
 /// outputs.
@@ -160,6 +168,8 @@ struct Batch {
     dead_lane: usize,
     /// Their bytes, counted in [`MergeShared::dead`] until dropped.
     dead_bytes: usize,
+    /// Payload bytes of `items` that lie in the mapped file.
+    mapped: usize,
 }
 
 impl Batch {
@@ -167,6 +177,7 @@ impl Batch {
         self.items.clear();
         self.bytes.clear();
         self.first = None;
+        self.mapped = 0;
     }
 }
 
@@ -761,6 +772,7 @@ impl Sharded {
             let payload = match locate(seg.payload, self.backing.as_ref()) {
                 Some(start) => {
                     lane.batch_from.get_or_insert(start);
+                    batch.mapped += seg.payload.len();
                     Payload::Mapped {
                         start,
                         len: seg.payload.len(),
@@ -779,7 +791,10 @@ impl Sharded {
             batch
                 .items
                 .push(Item::Seg(Seg::of(self.packets, now, &seg, payload)));
-            if batch.items.len() >= BATCH_SEGMENTS || batch.bytes.len() >= BATCH_BYTES {
+            if batch.items.len() >= BATCH_SEGMENTS
+                || batch.bytes.len() >= BATCH_BYTES
+                || batch.mapped >= BATCH_MAPPED_BYTES
+            {
                 self.send(i);
             }
         }
@@ -791,7 +806,8 @@ impl Sharded {
     }
 
     /// Hold the mapped file's pages from the oldest payload a worker may
-    /// still read (every 64 packets: the window's lag covers the rest).
+    /// still read (as each batch goes, and every 64 packets, so that the
+    /// hold moves on when the workers are done and nothing is sent).
     fn update_hold(&mut self) {
         let Some(hold) = &self.hold else {
             return;
@@ -987,7 +1003,8 @@ impl Sharded {
         batch.upto = self.packets;
         let lane = &mut self.lanes[i];
         lane.sent_upto = self.packets;
-        if let Some(from) = lane.batch_from.take() {
+        let mapped = lane.batch_from.take();
+        if let Some(from) = mapped {
             lane.mapped_in_flight.push_back((batch.upto, from));
         }
         if let Some(tx) = &lane.tx {
@@ -995,6 +1012,9 @@ impl Sharded {
                 tracing::error!(worker = i, "a worker thread stopped; its flows are lost");
                 lane.tx = None;
             }
+        }
+        if mapped.is_some() {
+            self.update_hold();
         }
     }
 }
@@ -1343,7 +1363,9 @@ mod tests {
         const CONNS: u16 = 300;
         let req = b"GET /users/1 HTTP/1.1\r\nHost: api\r\n\r\n";
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-        const ROUNDS: u32 = 20;
+        // Enough rounds that batches come back for reuse (each lane holds
+        // LANE_DEPTH in its queue) and carry finished exchanges with them.
+        const ROUNDS: u32 = 100;
         let (qlen, plen) = (req.len() as u32, resp.len() as u32);
         let mut frames = Vec::new();
         for r in 0..ROUNDS {
@@ -1422,6 +1444,61 @@ mod tests {
         lane.mapped_in_flight.push_back((30, 7_000));
         lane.batch_from = Some(6_000);
         assert_eq!(lane.reads_from(25), Some(6_000));
+    }
+
+    #[test]
+    fn the_hold_trails_the_reader_by_no_more_than_the_batches_in_flight() {
+        // One upload of 60 kB segments (TSO-sized): 256 of them to a batch
+        // would span 15 MB of the file.
+        let head = b"POST /upload HTTP/1.1\r\nHost: api\r\nContent-Length: 100000000\r\n\r\n";
+        let body = vec![b'x'; 60_000];
+        let mut file = Vec::new();
+        let mut at = Vec::new();
+        let mut seq = 1u32;
+        for k in 0..600 {
+            let p: &[u8] = if k == 0 { head } else { &body };
+            let f = frame(40_000, 80, true, seq, 1, p);
+            seq += p.len() as u32;
+            at.push((file.len(), f.len()));
+            file.extend_from_slice(&f);
+        }
+        let backing: Backing = Arc::new(file);
+        let classifier = Classifier::new(ClassifyConfig::default()).unwrap();
+        let hold = Hold::default();
+        let flows = FlowConfig::default();
+        let mut sharded = Sharded::new(
+            DecoderConfig::default(),
+            flows,
+            classifier,
+            2,
+            Some(backing.clone()),
+        )
+        .unwrap()
+        .holding(Some(hold.clone()));
+        let sink = Arc::new(Mutex::new(|_: &Exchange| {}));
+        let bytes: &[u8] = (*backing).as_ref();
+        let bound = (LANE_DEPTH + 2) * (BATCH_MAPPED_BYTES + 65_536);
+        let mut worst = 0;
+        for (i, &(start, len)) in at.iter().enumerate() {
+            let pkt = RawPacket {
+                ts: Timestamp::from_secs_micros(1_000, i as i64),
+                link: LinkType::ETHERNET,
+                data: &bytes[start..start + len],
+                wire_len: len as u32,
+            };
+            sharded.packet(&pkt, &sink);
+            let behind = (start + len).saturating_sub(hold.from());
+            worst = worst.max(behind);
+        }
+        sharded.finish(&sink);
+        assert!(
+            hold.from() < bytes.len(),
+            "the hold never moved: the check measures nothing"
+        );
+        assert!(
+            worst <= bound,
+            "pages held {worst} bytes behind the reader (bound {bound})"
+        );
     }
 
     #[test]

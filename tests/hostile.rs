@@ -42,11 +42,11 @@ const SLACK_KIB: u64 = 6 * 1024;
 const IN_FLIGHT_KIB: u64 = 5 * 1024;
 
 /// Most of the capture file the reader keeps resident: it maps 16 MiB ahead
-/// and gives pages back every 16 MiB read, keeping the last 4 MiB for the
-/// workers; a pager thread hears where the reader is every 2 MiB, and the
-/// reader gives pages back itself once the pager is 4 MiB later than that
-/// (src/capture/mapped.rs).
-const MAPPED_WINDOW_KIB: u64 = 40 * 1024;
+/// and gives pages back every 16 MiB read, keeping the last 4 MiB, or up to
+/// 12 MiB the workers still read (HOLD_MAX); a pager thread hears where the
+/// reader is every 2 MiB, and the reader gives pages back itself once the
+/// pager is 4 MiB later than that (src/capture/mapped.rs).
+const MAPPED_WINDOW_KIB: u64 = 48 * 1024;
 
 fn full() -> bool {
     std::env::var("APITAP_HOSTILE_FULL").is_ok_and(|v| v == "1")
