@@ -64,7 +64,7 @@ fn prefetch(map: &[u8], off: usize) {
 }
 
 /// Where in a mapped file readers behind the reader still read: pages from
-/// this offset on stay mapped (`usize::MAX`, the start: nothing held). Set
+/// this offset on stay mapped (`usize::MAX`, as it starts: nothing held). Set
 /// by whoever hands payloads to other threads (see
 /// `workers::Sharded::holding`); without it, pages a worker reads after
 /// they were given back would be faulted in again and stay resident.
