@@ -96,6 +96,13 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// … or payloads that span this much of the mapped file (only big
 /// packets, TSO or jumbo frames, reach it before `BATCH_SEGMENTS`) …
 const BATCH_MAPPED_BYTES: usize = 512 * 1024;
+/// … or the reader is this far into the mapped file past its first
+/// payload (a quiet lane's open batch would otherwise hold the pages of
+/// everything read since, see [`Hold`]) …
+const BATCH_MAX_SPAN: usize = 4 << 20;
+/// How far the reader goes into a mapped file between two checks of the
+/// batches' age and of the hold, at most.
+const CHECK_EVERY_MAPPED: usize = 1 << 20;
 /// … or once the reader's clock is this far past its first segment …
 pub const BATCH_MAX_AGE_MICROS: i64 = 50_000;
 /// … or the reader has read this many packets since (a quiet lane must not
@@ -108,10 +115,13 @@ const BATCH_MAX_AGE_PACKETS: u64 = 4096;
 /// BATCH_BYTES`, 4 MiB, per worker. Mapped payloads travel as offsets, and
 /// the pages a worker may still read (held, see [`Hold`]) span at most
 /// `LANE_DEPTH + 2` batches of `BATCH_MAPPED_BYTES` and a packet each,
-/// 10 MiB, behind the reader, as long as each lane fills its batches at the
-/// pace of the others (the window keeps at most 12 MiB mapped behind the
-/// reader for them).
+/// 10 MiB, behind the reader while the workers keep up (a quiet lane's open
+/// batch goes once it spans `BATCH_MAX_SPAN`); the window keeps at most
+/// 12 MiB mapped behind the reader for them.
 const LANE_DEPTH: usize = 16;
+// What the workers may still read fits in what a hold keeps mapped.
+const _: () =
+    assert!((LANE_DEPTH + 2) * (BATCH_MAPPED_BYTES + 65_536) <= crate::capture::mapped::HOLD_MAX);
 /// A worker replies before its batch is done once it holds this many
 /// outputs.
 const REPLY_CHUNK: usize = 64;
@@ -567,6 +577,10 @@ pub struct Sharded {
     shared: Arc<MergeShared>,
     packets: u64,
     bytes: u64,
+    /// Where the last mapped payload lies in the mapped file.
+    mapped_at: usize,
+    /// Where in the mapped file the batches and the hold are checked next.
+    next_check: usize,
     finished: bool,
     /// Live: the workers' handles (stopped at `finish`) and counters.
     live: Option<LiveWorkers>,
@@ -681,6 +695,8 @@ impl Sharded {
             shared,
             packets: 0,
             bytes: 0,
+            mapped_at: 0,
+            next_check: 0,
             finished: false,
             live: None,
             in_flight_cap: None,
@@ -773,6 +789,7 @@ impl Sharded {
                 Some(start) => {
                     lane.batch_from.get_or_insert(start);
                     batch.mapped += seg.payload.len();
+                    self.mapped_at = start;
                     Payload::Mapped {
                         start,
                         len: seg.payload.len(),
@@ -798,7 +815,10 @@ impl Sharded {
                 self.send(i);
             }
         }
-        if self.packets.is_multiple_of(64) {
+        // Every 64 packets, and every MiB of a mapped file (big packets):
+        // the batch age and hold checks then lag by at most that much.
+        if self.packets.is_multiple_of(64) || self.mapped_at >= self.next_check {
+            self.next_check = self.mapped_at + CHECK_EVERY_MAPPED;
             self.send_aged(now);
             self.bound_in_flight();
             self.update_hold();
@@ -972,6 +992,9 @@ impl Sharded {
                 Some((ts, idx)) => {
                     now.micros_since(ts) >= BATCH_MAX_AGE_MICROS
                         || self.packets - idx >= BATCH_MAX_AGE_PACKETS
+                        || lane
+                            .batch_from
+                            .is_some_and(|f| self.mapped_at.saturating_sub(f) >= BATCH_MAX_SPAN)
                 }
                 None => self.packets - lane.sent_upto >= BATCH_MAX_AGE_PACKETS,
             };
@@ -1447,20 +1470,37 @@ mod tests {
     }
 
     #[test]
-    fn the_hold_trails_the_reader_by_no_more_than_the_batches_in_flight() {
+    fn batches_span_little_of_the_mapped_file_and_the_hold_follows_them() {
         // One upload of 60 kB segments (TSO-sized): 256 of them to a batch
-        // would span 15 MB of the file.
+        // would span 15 MB of the file. Beside it, on the other worker, a
+        // quiet upload: a small segment every 100 of the other's, whose
+        // open batch would hold everything read since its first segment.
         let head = b"POST /upload HTTP/1.1\r\nHost: api\r\nContent-Length: 100000000\r\n\r\n";
         let body = vec![b'x'; 60_000];
+        let lane = |port: u16| {
+            let (c, s) = (
+                SocketAddr::from(([10, 0, 0, 1], port)),
+                SocketAddr::from(([10, 0, 0, 2], 80)),
+            );
+            FlowKey::symmetric_hash_of(&c, &s) % 2
+        };
+        let quiet_port = (40_001..).find(|&p| lane(p) != lane(40_000)).unwrap();
         let mut file = Vec::new();
         let mut at = Vec::new();
-        let mut seq = 1u32;
-        for k in 0..600 {
+        let (mut seq, mut quiet_seq) = (1u32, 1u32);
+        for k in 0..1000 {
             let p: &[u8] = if k == 0 { head } else { &body };
             let f = frame(40_000, 80, true, seq, 1, p);
             seq += p.len() as u32;
             at.push((file.len(), f.len()));
             file.extend_from_slice(&f);
+            if k % 100 == 0 {
+                let p: &[u8] = if k == 0 { head } else { b"y" };
+                let f = frame(quiet_port, 80, true, quiet_seq, 1, p);
+                quiet_seq += p.len() as u32;
+                at.push((file.len(), f.len()));
+                file.extend_from_slice(&f);
+            }
         }
         let backing: Backing = Arc::new(file);
         let classifier = Classifier::new(ClassifyConfig::default()).unwrap();
@@ -1477,8 +1517,15 @@ mod tests {
         .holding(Some(hold.clone()));
         let sink = Arc::new(Mutex::new(|_: &Exchange| {}));
         let bytes: &[u8] = (*backing).as_ref();
-        let bound = (LANE_DEPTH + 2) * (BATCH_MAPPED_BYTES + 65_536);
-        let mut worst = 0;
+        // What the hold keeps behind the reader is the batches a worker is
+        // not done with (how many depends on the threads' progress) and
+        // the lanes' open batches. Each spans little of the file: a batch
+        // BATCH_MAPPED_BYTES of payload and a packet; an open one
+        // BATCH_MAX_SPAN and a check's worth more at most. So as long as
+        // workers keep up, LANE_DEPTH + 2 batches stay within HOLD_MAX.
+        const PACKET: usize = 65_536;
+        let span_bound = BATCH_MAX_SPAN + CHECK_EVERY_MAPPED + PACKET;
+        let (mut widest, mut fullest, mut lowest) = (0, 0, usize::MAX);
         for (i, &(start, len)) in at.iter().enumerate() {
             let pkt = RawPacket {
                 ts: Timestamp::from_secs_micros(1_000, i as i64),
@@ -1487,17 +1534,27 @@ mod tests {
                 wire_len: len as u32,
             };
             sharded.packet(&pkt, &sink);
-            let behind = (start + len).saturating_sub(hold.from());
-            worst = worst.max(behind);
+            for lane in &sharded.lanes {
+                if let Some(from) = lane.batch_from {
+                    widest = widest.max(start + len - from);
+                }
+                fullest = fullest.max(lane.batch.mapped);
+            }
+            lowest = lowest.min(hold.from());
         }
         sharded.finish(&sink);
+        eprintln!("open batches span at most {widest} bytes, hold {fullest} of payload");
         assert!(
-            hold.from() < bytes.len(),
+            lowest < bytes.len(),
             "the hold never moved: the check measures nothing"
         );
         assert!(
-            worst <= bound,
-            "pages held {worst} bytes behind the reader (bound {bound})"
+            widest <= span_bound,
+            "an open batch spans {widest} bytes of the file (bound {span_bound})"
+        );
+        assert!(
+            fullest <= BATCH_MAPPED_BYTES + PACKET,
+            "a batch holds {fullest} bytes of mapped payload"
         );
     }
 

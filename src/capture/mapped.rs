@@ -34,7 +34,7 @@ const RELEASE_LAG: usize = 4 << 20;
 /// How far behind the reader a [`Hold`] keeps pages mapped at most: past
 /// it, a worker that reads them faults them back in (a lane so quiet that
 /// its open batch would otherwise pin everything read since).
-const HOLD_MAX: usize = 12 << 20;
+pub(crate) const HOLD_MAX: usize = 12 << 20;
 
 /// The page size madvise ranges are aligned to.
 const PAGE: usize = 4096;
