@@ -190,7 +190,7 @@ pub fn run(cfg: &Config, cli: &Cli, log: LogHandle) -> Result<(), RunError> {
             let flag = stop.clone();
             on_signals(move || flag.stop(), reloader)
                 .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
-            let engine = new_engine(cfg, source.backing(), source.hold())?;
+            let engine = new_engine(cfg, source.backing())?;
             run_source(cfg, source, engine, &stop, &service)
         }
         Input::Interface(iface) if cfg.workers > 1 => {
@@ -239,7 +239,7 @@ pub fn run(cfg: &Config, cli: &Cli, log: LogHandle) -> Result<(), RunError> {
             )
             .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
             tracing::info!(interface = %iface, filter = %cfg.filter, "capturing");
-            let engine = new_engine(cfg, None, None)?;
+            let engine = new_engine(cfg, None)?;
             run_source(cfg, source, engine, &stop, &service)
         }
     }
@@ -335,15 +335,15 @@ fn classifier(cfg: &Config) -> Result<Classifier, RunError> {
     Classifier::new(cfg.classify.clone()).map_err(|e| RunError::Setup(e.to_string()))
 }
 
-/// One pipeline, or `cfg.workers` fed by this thread (`backing`: the mapped
+/// One pipeline, or `cfg.workers` fed by this thread (`mapped`: the mapped
 /// capture file the packets lie in, if any, and what keeps the pages the
 /// workers still read mapped).
 fn new_engine(
     cfg: &Config,
-    backing: Option<crate::capture::Backing>,
-    hold: Option<crate::capture::mapped::Hold>,
+    mapped: Option<(crate::capture::Backing, crate::capture::mapped::Hold)>,
 ) -> Result<Engine, RunError> {
     let classifier = classifier(cfg)?;
+    let (backing, hold) = mapped.unzip();
     Ok(if cfg.workers > 1 {
         let sharded = Sharded::new(
             DecoderConfig::default(),

@@ -329,10 +329,7 @@ impl Lane {
             self.mapped_in_flight.pop_front();
         }
         let sent = self.mapped_in_flight.front().map(|&(_, from)| from);
-        match (sent, self.batch_from) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        sent.into_iter().chain(self.batch_from).min()
     }
 }
 

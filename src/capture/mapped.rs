@@ -508,14 +508,21 @@ mod tests {
         n
     }
 
+    /// Records in [`big_pcap`].
+    const BIG_RECORDS: u32 = 44_000;
+
+    /// A 64 MiB capture in `dir` (several times the window); its path.
+    fn big_pcap(dir: &tempfile::TempDir) -> String {
+        let path = dir.path().join("big.pcap");
+        write_pcap(&path, BIG_RECORDS, 1500);
+        path.to_str().unwrap().to_string()
+    }
+
     #[test]
     fn paging_inline_or_on_a_thread_yields_every_packet_and_keeps_the_window() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("big.pcap");
-        // 64 MiB: several times the window.
-        let (records, len) = (44_000, 1500);
-        write_pcap(&path, records, len);
-        let path = path.to_str().unwrap();
+        let path = &big_pcap(&dir);
+        let records = BIG_RECORDS;
         let window_kib =
             ((POPULATE_AHEAD + RELEASE_EVERY + RELEASE_LAG + 2 * NOTICE_EVERY) >> 10) as u64;
         for paging in [Paging::Inline, Paging::Thread, Paging::Starved] {
@@ -551,10 +558,7 @@ mod tests {
     #[test]
     fn a_hold_keeps_what_workers_still_read_up_to_hold_max() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("held.pcap");
-        let (records, len) = (44_000, 1500);
-        write_pcap(&path, records, len);
-        let path = path.to_str().unwrap();
+        let path = &big_pcap(&dir);
         let m = MappedPcap::open(path).unwrap().expect("a classic pcap");
         let size = m.map.len();
         m.map

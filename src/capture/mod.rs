@@ -155,13 +155,9 @@ pub trait PacketSource {
         None
     }
     /// What every packet's bytes lie in, when that is one shared buffer
-    /// for the whole run (a mapped file); `None` otherwise.
-    fn backing(&self) -> Option<Backing> {
-        None
-    }
-    /// With [`PacketSource::backing`]: what keeps the pages of the backing
-    /// that other threads still read mapped.
-    fn hold(&self) -> Option<mapped::Hold> {
+    /// for the whole run (a mapped file), and what keeps the pages that
+    /// other threads still read mapped; `None` otherwise.
+    fn backing(&self) -> Option<(Backing, mapped::Hold)> {
         None
     }
 }

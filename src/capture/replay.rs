@@ -224,16 +224,9 @@ impl PacketSource for ReplaySource {
     }
 
     /// The mapped file, unless looping (each pass maps the file anew).
-    fn backing(&self) -> Option<Backing> {
+    fn backing(&self) -> Option<(Backing, Hold)> {
         match &self.file {
-            Input::Mapped(m) if !self.looping => Some(m.backing()),
-            _ => None,
-        }
-    }
-
-    fn hold(&self) -> Option<Hold> {
-        match &self.file {
-            Input::Mapped(m) if !self.looping => Some(m.hold()),
+            Input::Mapped(m) if !self.looping => Some((m.backing(), m.hold())),
             _ => None,
         }
     }
