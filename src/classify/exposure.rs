@@ -497,6 +497,25 @@ impl JwtScan {
     }
 }
 
+/// The fields whose value holds an `eyJ` (where a token would start):
+/// one search over the whole head instead of one per value (most heads
+/// have none, and a search costs more to start than to run on a short
+/// value). A value without one holds no token, so [`JwtScan::look`]
+/// finds the same in these fields as in all.
+fn with_jwt_start(headers: &Headers) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+    let mut hits = super::search::jwt_starts(headers.bytes()).peekable();
+    let mut fields = headers.iter_at();
+    std::iter::from_fn(move || loop {
+        hits.peek()?;
+        let (at, name, value) = fields.next()?;
+        // Hits before this value (in a name, or in the lengths) are done.
+        while hits.next_if(|&h| h < at).is_some() {}
+        if hits.peek().is_some_and(|&h| h + 3 <= at + value.len()) {
+            return Some((name, value));
+        }
+    })
+}
+
 /// Inspect every JWT of the exchange (bounded): request headers, target
 /// (path and query), request body, response headers and body. Bodies are
 /// the decoded prefixes.
@@ -511,7 +530,7 @@ pub fn scan_jwts(
     let mut budget = cfg.max_jwts_per_exchange;
     let now = ex.ts.as_micros();
     if let Some(req) = &ex.request {
-        for (name, value) in req.headers.iter() {
+        for (name, value) in with_jwt_start(&req.headers) {
             // The place is named only when a token is found there.
             scan.look(
                 cfg,
@@ -552,7 +571,7 @@ pub fn scan_jwts(
         );
     }
     if let Some(resp) = &ex.response {
-        for (name, value) in resp.headers.iter() {
+        for (name, value) in with_jwt_start(&resp.headers) {
             scan.look(
                 cfg,
                 value,
@@ -580,4 +599,54 @@ pub fn scan_jwts(
         push_more(w, scan.weak_count - 1);
     }
     scan
+}
+
+#[cfg(test)]
+mod with_jwt_start_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The fields whose value holds `eyJ`, the slow way.
+    fn expected(h: &Headers) -> Vec<(Vec<u8>, Vec<u8>)> {
+        h.iter()
+            .filter(|(_, v)| memchr::memmem::find(v, b"eyJ").is_some())
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    fn found(h: &Headers) -> Vec<(Vec<u8>, Vec<u8>)> {
+        with_jwt_start(h)
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn only_values_holding_a_token_start() {
+        let mut h = Headers::default();
+        h.push(b"eyJ-in-a-name", b"plain");
+        h.push(b"Authorization", b"Bearer eyJhbGciOi.eyJzdWIi.sig eyJ");
+        h.push(b"X-Ends", b"ends with ey");
+        h.push(b"Jx", b"J starts the next");
+        h.push(b"X-Empty", b"");
+        h.push(b"Cookie", b"a=eyJ");
+        assert_eq!(found(&h), expected(&h));
+        assert_eq!(found(&h).len(), 2);
+        assert_eq!(found(&Headers::default()), vec![]);
+    }
+
+    proptest! {
+        #[test]
+        fn same_fields_as_a_search_of_each_value(
+            fields in proptest::collection::vec(
+                (proptest::collection::vec(prop_oneof![Just(b'e'), Just(b'y'), Just(b'J'), Just(b'x')], 0..6),
+                 proptest::collection::vec(prop_oneof![Just(b'e'), Just(b'y'), Just(b'J'), Just(b'x')], 0..12)),
+                0..8)
+        ) {
+            let mut h = Headers::default();
+            for (n, v) in &fields {
+                h.push(n, v);
+            }
+            prop_assert_eq!(found(&h), expected(&h));
+        }
+    }
 }

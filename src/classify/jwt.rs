@@ -12,6 +12,8 @@
 use base64::Engine as _;
 use serde::Deserialize;
 
+use super::redact::{dots, is_jwt, is_token_byte, MIN_JWT_BYTES};
+
 /// Longest header or claims part decoded (base64url text).
 pub const MAX_PART_BYTES: usize = 8 * 1024;
 
@@ -115,10 +117,10 @@ fn decode_part(part: &[u8]) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// Decode the header and claims of a token that [`super::redact::is_jwt`]
+/// Decode the header and claims of a token that [`is_jwt`]
 /// accepts. `None` when they are not base64url JSON objects.
 pub fn inspect(token: &[u8]) -> Option<JwtInfo> {
-    if !super::redact::is_jwt(token) {
+    if !is_jwt(token) {
         return None;
     }
     let mut parts = token.split(|&b| b == b'.');
@@ -169,12 +171,20 @@ impl JwtCache {
     }
 }
 
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'.')
-}
+/// [`is_token_byte`] of every byte value: one load a byte where the
+/// run of a token is measured.
+static TOKEN_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = is_token_byte(b as u8);
+        b += 1;
+    }
+    t
+};
 
 /// Candidate JWTs inside `text`: maximal runs of base64url characters and
-/// dots that start with `eyJ` and pass [`super::redact::is_jwt`]. At most
+/// dots that start with `eyJ` and pass [`is_jwt`]. At most
 /// `max` are returned.
 pub fn find_jwts(text: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
     let mut next_free = 0usize;
@@ -189,11 +199,14 @@ pub fn find_jwts(text: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
             }
             let len = text[start..]
                 .iter()
-                .position(|&b| !is_token_byte(b))
+                .position(|&b| !TOKEN_BYTES[b as usize])
                 .unwrap_or(text.len() - start);
             next_free = start + len;
             let tok = &text[start..start + len];
-            super::redact::is_jwt(tok).then_some(tok)
+            // `is_jwt`, less what the run already is: `eyJ` and token bytes.
+            let jwt = tok.len() >= MIN_JWT_BYTES && dots(tok) == 2;
+            debug_assert_eq!(jwt, is_jwt(tok));
+            jwt.then_some(tok)
         })
         .take(max)
 }
@@ -275,6 +288,63 @@ pub(crate) mod tests {
         assert_eq!(found.len(), 2);
         assert!(found.iter().all(|f| *f == a.as_bytes()));
         assert_eq!(find_jwts(text.as_bytes(), 1).count(), 1);
+        // The shortest accepted, and one byte shorter.
+        assert_eq!(find_jwts(b" eyJ.c2ln.c2lnabc ", 8).count(), 1);
+        assert_eq!(find_jwts(b" eyJ.c2ln.c2lnab ", 8).count(), 0);
+    }
+
+    /// `is_jwt` as a loop with early exits (the plain reading of its doc).
+    fn is_jwt_plain(s: &[u8]) -> bool {
+        let mut dots = 0;
+        for &b in s {
+            match b {
+                b'.' => dots += 1,
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'=' => {}
+                _ => return false,
+            }
+        }
+        s.len() >= MIN_JWT_BYTES && s.starts_with(b"eyJ") && dots == 2
+    }
+
+    /// `find_jwts` from its doc: each `eyJ` not inside an earlier run nor
+    /// after a base64url byte, its maximal run, kept if it is a JWT.
+    fn find_jwts_plain(text: &[u8]) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        let mut free = 0;
+        for start in memchr::memmem::find_iter(text, b"eyJ") {
+            let after_token_byte = start > 0
+                && (text[start - 1].is_ascii_alphanumeric() || b"-_".contains(&text[start - 1]));
+            if start < free || after_token_byte {
+                continue;
+            }
+            let mut end = start;
+            while end < text.len()
+                && (text[end].is_ascii_alphanumeric() || b"-_=.".contains(&text[end]))
+            {
+                end += 1;
+            }
+            free = end;
+            if is_jwt_plain(&text[start..end]) {
+                out.push(&text[start..end]);
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn finds_what_the_plain_reading_finds(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                &b"eyJ"[..], b"eyJhbGciOiJIUzI1NiJ9", b".", b"..", b"c2ln", b"-_=",
+                b"a", b" ", b"%", b"\xff",
+            ]), 0..24)
+        ) {
+            let text = pieces.concat();
+            proptest::prop_assert_eq!(find_jwts(&text, usize::MAX).collect::<Vec<_>>(), find_jwts_plain(&text));
+            for w in 0..text.len() {
+                proptest::prop_assert_eq!(is_jwt(&text[w..]), is_jwt_plain(&text[w..]));
+            }
+        }
     }
 
     #[test]

@@ -126,7 +126,14 @@ impl Headers {
 
     /// All fields in order, as (name, value).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        let mut rest = self.records.as_slice();
+        self.iter_at().map(|(_, name, value)| (name, value))
+    }
+
+    /// All fields in order, as (where the value starts in [`Headers::bytes`],
+    /// name, value).
+    pub fn iter_at(&self) -> impl Iterator<Item = (usize, &[u8], &[u8])> + '_ {
+        let all = self.records.as_slice();
+        let mut rest = all;
         std::iter::from_fn(move || {
             let (head, body) = rest.split_first_chunk::<RECORD_HEAD>()?;
             let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
@@ -134,8 +141,15 @@ impl Headers {
             let (name, body) = body.split_at_checked(n)?;
             let (value, body) = body.split_at_checked(v)?;
             rest = body;
-            Some((name, value))
+            Some((all.len() - rest.len() - v, name, value))
         })
+    }
+
+    /// Every field's bytes, with the lengths between them: one haystack
+    /// for a search that most heads do not match (a hit still has to be
+    /// placed with [`Headers::iter_at`]).
+    pub fn bytes(&self) -> &[u8] {
+        &self.records
     }
 
     /// Values of every field named `name` (ASCII case-insensitive).
