@@ -416,7 +416,7 @@ pub(super) fn parse_head(
         Direction::ToClient => ParseError::BadStatusLine,
     };
     let lf = memchr(b'\n', head).ok_or(bad_start)?;
-    if memchr::memchr_iter(b'\n', head).any(|p| p == 0 || head[p - 1] != b'\r') {
+    if has_bare_lf(head) {
         stats.get().bare_lf += 1;
     }
     let (line, block) = (&head[..lf], &head[lf + 1..]);
@@ -427,11 +427,18 @@ pub(super) fn parse_head(
             if rl.multiple_spaces {
                 stats.get().multiple_spaces_in_start_line += 1;
             }
-            if rl.target.iter().any(|&b| b == b' ' || b == b'\t') {
-                stats.get().spaces_in_target += 1;
-            }
-            if rl.target.iter().any(|&b| !(0x20..0x7f).contains(&b)) {
-                stats.get().control_or_non_ascii_in_target += 1;
+            // Both kinds are outside 0x21..=0x7e, which most targets are
+            // not: one pass without early exit (vector code) rules both out.
+            let t = rl.target;
+            if t.iter()
+                .fold(false, |odd, &b| odd | !(0x21..0x7f).contains(&b))
+            {
+                if t.iter().any(|&b| b == b' ' || b == b'\t') {
+                    stats.get().spaces_in_target += 1;
+                }
+                if t.iter().any(|&b| !(0x20..0x7f).contains(&b)) {
+                    stats.get().control_or_non_ascii_in_target += 1;
+                }
             }
             let headers = parse_header_block(block, limits, stats)?;
             let framing = FramingFields::of(&headers, stats);
@@ -463,6 +470,16 @@ pub(super) fn parse_head(
     }
 }
 
+/// Does a line of `head` end in a bare LF (no CR before it)? No early
+/// exit: one pass of vector code, cheaper than a search per line.
+fn has_bare_lf(head: &[u8]) -> bool {
+    let after = head.get(1..).unwrap_or_default();
+    head.first() == Some(&b'\n')
+        || head.iter().zip(after).fold(false, |bare, (&prev, &b)| {
+            bare | ((b == b'\n') & (prev != b'\r'))
+        })
+}
+
 /// End of the head starting at `h[0]`: the index just past the first empty
 /// line, looking at LFs from `from` on. CRLF or bare LF both end lines.
 pub(super) fn find_head_end(h: &[u8], from: usize) -> Option<usize> {
@@ -476,4 +493,29 @@ pub(super) fn find_head_end(h: &[u8], from: usize) -> Option<usize> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod bare_lf_tests {
+    use super::has_bare_lf;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn as_a_search_of_each_line_end_finds(
+            head in proptest::collection::vec(proptest::sample::select(b"\r\nab".to_vec()), 0..80)
+        ) {
+            let plain = memchr::memchr_iter(b'\n', &head).any(|p| p == 0 || head[p - 1] != b'\r');
+            prop_assert_eq!(has_bare_lf(&head), plain);
+        }
+    }
+
+    #[test]
+    fn table() {
+        assert!(!has_bare_lf(b""));
+        assert!(has_bare_lf(b"\n"));
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\n"));
+    }
 }
