@@ -169,11 +169,13 @@ struct Batch {
     /// The capture time and packet index of its first item.
     first: Option<(Timestamp, u64)>,
     /// Exchanges the merging thread is done with, going back to the worker
-    /// that made them (lane `dead_lane`) to be dropped there: glibc's
-    /// malloc frees a block on another thread than its own only under the
-    /// lock of the block's arena, and the merging thread freeing what the
-    /// workers allocate made the two queue on those locks (a third of all
-    /// its context switches).
+    /// that made them (lane `dead_lane`) to be dropped there (a few at a
+    /// time, see [`Dying`]): glibc's malloc frees a block on another
+    /// thread than its own only under the lock of the block's arena, and
+    /// the merging thread freeing what the workers allocate made the two
+    /// queue on those locks (a third of all its context switches). What
+    /// the merging thread allocated (route, Host, findings) it frees
+    /// itself.
     dead: Vec<Exchange>,
     dead_lane: usize,
     /// Their bytes, counted in [`MergeShared::dead`] until dropped.
@@ -211,16 +213,52 @@ impl Output {
     fn heap_bytes(&self) -> usize {
         let own = std::mem::size_of::<Tagged>();
         match self {
-            Output::Exchange(ex) => {
-                own + ex
-                    .request
-                    .as_ref()
-                    .map_or(0, |r| r.target.capacity() + r.headers.heap_bytes())
-                    + ex.response.as_ref().map_or(0, |r| r.headers.heap_bytes())
-                    + ex.request_body_prefix.capacity()
-                    + ex.response_body_prefix.capacity()
-            }
+            Output::Exchange(ex) => own + exchange_heap_bytes(ex),
             Output::Event(_) => own,
+        }
+    }
+}
+
+/// The buffers a worker allocated for `ex` (the capacities, as the flow
+/// table counts them).
+fn exchange_heap_bytes(ex: &Exchange) -> usize {
+    ex.request
+        .as_ref()
+        .map_or(0, |r| r.target.capacity() + r.headers.heap_bytes())
+        + ex.response.as_ref().map_or(0, |r| r.headers.heap_bytes())
+        + ex.request_body_prefix.capacity()
+        + ex.response_body_prefix.capacity()
+}
+
+/// Exchanges back from the merging thread (see [`Batch::dead`]), dropped a
+/// few at a time as the worker goes: glibc's per-thread cache takes back
+/// only a handful of blocks of a size, so dropping a batch's worth at once
+/// sent most to the arena's bins, and the allocations that followed took
+/// them from there, at several times the cost (with the cache, a block
+/// freed is the next one handed out, as in one pipeline).
+#[derive(Default)]
+struct Dying {
+    exchanges: Vec<Exchange>,
+}
+
+impl Dying {
+    /// Take a batch's dead exchanges (their bytes stay counted in
+    /// [`MergeShared::dead`] until dropped).
+    fn take(&mut self, batch: &mut Batch) {
+        self.exchanges.append(&mut batch.dead);
+        batch.dead_bytes = 0;
+    }
+
+    /// Drop up to `n` of them.
+    fn drop_some(&mut self, n: usize, shared: &MergeShared) {
+        for _ in 0..n {
+            let Some(ex) = self.exchanges.pop() else {
+                return;
+            };
+            let bytes = std::mem::size_of::<Tagged>() + exchange_heap_bytes(&ex);
+            drop(ex);
+            shared.dead.fetch_sub(bytes, Ordering::SeqCst);
+            shared.dead_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -519,6 +557,8 @@ impl Merger {
             match out {
                 Output::Exchange(mut ex) => {
                     deliver_one(&mut self.classifier, sink, &mut ex);
+                    // What classification allocated here is freed here.
+                    drop((ex.route.take(), ex.host.take(), take(&mut ex.findings)));
                     if let Some((dead, held)) = self.dead.get_mut(i) {
                         if self.shared.try_add_dead(bytes) {
                             *held += bytes;
@@ -1122,19 +1162,16 @@ fn work(
     shared: &MergeShared,
 ) {
     let mut shard = Shard::new(id, cfg);
+    let mut dying = Dying::default();
     let map: &[u8] = backing.as_ref().map_or(&[], |b| (**b).as_ref());
     while let Ok(msg) = rx.recv() {
         let (mut batch, end) = match msg {
             ToWorker::Batch(b) => (b, None),
             ToWorker::Finish(t) => (Batch::default(), Some(t)),
         };
-        // Freed here, where they were allocated (see `Batch::dead`).
-        let dropped = batch.dead.len() as u64;
-        batch.dead.clear();
-        shared.dead_dropped.fetch_add(dropped, Ordering::Relaxed);
-        shared
-            .dead
-            .fetch_sub(take(&mut batch.dead_bytes), Ordering::SeqCst);
+        // Freed here, where they were allocated (see `Batch::dead`), one
+        // per item (a batch has more items than it brings back exchanges).
+        dying.take(&mut batch);
         // With many connections open, hints for the segments to come hide
         // their lookups' cache misses (see `FlowTable::prefetch_slot`).
         let hint = shard.flows.active_flows() >= PREFETCH_FROM_FLOWS;
@@ -1147,6 +1184,7 @@ fn work(
                     shard.flows.prefetch_entry(next.src, next.dst);
                 }
             }
+            dying.drop_some(1, shared);
             let idx = match *item {
                 Item::Sweep { idx, now } => {
                     shard.sweep(idx, now);
@@ -1173,6 +1211,7 @@ fn work(
             None => batch.upto,
             Some(t) => {
                 shard.finish(t);
+                dying.drop_some(usize::MAX, shared);
                 u64::MAX
             }
         };
@@ -1431,6 +1470,56 @@ mod tests {
         // What is still on its way back is within its cap.
         let dead = sharded.shared.dead.load(Ordering::Relaxed);
         assert!(dead <= sharded.shared.dead_cap);
+    }
+
+    #[test]
+    fn dying_exchanges_go_a_few_at_a_time_and_uncount_what_was_counted() {
+        use crate::http::exchange::Outcome;
+        use crate::http::{Headers, Method, RequestHead};
+        let ex = |n: usize| Exchange {
+            ts: Timestamp::ZERO,
+            client: "10.0.0.5:40000".parse().unwrap(),
+            server: "10.0.0.9:80".parse().unwrap(),
+            request: Some(RequestHead {
+                method: Method::Get,
+                target: vec![b'/'; n],
+                version_minor: 1,
+                headers: Headers::default(),
+            }),
+            response: None,
+            end_ts: None,
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            request_body_prefix: vec![0; 3 * n],
+            response_body_prefix: Vec::new(),
+            outcome: Outcome::Unknown,
+            capture_loss: false,
+            failure: None,
+            route: None,
+            host: None,
+            findings: Vec::new(),
+        };
+        let shared = MergeShared::new(1, usize::MAX);
+        let mut batch = Batch::default();
+        for n in 1..=5 {
+            // As the merging thread counts them (`Output::heap_bytes`).
+            let out = Output::Exchange(ex(n * 100));
+            assert!(shared.try_add_dead(out.heap_bytes()));
+            let Output::Exchange(e) = out else {
+                unreachable!()
+            };
+            batch.dead.push(e);
+        }
+        let mut dying = Dying::default();
+        dying.take(&mut batch);
+        assert!(batch.dead.is_empty());
+        dying.drop_some(2, &shared);
+        assert_eq!(shared.dead_dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(dying.exchanges.len(), 3);
+        assert!(shared.dead.load(Ordering::Relaxed) > 0);
+        dying.drop_some(usize::MAX, &shared);
+        assert_eq!(shared.dead_dropped.load(Ordering::Relaxed), 5);
+        assert_eq!(shared.dead.load(Ordering::Relaxed), 0);
     }
 
     #[test]
