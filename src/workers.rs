@@ -216,20 +216,21 @@ impl Output {
     /// Bytes this output holds, for the in-flight bound (an estimate: the
     /// buffers' capacities, as the flow table counts them).
     fn heap_bytes(&self) -> usize {
-        let own = std::mem::size_of::<Tagged>();
         match self {
-            Output::Exchange(ex) => own + exchange_heap_bytes(ex),
-            Output::Event(_) => own,
+            Output::Exchange(ex) => exchange_bytes(ex),
+            Output::Event(_) => std::mem::size_of::<Tagged>(),
         }
     }
 }
 
-/// The buffers a worker allocated for `ex` (the capacities, as the flow
-/// table counts them).
-fn exchange_heap_bytes(ex: &Exchange) -> usize {
-    ex.request
-        .as_ref()
-        .map_or(0, |r| r.target.capacity() + r.headers.heap_bytes())
+/// What an exchange output is counted as, in flight and on its way back:
+/// its slot and the buffers a worker allocated for it (the capacities, as
+/// the flow table counts them).
+fn exchange_bytes(ex: &Exchange) -> usize {
+    std::mem::size_of::<Tagged>()
+        + ex.request
+            .as_ref()
+            .map_or(0, |r| r.target.capacity() + r.headers.heap_bytes())
         + ex.response.as_ref().map_or(0, |r| r.headers.heap_bytes())
         + ex.request_body_prefix.capacity()
         + ex.response_body_prefix.capacity()
@@ -260,7 +261,7 @@ impl Dying {
             let Some(ex) = self.exchanges.pop() else {
                 return;
             };
-            let bytes = std::mem::size_of::<Tagged>() + exchange_heap_bytes(&ex);
+            let bytes = exchange_bytes(&ex);
             drop(ex);
             shared.dead.fetch_sub(bytes, Ordering::SeqCst);
             shared.dead_dropped.fetch_add(1, Ordering::Relaxed);
