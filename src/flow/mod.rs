@@ -1046,10 +1046,6 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
     }
 
     /// (client, server) once the client is known; else (lo, hi).
-    fn client_server(&self) -> (SocketAddr, SocketAddr) {
-        client_server(&self.key, *self.client_is_lo)
-    }
-
     /// The connection's protocol is known: count it. HTTP and TLS tell the
     /// caller later, when the name of the server is known (their
     /// `announce`); other protocols have none to wait for.
@@ -1079,7 +1075,6 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
     fn event(&mut self, side: Side, ev: StreamEvent<'_>) {
         self.fed = true;
         let dir = self.direction(side);
-        let server = self.client_server().1;
         match ev {
             StreamEvent::Data(chunk) => self.data(side, &chunk),
             StreamEvent::Gap { seq, len, ts } => match self.app {
@@ -1091,6 +1086,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 App::Undecided(sn) => sn[side].gap_at(seq.wrapping_add(len)),
                 App::Tls(t) => {
                     t.reader.gap(dir == Some(Direction::ToServer));
+                    let server = client_server(&self.key, *self.client_is_lo).1;
                     t.announce(server, ts, self.events);
                 }
                 App::Http(h) => {
@@ -1135,7 +1131,6 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
 
     fn data(&mut self, side: Side, chunk: &Chunk<'_>) {
         let dir = self.direction(side);
-        let (client, server) = self.client_server();
         let sniffers = match self.app {
             App::Http(h) => {
                 let dir = dir.expect("known once HTTP");
@@ -1151,6 +1146,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 return;
             }
             App::Tls(t) => {
+                let (client, server) = client_server(&self.key, *self.client_is_lo);
                 let to_server = dir == Some(Direction::ToServer);
                 let done = t.reader.push(to_server, chunk.data);
                 t.announce(server, chunk.ts, self.events);
@@ -1242,41 +1238,55 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
 
     /// Apply the session's deferred parser commands and pass on exchanges.
     fn after_parse(&mut self) {
-        let ends = self.client_server();
-        let server = ends.1;
-        if let App::Http(h) = self.app {
+        let App::Http(h) = self.app else {
+            return;
+        };
+        // Most segments are a body's middle: nothing to announce, count,
+        // obey or hand on (the addresses are built only for what is).
+        if !h.announced && h.session.first_request.is_some() {
+            let server = client_server(&self.key, *self.client_is_lo).1;
             h.announce(server, None, self.events);
-            for (total, n) in self
-                .stats
-                .http_parse_errors
-                .iter_mut()
-                .zip(std::mem::take(&mut h.session.parse_errors))
+        }
+        for (total, n) in self
+            .stats
+            .http_parse_errors
+            .iter_mut()
+            .zip(std::mem::take(&mut h.session.parse_errors))
+        {
+            *total += n;
+        }
+        let cmds = std::mem::take(&mut h.session.commands);
+        if cmds.request_enter_tunnel && !h.req.in_tunnel() {
+            h.req.enter_tunnel();
+        }
+        if cmds.request_resume && h.req.in_tunnel() {
+            h.req.resume_from_tunnel();
+        }
+        if h.session.has_output() {
+            for ex in h
+                .session
+                .drain(client_server(&self.key, *self.client_is_lo))
             {
-                *total += n;
-            }
-            let cmds = std::mem::take(&mut h.session.commands);
-            if cmds.request_enter_tunnel && !h.req.in_tunnel() {
-                h.req.enter_tunnel();
-            }
-            if cmds.request_resume && h.req.in_tunnel() {
-                h.req.resume_from_tunnel();
-            }
-            for ex in h.session.drain(ends) {
                 (self.emit)(ex);
             }
-            h.session.return_buffers(self.spare);
         }
+        h.session.return_buffers(self.spare);
     }
 
     /// Log the requests whose timeout passed by `now`; the next such
     /// deadline (see [`Connection::deadline`]).
     fn expire(&mut self, now: Timestamp) -> Timestamp {
-        if let App::Http(h) = self.app {
-            if h.session.next_deadline().is_some_and(|d| d <= now) {
-                h.session.borrow_buffers(self.spare);
-                h.session.expire(now);
-            }
+        let App::Http(h) = self.app else {
+            return NEVER;
+        };
+        // Whatever fed the session was followed by `after_parse`: only an
+        // expiry leaves it something to pass on.
+        let due = h.session.next_deadline().unwrap_or(NEVER);
+        if due > now {
+            return due;
         }
+        h.session.borrow_buffers(self.spare);
+        h.session.expire(now);
         self.after_parse();
         self.next_deadline()
     }
