@@ -365,6 +365,10 @@ impl<'a> Flow<'a> {
     }
 
     fn pass_events(&mut self, sink: &mut impl ExchangeSink) {
+        // Most packets raise none: no drain to set up and tear down.
+        if !self.flows.has_events() {
+            return;
+        }
         for ev in self.flows.drain_events() {
             pass_event(ev, sink);
         }

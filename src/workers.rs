@@ -1161,6 +1161,9 @@ impl Shard {
     }
 
     fn events(&mut self, idx: u64) {
+        if !self.flows.has_events() {
+            return;
+        }
         let events = self.flows.drain_events();
         self.outputs
             .extend(events.map(|e| tagged(idx, EVENT, Output::Event(e))));

@@ -447,6 +447,11 @@ impl FlowTable {
     }
 
     /// Connection events since the last call.
+    /// Are there events to drain?
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     pub fn drain_events(&mut self) -> std::vec::Drain<'_, FlowEvent> {
         self.events.drain(..)
     }
