@@ -446,12 +446,12 @@ impl FlowTable {
         &self.stats
     }
 
-    /// Connection events since the last call.
     /// Are there events to drain?
     pub fn has_events(&self) -> bool {
         !self.events.is_empty()
     }
 
+    /// Connection events since the last call.
     pub fn drain_events(&mut self) -> std::vec::Drain<'_, FlowEvent> {
         self.events.drain(..)
     }
@@ -1050,7 +1050,6 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
         }
     }
 
-    /// (client, server) once the client is known; else (lo, hi).
     /// The connection's protocol is known: count it. HTTP and TLS tell the
     /// caller later, when the name of the server is known (their
     /// `announce`); other protocols have none to wait for.
