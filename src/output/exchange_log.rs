@@ -18,7 +18,7 @@ use crate::classify::redact::redact_target;
 use crate::clock::Timestamp;
 use crate::http::exchange::Exchange;
 use crate::http::Method;
-use crate::output::text::{SocketAddrText, TimestampText};
+use crate::output::text::{SocketAddrText, TimestampTexts};
 use crate::pipeline::ExchangeSink;
 use serde::Serialize;
 use std::io::{self, Write};
@@ -50,8 +50,8 @@ fn plain_or_null(line: &mut Vec<u8>, s: Option<&str>) {
 
 /// `Display`'s text without `core::fmt` (see [`crate::output::text`]); it is
 /// digits, `-:.TZ[]%` and hex only, which JSON never escapes.
-fn timestamp(line: &mut Vec<u8>, ts: Timestamp) -> io::Result<()> {
-    match TimestampText::new(ts) {
+fn timestamp(line: &mut Vec<u8>, texts: &mut TimestampTexts, ts: Timestamp) -> io::Result<()> {
+    match texts.text(ts) {
         Some(t) => plain(line, t.as_bytes()),
         None => json(line, &ts.to_string())?,
     }
@@ -69,6 +69,7 @@ pub struct ExchangeLog {
     line: Vec<u8>,
     /// The first write error; later writes are skipped.
     error: Option<io::Error>,
+    timestamps: TimestampTexts,
 }
 
 impl ExchangeLog {
@@ -78,6 +79,7 @@ impl ExchangeLog {
             credential_params,
             line: Vec::with_capacity(1024),
             error: None,
+            timestamps: TimestampTexts::default(),
         }
     }
 
@@ -86,7 +88,7 @@ impl ExchangeLog {
         let l = &mut self.line;
         l.clear();
         l.extend_from_slice(b"{\"ts\":");
-        timestamp(l, ex.ts)?;
+        timestamp(l, &mut self.timestamps, ex.ts)?;
         l.extend_from_slice(b",\"client\":");
         plain(l, SocketAddrText::new(&ex.client).as_bytes());
         l.extend_from_slice(b",\"server\":");

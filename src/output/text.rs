@@ -209,6 +209,39 @@ impl TimestampText {
     }
 }
 
+/// [`TimestampText`]s of timestamps that mostly share their second with
+/// the one before (a log's lines, in capture order): the calendar is
+/// worked out once a second, only the microseconds each time. Same bytes as
+/// [`TimestampText::new`].
+#[derive(Default)]
+pub struct TimestampTexts {
+    /// The last second worked out, and its `YYYY-MM-DDThh:mm:ss`.
+    second: Option<(i64, [u8; 19])>,
+}
+
+impl TimestampTexts {
+    pub fn text(&mut self, ts: Timestamp) -> Option<TimestampText> {
+        let secs = ts.as_secs();
+        match self.second {
+            Some((s, head)) if s == secs => {
+                let mut t = Ascii::new();
+                t.push_slice(&head);
+                t.push(b'.');
+                t.push_padded(ts.as_micros().rem_euclid(1_000_000) as u32, 6);
+                t.push(b'Z');
+                Some(TimestampText(t))
+            }
+            _ => {
+                let t = TimestampText::new(ts)?;
+                let mut head = [0; 19];
+                head.copy_from_slice(&t.as_bytes()[..19]);
+                self.second = Some((secs, head));
+                Some(t)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +279,32 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Timestamps close together, forwards and backwards, across
+        /// second, day and year boundaries and the fast range's ends: the
+        /// kept second gives what a new text would.
+        #[test]
+        fn kept_seconds_give_the_same_text(
+            start in prop_oneof![
+                Just(0i64),
+                Just(-1i64),
+                Just(1_704_067_199_000_000i64),
+                Just(FAST_SECS.start * 1_000_000),
+                Just(FAST_SECS.end * 1_000_000 - 1),
+                any::<i64>(),
+            ],
+            steps in proptest::collection::vec(-1_500_000i64..1_500_000, 1..40),
+        ) {
+            let mut texts = TimestampTexts::default();
+            let mut us = start;
+            for step in steps {
+                let ts = Timestamp::from_micros(us);
+                let kept = texts.text(ts).map(|t| t.as_bytes().to_vec());
+                let new = TimestampText::new(ts).map(|t| t.as_bytes().to_vec());
+                prop_assert_eq!(kept, new);
+                us = us.saturating_add(step);
+            }
+        }
 
         #[test]
         fn v4_is_display(ip in any::<u32>(), port in any::<u16>()) {
