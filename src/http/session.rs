@@ -251,11 +251,16 @@ impl HttpSession {
     /// its and ours is kept there, within bounds; the other is freed).
     /// What still holds something stays.
     pub fn return_buffers(&mut self, spare: &mut SpareBuffers) {
+        // Usually the buffers were borrowed from an empty-handed spare and
+        // go back whole, leaving nothing to free here (dropping even an
+        // empty queue is a loop over its slices, once per segment).
         if self.out.is_empty() && self.out.capacity() > 0 {
             if self.out.capacity() <= SPARE_OUT_MAX && self.out.capacity() > spare.out.capacity() {
                 std::mem::swap(&mut self.out, &mut spare.out);
             }
-            self.out = Vec::new();
+            if self.out.capacity() > 0 {
+                self.out = Vec::new();
+            }
         }
         if self.pending.is_empty() && self.pending.capacity() > 0 {
             if self.pending.capacity() <= SPARE_PENDING_MAX
@@ -263,7 +268,9 @@ impl HttpSession {
             {
                 std::mem::swap(&mut self.pending, &mut spare.pending);
             }
-            self.pending = VecDeque::new();
+            if self.pending.capacity() > 0 {
+                self.pending = VecDeque::new();
+            }
         }
     }
 
