@@ -943,6 +943,25 @@ mod tests {
         assert!(s.commands.request_resume);
     }
 
+    /// Of the session's empty buffer and the spare's, the spare keeps the
+    /// larger; the session is left holding nothing either way.
+    #[test]
+    fn the_larger_empty_buffer_is_kept_and_the_other_freed() {
+        for (ours, theirs) in [(4, 64), (64, 4), (8, 0)] {
+            let mut spare = SpareBuffers {
+                out: Vec::with_capacity(theirs),
+                pending: VecDeque::with_capacity(theirs),
+            };
+            let mut s = session();
+            s.out = Vec::with_capacity(ours);
+            s.pending = VecDeque::with_capacity(ours);
+            s.return_buffers(&mut spare);
+            assert_eq!(s.heap_bytes(), 0, "ours {ours}, theirs {theirs}");
+            assert_eq!(spare.out.capacity(), ours.max(theirs));
+            assert!(spare.pending.capacity() >= ours.max(theirs));
+        }
+    }
+
     #[test]
     fn a_quiet_session_gives_its_buffers_back() {
         let mut spare = SpareBuffers::default();
