@@ -5,7 +5,9 @@
 //! [`IpAddr`] and [`Timestamp`]) gives for the same value; `Display` is the format, these only avoid
 //! `core::fmt` and the heap on the hot path. A timestamp outside years
 //! 0000–9999 has no fast form ([`TimestampText::new`] returns `None`) and is
-//! left to `Display`. The property tests below hold them to that.
+//! left to `Display`. [`TimestampTexts`] makes the same texts, reusing the
+//! calendar of the second before. The property tests below hold them to
+//! that.
 
 use crate::clock::Timestamp;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
