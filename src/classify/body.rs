@@ -160,6 +160,8 @@ fn inflate(kept: &mut Option<Decompress>, zlib: bool, input: &[u8], limit: usize
     // One call goes as far as the input, the output's room, the stream's
     // end or an error allow; what was decoded before an error is kept.
     let _ = d.decompress_vec(input, &mut out, FlushDecompress::None);
+    // The room may be more than asked for.
+    out.truncate(limit);
     out
 }
 
