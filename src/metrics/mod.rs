@@ -680,6 +680,8 @@ pub struct Metrics {
     ready: Arc<AtomicBool>,
     capture: Arc<CaptureCounters>,
     slots: SlotTable,
+    /// `server_address` labels, the last IP's kept.
+    addresses: labels::ServerAddresses,
     budget: Budget,
     overflow: OverflowCounts,
     durations: Family<HistKey, HistogramVec>,
@@ -838,6 +840,7 @@ impl Metrics {
                 cfg.max_routes_per_server,
                 cfg.slot_idle_micros,
             ),
+            addresses: labels::ServerAddresses::default(),
             budget: Budget {
                 used: 0,
                 max: cfg.max_series,
@@ -868,12 +871,12 @@ impl Metrics {
     /// until the failure was known; nothing else (e.g. a request still open
     /// at the end of the capture, failure null).
     pub fn exchange(&mut self, ex: &Exchange) {
-        let address = labels::server_address(ex.host.as_deref(), ex.server);
+        let address = self.addresses.label(ex.host.as_deref(), ex.server);
         let now = ex.end_ts.unwrap_or(ex.ts).as_micros();
         let route = ex.route.as_deref().unwrap_or("");
         let overflow = &mut self.overflow;
         let placed = self.slots.place(
-            &address,
+            address,
             Some(ex.server.port()),
             Some(route),
             now,
@@ -965,10 +968,10 @@ impl Metrics {
         protocol: Protocol,
         now: Timestamp,
     ) {
-        let address = labels::server_address(host, server);
+        let address = self.addresses.label(host, server);
         let overflow = &mut self.overflow;
         let placed = self.slots.place(
-            &address,
+            address,
             Some(server.port()),
             None,
             now.as_micros(),
@@ -993,11 +996,11 @@ impl Metrics {
         version: &str,
         now: Timestamp,
     ) {
-        let address = labels::server_address(sni, server);
+        let address = self.addresses.label(sni, server);
         let overflow = &mut self.overflow;
         let placed = self
             .slots
-            .place(&address, None, None, now.as_micros(), &mut |o| {
+            .place(address, None, None, now.as_micros(), &mut |o| {
                 overflow.add(o)
             });
         let overflow = &mut self.overflow;
