@@ -365,13 +365,7 @@ impl<'a> Flow<'a> {
     }
 
     fn pass_events(&mut self, sink: &mut impl ExchangeSink) {
-        // Most packets raise none: no drain to set up and tear down.
-        if !self.flows.has_events() {
-            return;
-        }
-        for ev in self.flows.drain_events() {
-            pass_event(ev, sink);
-        }
+        self.flows.take_events(|ev| pass_event(ev, sink));
     }
 }
 

@@ -1161,12 +1161,9 @@ impl Shard {
     }
 
     fn events(&mut self, idx: u64) {
-        if !self.flows.has_events() {
-            return;
-        }
-        let events = self.flows.drain_events();
-        self.outputs
-            .extend(events.map(|e| tagged(idx, EVENT, Output::Event(e))));
+        let outputs = &mut self.outputs;
+        self.flows
+            .take_events(|e| outputs.push(tagged(idx, EVENT, Output::Event(e))));
     }
 
     /// End of input: every flow ends.
@@ -1378,7 +1375,7 @@ fn work_live(
             let now = clock.now().unwrap_or_default();
             flows.finish_all(now, &mut |ex| outputs.push(tag(Output::Exchange(ex))));
         }
-        outputs.extend(flows.drain_events().map(|e| tag(Output::Event(e))));
+        flows.take_events(|e| outputs.push(tag(Output::Event(e))));
         // Outputs go at once (an exchange should not wait for the next
         // packet); the counters at least every LIVE_REPLY_EVERY.
         if end || tick || !outputs.is_empty() || last_reply.elapsed() >= LIVE_REPLY_EVERY {

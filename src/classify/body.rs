@@ -165,6 +165,12 @@ fn inflate(kept: &mut Option<Decompress>, zlib: bool, input: &[u8], limit: usize
     out
 }
 
+/// "deflate" is zlib-wrapped by the RFC, raw deflate in practice too
+/// often: does `b` start with a zlib header (RFC 1950: method 8, check bits)?
+fn zlib_wrapped(b: &[u8]) -> bool {
+    b.len() >= 2 && b[0] & 0x0f == 8 && (u16::from(b[0]) << 8 | u16::from(b[1])) % 31 == 0
+}
+
 /// Where a gzip member's deflate stream starts (RFC 1952 §2.3): None when
 /// `b` does not start with a whole, valid gzip header (as flate2's
 /// `GzDecoder` reads it: reserved flags refused, a header CRC checked).
@@ -213,24 +219,18 @@ impl Inflaters {
         limit: usize,
         decode: impl FnOnce() -> bool,
     ) -> Option<Cow<'a, [u8]>> {
-        let zlib = match coding(headers) {
+        let (kept, zlib, deflated) = match coding(headers) {
             Coding::Identity => return Some(Cow::Borrowed(&prefix[..prefix.len().min(limit)])),
             Coding::Other => return None,
             _ if !decode() => return None,
             Coding::Gzip => {
-                let deflated = gzip_payload(prefix).map_or(&[][..], |at| &prefix[at..]);
-                return Some(Cow::Owned(inflate(&mut self.raw, false, deflated, limit)));
+                let payload = gzip_payload(prefix).map_or(&[][..], |at| &prefix[at..]);
+                (&mut self.raw, false, payload)
             }
-            // "deflate" is zlib-wrapped by the RFC, raw deflate in practice
-            // too often: the zlib header tells them apart.
-            Coding::Deflate => {
-                prefix.len() >= 2
-                    && prefix[0] & 0x0f == 8
-                    && (u16::from(prefix[0]) << 8 | u16::from(prefix[1])) % 31 == 0
-            }
+            Coding::Deflate if zlib_wrapped(prefix) => (&mut self.zlib, true, prefix),
+            Coding::Deflate => (&mut self.raw, false, prefix),
         };
-        let kept = if zlib { &mut self.zlib } else { &mut self.raw };
-        Some(Cow::Owned(inflate(kept, zlib, prefix, limit)))
+        Some(Cow::Owned(inflate(kept, zlib, deflated, limit)))
     }
 }
 
@@ -339,12 +339,9 @@ mod tests {
             out.truncate(n);
             out
         }
-        let zlib = body.len() >= 2
-            && body[0] & 0x0f == 8
-            && (u16::from(body[0]) << 8 | u16::from(body[1])) % 31 == 0;
         match ce {
             "gzip" => read_bounded(GzDecoder::new(body), limit),
-            _ if zlib => read_bounded(ZlibDecoder::new(body), limit),
+            _ if zlib_wrapped(body) => read_bounded(ZlibDecoder::new(body), limit),
             _ => read_bounded(DeflateDecoder::new(body), limit),
         }
     }

@@ -199,7 +199,7 @@ impl Default for FlowConfig {
 }
 
 /// What the flow layer learnt about a connection, for metrics and reports
-/// (drained by the caller with [`FlowTable::drain_events`]).
+/// (taken by the caller with [`FlowTable::take_events`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FlowEvent {
     /// A connection, once per connection: for HTTP when its first request
@@ -294,9 +294,10 @@ struct HttpConn {
 impl HttpConn {
     /// Report the connection once its first request head is parsed (its
     /// Host names the server); `end`: the connection ends, report it now.
+    /// `server` is asked for only then (most calls have nothing to report).
     fn announce(
         &mut self,
-        server: SocketAddr,
+        server: impl FnOnce() -> SocketAddr,
         end: Option<Timestamp>,
         events: &mut Vec<FlowEvent>,
     ) {
@@ -311,7 +312,7 @@ impl HttpConn {
         };
         self.announced = true;
         events.push(FlowEvent::Connection {
-            server,
+            server: server(),
             host,
             protocol: Protocol::Http,
             ts,
@@ -446,14 +447,12 @@ impl FlowTable {
         &self.stats
     }
 
-    /// Are there events to drain?
-    pub fn has_events(&self) -> bool {
-        !self.events.is_empty()
-    }
-
-    /// Connection events since the last call.
-    pub fn drain_events(&mut self) -> std::vec::Drain<'_, FlowEvent> {
-        self.events.drain(..)
+    /// Hand `f` the connection events since the last call, oldest first.
+    /// Most packets raise none: then no drain is set up and torn down.
+    pub fn take_events(&mut self, f: impl FnMut(FlowEvent)) {
+        if !self.events.is_empty() {
+            self.events.drain(..).for_each(f);
+        }
     }
 
     pub fn active_flows(&self) -> usize {
@@ -890,7 +889,7 @@ impl FlowTable {
                 h.req.end_of_stream(now, reset, &mut h.session);
                 h.resp.end_of_stream(now, reset, &mut h.session);
                 h.session.close(now);
-                h.announce(server, Some(now), events);
+                h.announce(|| server, Some(now), events);
                 for (total, n) in stats
                     .http_parse_errors
                     .iter_mut()
@@ -1247,10 +1246,8 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
         };
         // Most segments are a body's middle: nothing to announce, count,
         // obey or hand on (the addresses are built only for what is).
-        if !h.announced && h.session.first_request.is_some() {
-            let server = client_server(&self.key, *self.client_is_lo).1;
-            h.announce(server, None, self.events);
-        }
+        let (key, client_is_lo) = (&self.key, *self.client_is_lo);
+        h.announce(|| client_server(key, client_is_lo).1, None, self.events);
         for (total, n) in self
             .stats
             .http_parse_errors
@@ -1594,7 +1591,10 @@ mod tests {
 
     /// The connection events drained so far, as (host, protocol).
     fn connections(t: &mut FlowTable) -> Vec<(Option<String>, Protocol)> {
-        t.drain_events()
+        let mut events = Vec::new();
+        t.take_events(|e| events.push(e));
+        events
+            .into_iter()
             .filter_map(|e| match e {
                 FlowEvent::Connection { host, protocol, .. } => Some((host, protocol)),
                 FlowEvent::Tls(_) => None,
@@ -1640,7 +1640,8 @@ mod tests {
             [(Some("api.example.com".to_string()), Protocol::Tls)]
         );
         s.finish();
-        let events: Vec<FlowEvent> = s.table.drain_events().collect();
+        let mut events = Vec::new();
+        s.table.take_events(|e| events.push(e));
         assert_eq!(events.len(), 1, "{events:?}");
         assert!(
             matches!(&events[0], FlowEvent::Tls(hs) if hs.sni() == Some("api.example.com")),

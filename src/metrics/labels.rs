@@ -9,7 +9,7 @@
 //!   `_other` for anything else a lenient parser let through.
 //! - `server_address`: the Host header when it is a DNS name (letters,
 //!   digits, `-`, `_`, `.`, at most 253 bytes), else the server's IP address
-//!   ([`server_address`]). At most `max_servers` of them hold a slot; past it
+//!   ([`ServerAddresses::label`]). At most `max_servers` of them hold a slot; past it
 //!   the value is `_other`.
 //! - `server_port`: at most [`MAX_PORTS_PER_SERVER`] ports per server slot,
 //!   else `_other`.
@@ -25,7 +25,6 @@
 
 use crate::classify::findings::push_ip;
 use crate::http::Method;
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -123,26 +122,20 @@ pub fn status_label(key: u16) -> String {
     }
 }
 
-/// SPEC: "`server_address` is the Host header when it is a name, else the
-/// server's IP address". `host` is the lower-cased Host; its port (if any)
-/// is dropped. A Host that is an IP literal, empty, or not a valid DNS name
-/// (attacker bytes) gives the IP. A name is borrowed from `host`.
-pub fn server_address(host: Option<&str>, server: SocketAddr) -> Cow<'_, str> {
-    if let Some(name) = host.and_then(host_name) {
-        return Cow::Borrowed(name);
-    }
-    Cow::Owned(ip_label(server.ip()))
-}
-
-/// [`server_address`] with the last IP label kept: a host's servers have
-/// few addresses, and formatting one anew for every exchange cost more than
-/// the rest of the label's work. Same text as [`server_address`].
+/// `server_address` label values, the last IP's text kept: a host's
+/// servers have few addresses, and formatting one anew for every exchange
+/// cost more than the rest of the label's work.
 #[derive(Debug, Default)]
 pub struct ServerAddresses {
     last_ip: Option<(IpAddr, String)>,
 }
 
 impl ServerAddresses {
+    /// SPEC: "`server_address` is the Host header when it is a name, else
+    /// the server's IP address". `host` is the lower-cased Host; its port
+    /// (if any) is dropped. A Host that is an IP literal, empty, or not a
+    /// valid DNS name (attacker bytes) gives the IP. A name is borrowed
+    /// from `host`.
     pub fn label<'a>(&'a mut self, host: Option<&'a str>, server: SocketAddr) -> &'a str {
         if let Some(name) = host.and_then(host_name) {
             return name;
@@ -448,11 +441,12 @@ mod tests {
             (None, sa("[::ffff:10.1.2.3]:80"), "10.1.2.3"),
             (None, v6, "2001:db8::1"),
         ];
+        let fresh = |host, server| ServerAddresses::default().label(host, server).to_string();
         for &(host, server, want) in cases {
-            assert_eq!(server_address(host, server), want, "host {host:?}");
+            assert_eq!(fresh(host, server), want, "host {host:?}");
         }
         let long = "a".repeat(254);
-        assert_eq!(server_address(Some(&long), v4), "10.0.0.9");
+        assert_eq!(fresh(Some(&long), v4), "10.0.0.9");
         // One kept label across the cases, forwards and backwards (names
         // and addresses interleaved): the same text each time.
         let mut kept = ServerAddresses::default();

@@ -3,11 +3,11 @@
 //! Contract: [`SocketAddrText`], [`IpText`] and [`TimestampText`] hold
 //! exactly the bytes `to_string()` (the `Display` impls of [`SocketAddr`],
 //! [`IpAddr`] and [`Timestamp`]) gives for the same value; `Display` is the format, these only avoid
-//! `core::fmt` and the heap on the hot path. A timestamp outside years
-//! 0000–9999 has no fast form ([`TimestampText::new`] returns `None`) and is
-//! left to `Display`. [`TimestampTexts`] makes the same texts, reusing the
-//! calendar of the second before. The property tests below hold them to
-//! that.
+//! `core::fmt` and the heap on the hot path. [`TimestampTexts`] makes the
+//! timestamps' texts, working the calendar out once a second; a timestamp
+//! outside years 0000–9999 has no fast form ([`TimestampTexts::text`]
+//! returns `None`) and is left to `Display`. The property tests below hold
+//! them to that.
 
 use crate::clock::Timestamp;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -176,18 +176,20 @@ pub struct TimestampText(Ascii<27>);
 /// years whose `Display` is four plain digits.
 const FAST_SECS: std::ops::Range<i64> = -62_167_219_200..253_402_300_800;
 
+/// `YYYY-MM-DDThh:mm:ss` of a second: a timestamp's text before its
+/// fraction.
+type Calendar = [u8; 19];
+
 impl TimestampText {
-    /// `None` outside years 0000–9999 (use `Display` there).
-    pub fn new(ts: Timestamp) -> Option<Self> {
-        let secs = ts.as_secs();
+    /// Second `secs`'s calendar text; `None` outside years 0000–9999.
+    fn calendar(secs: i64) -> Option<Calendar> {
         if !FAST_SECS.contains(&secs) {
             return None;
         }
-        let micros = ts.as_micros().rem_euclid(1_000_000) as u32;
         // The calendar is the `time` crate's, as in `Display`; only the
         // text is ours.
         let dt = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
-        let mut t = Ascii::new();
+        let mut t = Ascii::<19>::new();
         t.push_padded(dt.year() as u32, 4);
         t.push(b'-');
         t.push_padded(u32::from(u8::from(dt.month())), 2);
@@ -199,10 +201,17 @@ impl TimestampText {
         t.push_padded(u32::from(dt.minute()), 2);
         t.push(b':');
         t.push_padded(u32::from(dt.second()), 2);
+        Some(t.bytes)
+    }
+
+    /// `ts` in its second, whose calendar text is `calendar`.
+    fn at(calendar: &Calendar, ts: Timestamp) -> Self {
+        let mut t = Ascii::new();
+        t.push_slice(calendar);
         t.push(b'.');
-        t.push_padded(micros, 6);
+        t.push_padded(ts.as_micros().rem_euclid(1_000_000) as u32, 6);
         t.push(b'Z');
-        Some(TimestampText(t))
+        TimestampText(t)
     }
 
     /// ASCII only.
@@ -213,34 +222,26 @@ impl TimestampText {
 
 /// [`TimestampText`]s of timestamps that mostly share their second with
 /// the one before (a log's lines, in capture order): the calendar is
-/// worked out once a second, only the microseconds each time. Same bytes as
-/// [`TimestampText::new`].
+/// worked out once a second, only the microseconds each time.
 #[derive(Default)]
 pub struct TimestampTexts {
-    /// The last second worked out, and its `YYYY-MM-DDThh:mm:ss`.
-    second: Option<(i64, [u8; 19])>,
+    /// The last second worked out, and its calendar text.
+    second: Option<(i64, Calendar)>,
 }
 
 impl TimestampTexts {
+    /// `None` outside years 0000–9999 (use `Display` there).
     pub fn text(&mut self, ts: Timestamp) -> Option<TimestampText> {
         let secs = ts.as_secs();
-        match self.second {
-            Some((s, head)) if s == secs => {
-                let mut t = Ascii::new();
-                t.push_slice(&head);
-                t.push(b'.');
-                t.push_padded(ts.as_micros().rem_euclid(1_000_000) as u32, 6);
-                t.push(b'Z');
-                Some(TimestampText(t))
-            }
+        let calendar = match self.second {
+            Some((s, calendar)) if s == secs => calendar,
             _ => {
-                let t = TimestampText::new(ts)?;
-                let mut head = [0; 19];
-                head.copy_from_slice(&t.as_bytes()[..19]);
-                self.second = Some((secs, head));
-                Some(t)
+                let calendar = TimestampText::calendar(secs)?;
+                self.second = Some((secs, calendar));
+                calendar
             }
-        }
+        };
+        Some(TimestampText::at(&calendar, ts))
     }
 }
 
@@ -255,7 +256,9 @@ mod tests {
     }
 
     fn ts_text(ts: Timestamp) -> Option<String> {
-        TimestampText::new(ts).map(|t| String::from_utf8(t.as_bytes().to_vec()).unwrap())
+        TimestampTexts::default()
+            .text(ts)
+            .map(|t| String::from_utf8(t.as_bytes().to_vec()).unwrap())
     }
 
     fn v6_same(ip: Ipv6Addr, port: u16, scope: u32) -> Result<(), TestCaseError> {
@@ -302,7 +305,7 @@ mod tests {
             for step in steps {
                 let ts = Timestamp::from_micros(us);
                 let kept = texts.text(ts).map(|t| t.as_bytes().to_vec());
-                let new = TimestampText::new(ts).map(|t| t.as_bytes().to_vec());
+                let new = TimestampTexts::default().text(ts).map(|t| t.as_bytes().to_vec());
                 prop_assert_eq!(kept, new);
                 us = us.saturating_add(step);
             }
