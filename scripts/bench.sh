@@ -10,8 +10,12 @@
 #   A = pcap_count FILE                      (pcap_open_offline + pcap_next_ex)
 #   B = apitap -r FILE --exchanges LOG --workers 1         (one core)
 #   C = apitap -r FILE --exchanges LOG --workers $(nproc)  (the default)
+#   D = $(nproc) copies of B side by side, each on its own log
 # then prints medians: MB/s, packets/s, exchanges/s, time/floor and the
-# speed-up of C over B.
+# speed-up of C over B. D is the machine's own ceiling for that speed-up:
+# runs that share nothing, so N copies do N times B's work; what they
+# achieve together (N * B / D) is what cores, caches and memory allow
+# before apitap's threads share anything.
 # Exchanges = lines apitap wrote to its exchange log (a real file, so the
 # count is checked; the log's cost is part of apitap's time); the capture's
 # request count (nginx's, from FILE.stats.txt) is shown beside it.
@@ -68,16 +72,16 @@ size=$(stat -c %s "$file")
 packets=$("$floor" "$file" | sed -n 's/^packets=\([0-9]*\).*/\1/p')
 requests=$(sed -n 's/^http_requests: \([0-9]*\).*/\1/p' "$file.stats.txt" 2>/dev/null || true)
 log=$(mktemp /var/tmp/apitap-bench-exchanges.XXXXXX)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"*' EXIT
 cat "$file" >/dev/null # warm the page cache
 
 times=$(mktemp)
-trap 'rm -f "$log" "$times"' EXIT
+trap 'rm -f "$log"* "$times"' EXIT
 cores=$(nproc)
 exchanges=0
 check() {
     local n
-    n=$(wc -l <"$log")
+    n=$(wc -l <"${1:-$log}")
     if [ "$exchanges" != 0 ] && [ "$n" != "$exchanges" ]; then
         echo "bench.sh: a run logged $n exchanges, the first $exchanges" >&2
     fi
@@ -93,11 +97,19 @@ for i in $(seq "$runs"); do
     "$apitap" -r "$file" --exchanges "$log" --workers "$cores"
     t3=$(date +%s%N)
     check
+    for c in $(seq "$cores"); do
+        "$apitap" -r "$file" --exchanges "$log.$c" --workers 1 &
+    done
+    wait
+    t4=$(date +%s%N)
+    for c in $(seq "$cores"); do check "$log.$c"; done
     echo "floor $((t1 - t0))" >>"$times"
     echo "apitap-1w $((t2 - t1))" >>"$times"
     echo "apitap-${cores}w $((t3 - t2))" >>"$times"
-    printf 'run %d: floor %.3f s, apitap 1 worker %.3f s, %d workers %.3f s\n' "$i" \
-        "$(((t1 - t0) / 1000))e-6" "$(((t2 - t1) / 1000))e-6" "$cores" "$(((t3 - t2) / 1000))e-6"
+    echo "side-by-side $((t4 - t3))" >>"$times"
+    printf 'run %d: floor %.3f s, apitap 1 worker %.3f s, %d workers %.3f s, %d x 1 worker side by side %.3f s\n' \
+        "$i" "$(((t1 - t0) / 1000))e-6" "$(((t2 - t1) / 1000))e-6" "$cores" "$(((t3 - t2) / 1000))e-6" \
+        "$cores" "$(((t4 - t3) / 1000))e-6"
 done
 
 python3 - "$size" "$packets" "$exchanges" "${requests:-0}" "$runs" "$times" "$cores" <<'PY'
@@ -122,4 +134,7 @@ for label in ("floor", "apitap-1w", many):
 one = statistics.median(walls["apitap-1w"])
 print(f"one core: {floor / one:.2f} of the floor's MB/s (target >= 0.5); "
       f"{cores} workers: {one / statistics.median(walls[many]):.2f}x one worker")
+side = statistics.median(walls["side-by-side"])
+print(f"ceiling: {cores} one-worker runs side by side did {cores * one / side:.2f}x one run's work "
+      f"per second (nothing shared; what this machine gives {cores} busy threads)")
 PY
