@@ -18,7 +18,7 @@ use crate::classify::redact::redact_target;
 use crate::clock::Timestamp;
 use crate::http::exchange::Exchange;
 use crate::http::Method;
-use crate::output::text::{SocketAddrText, TimestampTexts};
+use crate::output::text::{SocketAddrTexts, TimestampTexts};
 use crate::pipeline::ExchangeSink;
 use serde::Serialize;
 use std::io::{self, Write};
@@ -70,6 +70,8 @@ pub struct ExchangeLog {
     /// The first write error; later writes are skipped.
     error: Option<io::Error>,
     timestamps: TimestampTexts,
+    clients: SocketAddrTexts,
+    servers: SocketAddrTexts,
 }
 
 impl ExchangeLog {
@@ -80,6 +82,8 @@ impl ExchangeLog {
             line: Vec::with_capacity(1024),
             error: None,
             timestamps: TimestampTexts::default(),
+            clients: SocketAddrTexts::default(),
+            servers: SocketAddrTexts::default(),
         }
     }
 
@@ -90,9 +94,9 @@ impl ExchangeLog {
         l.extend_from_slice(b"{\"ts\":");
         timestamp(l, &mut self.timestamps, ex.ts)?;
         l.extend_from_slice(b",\"client\":");
-        plain(l, SocketAddrText::new(&ex.client).as_bytes());
+        plain(l, self.clients.text(&ex.client));
         l.extend_from_slice(b",\"server\":");
-        plain(l, SocketAddrText::new(&ex.server).as_bytes());
+        plain(l, self.servers.text(&ex.server));
         l.extend_from_slice(b",\"method\":");
         match req.map(|r| &r.method) {
             // A method from the wire may need escaping.

@@ -4,10 +4,11 @@
 //! exactly the bytes `to_string()` (the `Display` impls of [`SocketAddr`],
 //! [`IpAddr`] and [`Timestamp`]) gives for the same value; `Display` is the format, these only avoid
 //! `core::fmt` and the heap on the hot path. [`TimestampTexts`] makes the
-//! timestamps' texts, working the calendar out once a second; a timestamp
-//! outside years 0000–9999 has no fast form ([`TimestampTexts::text`]
-//! returns `None`) and is left to `Display`. The property tests below hold
-//! them to that.
+//! timestamps' texts, working the calendar out once a second, and
+//! [`SocketAddrTexts`] the addresses', keeping the last address's text; a
+//! timestamp outside years 0000–9999 has no fast form
+//! ([`TimestampTexts::text`] returns `None`) and is left to `Display`. The
+//! property tests below hold them to that.
 
 use crate::clock::Timestamp;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -75,7 +76,8 @@ impl<const N: usize> Ascii<N> {
 pub struct SocketAddrText(Ascii<64>);
 
 impl SocketAddrText {
-    pub fn new(addr: &SocketAddr) -> Self {
+    /// The text before `:port`.
+    fn host(addr: &SocketAddr) -> Self {
         let mut t = Ascii::new();
         match addr {
             SocketAddr::V4(a) => push_ipv4(&mut t, a.ip()),
@@ -89,14 +91,57 @@ impl SocketAddrText {
                 t.push(b']');
             }
         }
-        t.push(b':');
-        t.push_u32(u32::from(addr.port()));
         SocketAddrText(t)
+    }
+
+    /// Append `:port` (to [`SocketAddrText::host`]'s text).
+    fn set_port(&mut self, port: u16) {
+        self.0.push(b':');
+        self.0.push_u32(u32::from(port));
     }
 
     /// ASCII only.
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
+    }
+}
+
+/// [`SocketAddrText`]s of addresses that mostly repeat the one before (a
+/// log's servers; its clients' addresses, ports aside): the text before
+/// `:port` is kept while the address repeats, only the port is written
+/// anew.
+#[derive(Default)]
+pub struct SocketAddrTexts {
+    /// The last address, the length of its text before `:port`, its text.
+    last: Option<(SocketAddr, usize, SocketAddrText)>,
+}
+
+impl SocketAddrTexts {
+    pub fn text(&mut self, addr: &SocketAddr) -> &[u8] {
+        // What the text before `:port` shows (not an IPv6 flow label).
+        let same_host = |a: &SocketAddr| match (a, addr) {
+            (SocketAddr::V4(a), SocketAddr::V4(b)) => a.ip() == b.ip(),
+            (SocketAddr::V6(a), SocketAddr::V6(b)) => {
+                a.ip() == b.ip() && a.scope_id() == b.scope_id()
+            }
+            _ => false,
+        };
+        let (last, host_len, text) = match self.last.take() {
+            Some((last, host_len, mut text)) if same_host(&last) => {
+                if last.port() != addr.port() {
+                    text.0.len = host_len;
+                    text.set_port(addr.port());
+                }
+                (*addr, host_len, text)
+            }
+            _ => {
+                let mut text = SocketAddrText::host(addr);
+                let host_len = text.0.len;
+                text.set_port(addr.port());
+                (*addr, host_len, text)
+            }
+        };
+        self.last.insert((last, host_len, text)).2.as_bytes()
     }
 }
 
@@ -252,7 +297,7 @@ mod tests {
     use std::net::{SocketAddrV4, SocketAddrV6};
 
     fn addr_text(a: &SocketAddr) -> String {
-        String::from_utf8(SocketAddrText::new(a).as_bytes().to_vec()).unwrap()
+        String::from_utf8(SocketAddrTexts::default().text(a).to_vec()).unwrap()
     }
 
     fn ts_text(ts: Timestamp) -> Option<String> {
@@ -308,6 +353,35 @@ mod tests {
                 let new = TimestampTexts::default().text(ts).map(|t| t.as_bytes().to_vec());
                 prop_assert_eq!(kept, new);
                 us = us.saturating_add(step);
+            }
+        }
+
+        /// Addresses from a few hosts and ports, v4 and v6 (with and
+        /// without scope, flow labels that do not show): the kept text
+        /// gives what `Display` does, whichever part repeats.
+        #[test]
+        fn kept_addresses_give_the_same_text(
+            picks in proptest::collection::vec((0usize..6, 0usize..3, any::<u32>()), 1..60),
+        ) {
+            let hosts: [(IpAddr, u32); 6] = [
+                (Ipv4Addr::new(10, 0, 0, 1).into(), 0),
+                (Ipv4Addr::new(10, 0, 0, 12).into(), 0),
+                (Ipv4Addr::new(192, 168, 100, 200).into(), 0),
+                ("fe80::1".parse().unwrap(), 0),
+                ("fe80::1".parse().unwrap(), 7),
+                ("2001:db8::a:b".parse().unwrap(), 0),
+            ];
+            let ports = [80u16, 8, 65535];
+            let mut texts = SocketAddrTexts::default();
+            for (h, p, flow) in picks {
+                let a = match hosts[h] {
+                    (IpAddr::V4(ip), _) => SocketAddr::V4(SocketAddrV4::new(ip, ports[p])),
+                    (IpAddr::V6(ip), scope) => {
+                        SocketAddr::V6(SocketAddrV6::new(ip, ports[p], flow, scope))
+                    }
+                };
+                let want = a.to_string();
+                prop_assert_eq!(texts.text(&a), want.as_bytes());
             }
         }
 
@@ -414,7 +488,7 @@ mod tests {
         ] {
             let a = SocketAddr::V6(SocketAddrV6::new(ip.parse().unwrap(), 65535, 0, scope));
             assert_eq!(
-                SocketAddrText::new(&a).as_bytes(),
+                SocketAddrTexts::default().text(&a),
                 a.to_string().as_bytes(),
                 "{ip}"
             );
@@ -422,7 +496,7 @@ mod tests {
         for ip in ["0.0.0.0", "255.255.255.255", "10.0.0.5"] {
             let a = SocketAddr::V4(SocketAddrV4::new(ip.parse().unwrap(), 0));
             assert_eq!(
-                SocketAddrText::new(&a).as_bytes(),
+                SocketAddrTexts::default().text(&a),
                 a.to_string().as_bytes(),
                 "{ip}"
             );
