@@ -125,12 +125,14 @@ print(f"capture: {size:,} bytes, {pkts:,} packets, {req:,} HTTP requests (nginx)
       f"apitap logged {ex:,} exchanges; {runs} alternating runs each, medians")
 print(f"{'what':<14}{'wall_s':>8}{'min_s':>8}{'max_s':>8}{'MB/s':>9}{'Mpkt/s':>9}{'exch/s':>11}{'x_floor':>9}")
 many = f"apitap-{cores}w"
-for label in ("floor", "apitap-1w", many):
+for label in ("floor", "apitap-1w", many, "side-by-side"):
     ws = walls[label]
     w = statistics.median(ws)
-    rate = f"{ex / w:>11,.0f}" if label != "floor" else f"{'-':>11}"
-    print(f"{label:<14}{w:>8.3f}{min(ws):>8.3f}{max(ws):>8.3f}{size / 1e6 / w:>9.0f}"
-          f"{pkts / 1e6 / w:>9.3f}{rate}{w / floor:>9.2f}")
+    # Side by side: N runs' bytes, packets and exchanges in that time.
+    n = cores if label == "side-by-side" else 1
+    rate = f"{n * ex / w:>11,.0f}" if label != "floor" else f"{'-':>11}"
+    print(f"{label:<14}{w:>8.3f}{min(ws):>8.3f}{max(ws):>8.3f}{n * size / 1e6 / w:>9.0f}"
+          f"{n * pkts / 1e6 / w:>9.3f}{rate}{w / floor:>9.2f}")
 one = statistics.median(walls["apitap-1w"])
 print(f"one core: {floor / one:.2f} of the floor's MB/s (target >= 0.5); "
       f"{cores} workers: {one / statistics.median(walls[many]):.2f}x one worker")
