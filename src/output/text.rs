@@ -126,22 +126,24 @@ impl SocketAddrTexts {
             }
             _ => false,
         };
-        let (last, host_len, text) = match self.last.take() {
-            Some((last, host_len, mut text)) if same_host(&last) => {
+        match &mut self.last {
+            Some((last, host_len, text)) if same_host(last) => {
                 if last.port() != addr.port() {
-                    text.0.len = host_len;
+                    text.0.len = *host_len;
                     text.set_port(addr.port());
                 }
-                (*addr, host_len, text)
+                *last = *addr;
             }
-            _ => {
+            slot => {
                 let mut text = SocketAddrText::host(addr);
                 let host_len = text.0.len;
                 text.set_port(addr.port());
-                (*addr, host_len, text)
+                *slot = Some((*addr, host_len, text));
             }
-        };
-        self.last.insert((last, host_len, text)).2.as_bytes()
+        }
+        self.last
+            .as_ref()
+            .map_or(&[], |(_, _, text)| text.as_bytes())
     }
 }
 
