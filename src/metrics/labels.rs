@@ -141,10 +141,10 @@ impl ServerAddresses {
             return name;
         }
         let ip = server.ip();
-        if self.last_ip.as_ref().is_none_or(|(last, _)| *last != ip) {
-            self.last_ip = Some((ip, ip_label(ip)));
+        if self.last_ip.as_ref().is_some_and(|(last, _)| *last != ip) {
+            self.last_ip = None;
         }
-        self.last_ip.as_ref().map_or("", |(_, label)| label)
+        &self.last_ip.get_or_insert_with(|| (ip, ip_label(ip))).1
     }
 }
 

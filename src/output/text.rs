@@ -126,24 +126,25 @@ impl SocketAddrTexts {
             }
             _ => false,
         };
-        match &mut self.last {
-            Some((last, host_len, text)) if same_host(last) => {
-                if last.port() != addr.port() {
-                    text.0.len = *host_len;
-                    text.set_port(addr.port());
-                }
-                *last = *addr;
-            }
-            slot => {
-                let mut text = SocketAddrText::host(addr);
-                let host_len = text.0.len;
-                text.set_port(addr.port());
-                *slot = Some((*addr, host_len, text));
-            }
-        }
-        self.last
+        if self
+            .last
             .as_ref()
-            .map_or(&[], |(_, _, text)| text.as_bytes())
+            .is_some_and(|(last, ..)| !same_host(last))
+        {
+            self.last = None;
+        }
+        let (last, host_len, text) = self.last.get_or_insert_with(|| {
+            let mut text = SocketAddrText::host(addr);
+            let host_len = text.0.len;
+            text.set_port(addr.port());
+            (*addr, host_len, text)
+        });
+        if last.port() != addr.port() {
+            text.0.len = *host_len;
+            text.set_port(addr.port());
+        }
+        *last = *addr;
+        text.as_bytes()
     }
 }
 
