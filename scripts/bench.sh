@@ -11,7 +11,8 @@
 #   B = apitap -r FILE --exchanges LOG --workers 1         (one core)
 #   C = apitap -r FILE --exchanges LOG --workers $(nproc)  (the default)
 #   D = $(nproc) copies of B side by side, each on its own log
-# then prints medians: MB/s, packets/s, exchanges/s, time/floor and the
+# then prints medians: wall and CPU (user+sys) time, the cores a run kept
+# busy (CPU / wall), MB/s, packets/s, exchanges/s, time/floor and the
 # speed-up of C over B. D is the machine's own ceiling for that speed-up:
 # runs that share nothing, so N copies do N times B's work; what they
 # achieve together (N * B / D) is what cores, caches and memory allow
@@ -87,18 +88,23 @@ check() {
     fi
     exchanges=$n
 }
+# CPU time (user + sys) of each run, beside its wall time: how many cores
+# a configuration keeps busy.
+cpu=$(mktemp)
+trap 'rm -f "$log"* "$times" "$cpu"' EXIT
+timed() { /usr/bin/time -a -o "$cpu" -f "$1 %U %S" "${@:2}"; }
 for i in $(seq "$runs"); do
     t0=$(date +%s%N)
-    "$floor" "$file" >/dev/null
+    timed floor "$floor" "$file" >/dev/null
     t1=$(date +%s%N)
-    "$apitap" -r "$file" --exchanges "$log" --workers 1
+    timed apitap-1w "$apitap" -r "$file" --exchanges "$log" --workers 1
     t2=$(date +%s%N)
     check
-    "$apitap" -r "$file" --exchanges "$log" --workers "$cores"
+    timed "apitap-${cores}w" "$apitap" -r "$file" --exchanges "$log" --workers "$cores"
     t3=$(date +%s%N)
     check
     for c in $(seq "$cores"); do
-        "$apitap" -r "$file" --exchanges "$log.$c" --workers 1 &
+        timed side-by-side "$apitap" -r "$file" --exchanges "$log.$c" --workers 1 &
     done
     wait
     t4=$(date +%s%N)
@@ -112,7 +118,7 @@ for i in $(seq "$runs"); do
         "$cores" "$(((t4 - t3) / 1000))e-6"
 done
 
-python3 - "$size" "$packets" "$exchanges" "${requests:-0}" "$runs" "$times" "$cores" <<'PY'
+python3 - "$size" "$packets" "$exchanges" "${requests:-0}" "$runs" "$times" "$cores" "$cpu" <<'PY'
 import statistics, sys
 size, pkts, ex, req, runs = (int(a) for a in sys.argv[1:6])
 cores = int(sys.argv[7])
@@ -120,10 +126,18 @@ walls = {}
 for line in open(sys.argv[6]):
     label, ns = line.split()
     walls.setdefault(label, []).append(int(ns) / 1e9)
+cpus = {}
+for line in open(sys.argv[8]):
+    label, user, system = line.split()
+    cpus.setdefault(label, []).append(float(user) + float(system))
+# Side by side: one line per copy; a run's CPU is their sum.
+side_by_side = cpus.get("side-by-side", [])
+cpus["side-by-side"] = [sum(side_by_side[i:i + cores]) for i in range(0, len(side_by_side), cores)]
 floor = statistics.median(walls["floor"])
 print(f"capture: {size:,} bytes, {pkts:,} packets, {req:,} HTTP requests (nginx); "
       f"apitap logged {ex:,} exchanges; {runs} alternating runs each, medians")
-print(f"{'what':<14}{'wall_s':>8}{'min_s':>8}{'max_s':>8}{'MB/s':>9}{'Mpkt/s':>9}{'exch/s':>11}{'x_floor':>9}")
+print(f"{'what':<14}{'wall_s':>8}{'min_s':>8}{'max_s':>8}{'cpu_s':>7}{'cores':>6}"
+      f"{'MB/s':>9}{'Mpkt/s':>9}{'exch/s':>11}{'x_floor':>9}")
 many = f"apitap-{cores}w"
 for label in ("floor", "apitap-1w", many, "side-by-side"):
     ws = walls[label]
@@ -131,7 +145,9 @@ for label in ("floor", "apitap-1w", many, "side-by-side"):
     # Side by side: N runs' bytes, packets and exchanges in that time.
     n = cores if label == "side-by-side" else 1
     rate = f"{n * ex / w:>11,.0f}" if label != "floor" else f"{'-':>11}"
-    print(f"{label:<14}{w:>8.3f}{min(ws):>8.3f}{max(ws):>8.3f}{n * size / 1e6 / w:>9.0f}"
+    c = statistics.median(cpus[label])
+    print(f"{label:<14}{w:>8.3f}{min(ws):>8.3f}{max(ws):>8.3f}{c:>7.2f}{c / w:>6.2f}"
+          f"{n * size / 1e6 / w:>9.0f}"
           f"{n * pkts / 1e6 / w:>9.3f}{rate}{w / floor:>9.2f}")
 one = statistics.median(walls["apitap-1w"])
 print(f"one core: {floor / one:.2f} of the floor's MB/s (target >= 0.5); "
@@ -139,4 +155,9 @@ print(f"one core: {floor / one:.2f} of the floor's MB/s (target >= 0.5); "
 side = statistics.median(walls["side-by-side"])
 print(f"ceiling: {cores} one-worker runs side by side did {cores * one / side:.2f}x one run's work "
       f"per second (nothing shared; what this machine gives {cores} busy threads)")
+# One worker already keeps more than one core busy (the kernel maps the
+# capture's pages in on a pager thread): what is left for more workers.
+busy = statistics.median(c / w for c, w in zip(cpus["apitap-1w"], walls["apitap-1w"]))
+print(f"one worker keeps {busy:.2f} of {cores} cores busy: {cores} workers can be at most "
+      f"{cores / busy:.2f}x as fast, with no cost of their own")
 PY
