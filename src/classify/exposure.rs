@@ -80,8 +80,9 @@ fn userinfo(target: &[u8]) -> Option<&[u8]> {
     memchr::memrchr(b'@', auth).map(|at| &auth[..at])
 }
 
-/// `credentials_in_url`: a credential-named query parameter with a value,
-/// or userinfo in an absolute target.
+/// `credentials_in_url`: a credential-named query (or fragment: clients
+/// that send one carry tokens there, `#access_token=`) parameter with a
+/// value, or userinfo in an absolute target.
 pub fn credentials_in_url(cfg: &ClassifyConfig, target: &[u8]) -> Option<String> {
     // The evidence names the first credential found and counts the rest.
     let mut first: Option<String> = None;
@@ -92,8 +93,10 @@ pub fn credentials_in_url(cfg: &ClassifyConfig, target: &[u8]) -> Option<String>
         push_redacted(&mut e, ui.len());
         first = Some(e);
     }
-    if let Some(q) = query_of(target) {
-        for pair in q.split(|&b| b == b'&') {
+    let fragment = memchr::memchr(b'#', target).map(|h| &target[h + 1..]);
+    for (place, pairs) in [("query", query_of(target)), ("fragment", fragment)] {
+        let Some(pairs) = pairs else { continue };
+        for pair in pairs.split(|&b| b == b'&') {
             let (name, value) = match memchr::memchr(b'=', pair) {
                 Some(i) => (&pair[..i], &pair[i + 1..]),
                 None => continue,
@@ -101,7 +104,7 @@ pub fn credentials_in_url(cfg: &ClassifyConfig, target: &[u8]) -> Option<String>
             if !value.is_empty() && is_credential_name(name, &cfg.credential_params) {
                 count += 1;
                 if first.is_none() {
-                    let mut e = String::from("query parameter ");
+                    let mut e = format!("{place} parameter ");
                     push_printable(&mut e, name, 64);
                     e.push('=');
                     push_redacted(&mut e, value.len());

@@ -476,9 +476,11 @@ fn is_empty_body(ex: &Exchange, decoded: Option<&[u8]>) -> bool {
 }
 
 /// The Host of a request: the authority of an absolute-form target when
-/// present, else the Host header; lower-cased, `:80` stripped.
+/// present, else the Host header; lower-cased, `:80` stripped. A `://`
+/// further into an origin-form target (`/login?next=https://...`) is not
+/// an authority: the Host header stays the host.
 pub fn host_of(target: &[u8], headers: &Headers) -> Option<String> {
-    let from_target = search::scheme_end(target).map(|p| {
+    let from_target = search::absolute_scheme_end(target).map(|p| {
         let rest = &target[p + 3..];
         let end = memchr::memchr3(b'/', b'?', b'#', rest).unwrap_or(rest.len());
         let auth = &rest[..end];
@@ -529,6 +531,25 @@ mod tests {
                 Some("proxy.example"),
             ),
             (b"http://u:p@h.example/x", None, Some("h.example")),
+            (b"HTTPS://H.example/x", None, Some("h.example")),
+            // `://` in an origin-form target's query or path names no host
+            // (nor can a query's secret become one).
+            (
+                b"/login?next=https://other.example/x",
+                Some("api.example.com"),
+                Some("api.example.com"),
+            ),
+            (
+                b"/cb?r=http://a.example&token=s3cr3t",
+                Some("api.example.com"),
+                Some("api.example.com"),
+            ),
+            (
+                b"/proxy/http://b.example/x",
+                Some("a.example"),
+                Some("a.example"),
+            ),
+            (b"1http://b.example/x", Some("a.example"), Some("a.example")),
         ];
         for (target, header, want) in cases {
             let mut h = Headers::default();

@@ -3,8 +3,11 @@
 //! Contract: [`redact_target`] returns the target as text that holds no
 //! secret: values of credential-named query parameters, any query value that
 //! is a JWT, userinfo of an absolute-form target and JWT path segments are
-//! replaced by `REDACTED`. Bytes that are not UTF-8 are percent-encoded, so
-//! the result is always valid text and loses nothing else. When nothing is
+//! replaced by `REDACTED`, and so are credential-named values and JWTs in a
+//! fragment (clients should not send one, but those that do carry tokens
+//! there too: `#access_token=`). Bytes that are not UTF-8 are
+//! percent-encoded, so the result is always valid text and loses nothing
+//! else. When nothing is
 //! replaced and the target is UTF-8 the result borrows it (no allocation).
 
 use std::borrow::Cow;
@@ -114,25 +117,56 @@ pub fn redact_target<'a>(target: &'a [u8], cred_names: &[String]) -> Cow<'a, str
         at += seg.len() + 1;
     }
     if let Some(q_start) = query_start {
-        // A fragment after the query is kept as it is.
         let q_end = memchr::memchr(b'#', &target[q_start..]).map_or(target.len(), |i| q_start + i);
-        let mut at = q_start;
-        for pair in target[q_start..q_end].split(|&b| b == b'&') {
-            match memchr::memchr(b'=', pair) {
-                Some(eq) => {
-                    let (name, value) = (&pair[..eq], &pair[eq + 1..]);
-                    if !value.is_empty() && (is_credential_name(name, cred_names) || is_jwt(value))
-                    {
-                        out.redact(at + eq + 1..at + pair.len());
-                    }
-                }
-                None if is_jwt(pair) => out.redact(at..at + pair.len()),
-                None => {}
-            }
-            at += pair.len() + 1;
-        }
+        redact_pairs(&mut out, target, q_start..q_end, cred_names);
     }
-    out.finish()
+    let text = out.finish();
+    // The fragment, in a second pass over the text (its pairs may overlap
+    // what the first replaced, and ranges must come in order); rare.
+    let Some(hash) = memchr::memchr(b'#', text.as_bytes()) else {
+        return text;
+    };
+    let t = text.as_bytes();
+    if !t[hash + 1..]
+        .split(|&b| b == b'&')
+        .any(|p| secret_in_pair(p, cred_names).is_some())
+    {
+        return text;
+    }
+    let mut out = CowBytes::new(t);
+    redact_pairs(&mut out, t, hash + 1..t.len(), cred_names);
+    Cow::Owned(out.finish().into_owned())
+}
+
+/// The `&`-separated `name=value` pairs of `target[range]`: values of
+/// credential-named pairs and JWTs (values, or pairs without `=`) replaced.
+fn redact_pairs(
+    out: &mut CowBytes<'_>,
+    target: &[u8],
+    range: std::ops::Range<usize>,
+    cred_names: &[String],
+) {
+    let mut at = range.start;
+    for pair in target[range].split(|&b| b == b'&') {
+        if let Some(from) = secret_in_pair(pair, cred_names) {
+            out.redact(at + from..at + pair.len());
+        }
+        at += pair.len() + 1;
+    }
+}
+
+/// Where the secret in one `name=value` pair starts: its value, when the
+/// name is a credential's or the value a JWT; the pair itself, when it has
+/// no `=` and is a JWT.
+fn secret_in_pair(pair: &[u8], cred_names: &[String]) -> Option<usize> {
+    match memchr::memchr(b'=', pair) {
+        Some(eq) => {
+            let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+            (!value.is_empty() && (is_credential_name(name, cred_names) || is_jwt(value)))
+                .then_some(eq + 1)
+        }
+        None => is_jwt(pair).then_some(0),
+    }
 }
 
 /// The target with some ranges replaced by [`REDACTED`], copied only once
@@ -219,6 +253,7 @@ mod tests {
     fn redact_table() {
         let jwt_q = format!("/a?x={JWT}");
         let jwt_p = format!("/t/{JWT}/x");
+        let jwt_f = format!("/cb#id_token={JWT}");
         let cases: Vec<(&str, String)> = vec![
             ("/users/42?token=abc", "/users/42?token=REDACTED".into()),
             ("/x?Token=abc&page=2", "/x?Token=REDACTED&page=2".into()),
@@ -234,6 +269,14 @@ mod tests {
             ),
             ("http://h.example/p", "http://h.example/p".into()),
             ("/a?password=x#frag", "/a?password=REDACTED#frag".into()),
+            // In a fragment too (OAuth's implicit flow puts tokens there).
+            (
+                "/a?x=1#access_token=s3cr3t&state=2",
+                "/a?x=1#access_token=REDACTED&state=2".into(),
+            ),
+            ("/cb#token=abc", "/cb#token=REDACTED".into()),
+            (jwt_f.as_str(), "/cb#id_token=REDACTED".into()),
+            ("/p#x?token=abc", "/p#x?token=REDACTED".into()),
         ];
         for (t, want) in cases {
             assert_eq!(redact_target(t.as_bytes(), &names()), want, "{t}");
@@ -334,7 +377,33 @@ mod tests {
                 out.extend_from_slice(f);
             }
         }
-        bytes_to_text(&out)
+        // Then the fragment's pairs, in the text.
+        let text = bytes_to_text(&out);
+        let Some(h) = text.find('#') else {
+            return text;
+        };
+        let mut with_fragment = text[..=h].to_string();
+        for (i, pair) in text[h + 1..].split('&').enumerate() {
+            if i > 0 {
+                with_fragment.push('&');
+            }
+            let secret = match pair.split_once('=') {
+                Some((name, value)) => {
+                    with_fragment.push_str(name);
+                    with_fragment.push('=');
+                    let credential = is_credential_name(name.as_bytes(), cred_names);
+                    if !value.is_empty() && (credential || is_jwt(value.as_bytes())) {
+                        REDACTED
+                    } else {
+                        value
+                    }
+                }
+                None if is_jwt(pair.as_bytes()) => REDACTED,
+                None => pair,
+            };
+            with_fragment.push_str(secret);
+        }
+        with_fragment
     }
 
     proptest::proptest! {

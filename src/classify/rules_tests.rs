@@ -434,6 +434,14 @@ fn finding_kind_table() {
             Some(K::CredentialsInUrl),
         ),
         (
+            "#access_token= (a fragment sent)",
+            ex(
+                Some(("GET /cb?state=1#access_token=abc", H)),
+                Some((200, &[], ok)),
+            ),
+            Some(K::CredentialsInUrl),
+        ),
+        (
             "look-alike: ?keyword=",
             ex(Some(("GET /x?keyword=", H)), Some((200, &[], ok))),
             None,

@@ -19,6 +19,19 @@ pub fn scheme_end(haystack: &[u8]) -> Option<usize> {
     SCHEME_END.find(haystack)
 }
 
+/// Where the `://` after `target`'s scheme starts, when `target` begins
+/// with one (RFC 3986: a letter, then letters, digits, `+`, `-` or `.`):
+/// an absolute-form target, not a `://` further in.
+pub fn absolute_scheme_end(target: &[u8]) -> Option<usize> {
+    let p = scheme_end(target)?;
+    let scheme = &target[..p];
+    let valid = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    valid.then_some(p)
+}
+
 /// Every `eyJ` (the start of a JWT's header), in order.
 pub fn jwt_starts(haystack: &[u8]) -> FindIter<'_, 'static> {
     JWT_START.find_iter(haystack)
