@@ -21,7 +21,7 @@ seconds=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(decode reassembly http_request http_response flow)
+    targets=(decode reassembly http_request http_response flow classify)
 fi
 sanitizer=${FUZZ_SANITIZER:-address}
 export RUSTC_BOOTSTRAP=1
@@ -44,6 +44,14 @@ fi
     # Its own target dir (fuzz/target): the fuzz build uses other flags.
     cargo build --quiet --release --example seeds
     ./target/release/examples/seeds corpus "${captures[@]}"
+    # Past findings (fuzz/regressions/<target>-<name>.bin) run first, as
+    # part of each target's corpus.
+    for f in regressions/*.bin; do
+        [ -e "$f" ] || continue
+        t=$(basename "$f")
+        mkdir -p "corpus/${t%%-*}"
+        cp "$f" "corpus/${t%%-*}/"
+    done
 )
 
 failed=()

@@ -4,7 +4,8 @@
 //! `OUT_DIR/<target>/<hash>` files in each target's input format (see
 //! `apitap_fuzz`): packets in groups (`decode`), each connection as a script
 //! (`flow`), each direction's segment and ACK pattern (`reassembly`) and
-//! each direction's reassembled bytes (`http_request`, `http_response`).
+//! each direction's reassembled bytes (`http_request`, `http_response`),
+//! and a connection's first request head with its response (`classify`).
 //! Seeds are derived, never committed: the script regenerates them.
 
 use apitap::capture::file::FileSource;
@@ -14,7 +15,7 @@ use apitap::decode::{Decoded, Decoder};
 use apitap::flow::reassembly::{Reassembler, StreamEvent, StreamLimits};
 use apitap::flow::FlowKey;
 use apitap::http::parser::{sniff_request_start, sniff_response_start, Sniff};
-use apitap_fuzz::{decode, flow, http, reassembly};
+use apitap_fuzz::{classify, decode, flow, http, reassembly};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -182,6 +183,7 @@ fn connection(segs: &[Segment], out: &mut Out) {
     }
     out.put("flow", &flow::encode(isn, &script));
 
+    let (mut request, mut response) = (None, None);
     for (dir, &dir_isn) in isn.iter().enumerate() {
         // reassembly: this direction's segments, the other's ACKs.
         let mut ops = Vec::new();
@@ -240,8 +242,13 @@ fn connection(segs: &[Segment], out: &mut Out) {
         let seed = (bytes.len() as u16) ^ 0x5a5a;
         if sniff_request_start(&bytes) == Sniff::Yes {
             out.put("http_request", &http::encode(&bytes, seed));
+            request = Some(bytes);
         } else if sniff_response_start(&bytes) == Sniff::Yes {
             out.put("http_response", &http::encode(&bytes, seed));
+            response = Some(bytes);
         }
+    }
+    if let (Some(request), Some(response)) = (request, response) {
+        out.put("classify", &classify::encode(&request, &response));
     }
 }
