@@ -19,13 +19,15 @@
 //! the canary query parameter goes last, not first.
 //!
 //! Each request also carries canary secrets (a Bearer token, Basic
-//! credentials, a cookie, an API key, a credential query parameter), whose text is first scrubbed from the fuzzed input, so it
-//! can reach the output only through a leak.
+//! credentials, a cookie, an API key, a credential query parameter), whose
+//! text is first scrubbed from the fuzzed input (in any case: the host is
+//! lower-cased), so it can reach the output only through a leak.
 //!
 //! Checked: every line of both logs is one JSON object; neither log, nor the
 //! findings' Debug text, holds a canary.
 
 use crate::Reader;
+use apitap::classify::findings::Finding;
 use apitap::classify::{Classifier, ClassifyConfig};
 use apitap::clock::Timestamp;
 use apitap::http::exchange::{Exchange, Outcome};
@@ -139,11 +141,12 @@ pub fn encode(request: &[u8], response: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `record` with every occurrence of a canary's text overwritten.
+/// `record` with every occurrence of a canary's text, in any case,
+/// overwritten.
 fn scrub(record: &[u8]) -> Vec<u8> {
     let mut r = record.to_vec();
     for c in [CANARY, BASIC] {
-        while let Some(at) = r.windows(c.len()).position(|w| w == c) {
+        while let Some(at) = r.windows(c.len()).position(|w| w.eq_ignore_ascii_case(c)) {
             r[at..at + c.len()].fill(b'x');
         }
     }
@@ -258,13 +261,63 @@ fn check_lines(text: &str, what: &str) {
     }
 }
 
+/// What apitap does with each exchange after framing: classification, and
+/// both logs, kept in memory (also used by the `flow` target).
+pub struct Outputs {
+    classifier: Classifier,
+    xlog: ExchangeLog,
+    flog: FindingsLog,
+    xbuf: Buf,
+    fbuf: Buf,
+    /// Every finding returned, in order.
+    pub found: Vec<Finding>,
+}
+
+/// The two logs' text, once [`Outputs::finish`]ed and checked.
+pub struct Logs {
+    pub exchanges: String,
+    pub findings: String,
+}
+
+impl Outputs {
+    pub fn new(cfg: &ClassifyConfig) -> Self {
+        let (xbuf, fbuf) = (Buf::default(), Buf::default());
+        Outputs {
+            classifier: Classifier::new(cfg.clone()).expect("the default configuration"),
+            xlog: ExchangeLog::new(Box::new(xbuf.clone()), cfg.credential_params.clone()),
+            flog: FindingsLog::new(Box::new(fbuf.clone()), cfg.fold_interval_micros),
+            xbuf,
+            fbuf,
+            found: Vec::new(),
+        }
+    }
+
+    pub fn exchange(&mut self, ex: &mut Exchange) {
+        let findings = self.classifier.classify(ex);
+        self.xlog.write(ex).expect("writes to memory");
+        for f in &findings {
+            self.flog.write(f);
+        }
+        self.found.extend(findings);
+    }
+
+    /// Flush both logs and check that every line is a JSON object.
+    pub fn finish(&mut self) -> Logs {
+        self.xlog.finish().expect("writes to memory");
+        self.flog.finish().expect("writes to memory");
+        let logs = Logs {
+            exchanges: self.xbuf.text(),
+            findings: self.fbuf.text(),
+        };
+        check_lines(&logs.exchanges, "exchange log");
+        check_lines(&logs.findings, "findings log");
+        logs
+    }
+}
+
 pub fn run(data: &[u8]) {
     let cfg = ClassifyConfig::default();
-    let mut classifier = Classifier::new(cfg.clone()).expect("the default configuration");
-    let (xbuf, fbuf) = (Buf::default(), Buf::default());
-    let mut xlog = ExchangeLog::new(Box::new(xbuf.clone()), cfg.credential_params.clone());
-    let mut flog = FindingsLog::new(Box::new(fbuf.clone()), cfg.fold_interval_micros);
-    let mut found = Vec::new();
+    let mut outputs = Outputs::new(&cfg);
     let mut rest = data;
     for n in 0..MAX_RECORDS {
         if rest.is_empty() {
@@ -278,23 +331,13 @@ pub fn run(data: &[u8]) {
             }
             _ => std::mem::take(&mut rest),
         };
-        let mut ex = exchange(&scrub(record), n as i64);
-        let findings = classifier.classify(&mut ex);
-        xlog.write(&ex).expect("writes to memory");
-        for f in &findings {
-            flog.write(f);
-        }
-        found.extend(findings);
+        outputs.exchange(&mut exchange(&scrub(record), n as i64));
     }
-    xlog.finish().expect("writes to memory");
-    flog.finish().expect("writes to memory");
-    let (exchanges, findings) = (xbuf.text(), fbuf.text());
-    check_lines(&exchanges, "exchange log");
-    check_lines(&findings, "findings log");
-    let debug = format!("{found:?}");
+    let logs = outputs.finish();
+    let debug = format!("{:?}", outputs.found);
     for (what, text) in [
-        ("exchange log", &exchanges),
-        ("findings log", &findings),
+        ("exchange log", &logs.exchanges),
+        ("findings log", &logs.findings),
         ("findings' Debug text", &debug),
     ] {
         for c in CANARIES {

@@ -18,9 +18,12 @@
 //! Checked: every exchange names the two endpoints of its connection; a
 //! complete exchange has a response; body prefixes are within bounds; an
 //! exchange does not end before it began; after the capture ends no flow is
-//! left.
+//! left. Each exchange is then classified and logged as apitap does
+//! (`classify::Outputs`): every log line must be a JSON object.
 
+use crate::classify::Outputs;
 use crate::{seq_diff, Reader};
+use apitap::classify::ClassifyConfig;
 use apitap::clock::Timestamp;
 use apitap::decode::{TcpFlags, TcpSegment};
 use apitap::flow::reassembly::StreamLimits;
@@ -103,10 +106,14 @@ pub fn run(data: &[u8]) {
         };
     }
     let mut table = FlowTable::new(cfg.clone());
+    let mut outputs = Outputs::new(&ClassifyConfig::default());
     // next[conn][side]: the byte after the highest one each side sent.
     let mut next = [[isn_a, isn_b]; 2];
     let mut now = Timestamp::from_secs_micros(1_700_000_000, 0);
-    let mut emit = |ex: Exchange| check(&ex, &cfg);
+    let mut emit = |mut ex: Exchange| {
+        check(&ex, &cfg);
+        outputs.exchange(&mut ex);
+    };
     while let (Some(ctl), Some(flags), Some(dt)) = (r.u8(), r.u8(), r.u8()) {
         let (side, conn) = (usize::from(ctl & 1), usize::from((ctl >> 1) & 1));
         let mut missing = 0;
@@ -171,6 +178,7 @@ pub fn run(data: &[u8]) {
     }
     table.finish_all(now, &mut emit);
     assert_eq!(table.active_flows(), 0, "flows left after the end");
+    outputs.finish();
 }
 
 /// One segment of a seed conversation (connection 0).
