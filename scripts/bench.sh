@@ -77,7 +77,10 @@ trap 'rm -f "$log"*' EXIT
 cat "$file" >/dev/null # warm the page cache
 
 times=$(mktemp)
-trap 'rm -f "$log"* "$times"' EXIT
+# CPU time (user + sys) of each run, beside its wall time: how many cores
+# a configuration keeps busy.
+cpu=$(mktemp)
+trap 'rm -f "$log"* "$times" "$cpu"' EXIT
 cores=$(nproc)
 exchanges=0
 check() {
@@ -88,10 +91,6 @@ check() {
     fi
     exchanges=$n
 }
-# CPU time (user + sys) of each run, beside its wall time: how many cores
-# a configuration keeps busy.
-cpu=$(mktemp)
-trap 'rm -f "$log"* "$times" "$cpu"' EXIT
 timed() { /usr/bin/time -a -o "$cpu" -f "$1 %U %S" "${@:2}"; }
 for i in $(seq "$runs"); do
     t0=$(date +%s%N)
