@@ -71,7 +71,8 @@ fn query_of(target: &[u8]) -> Option<&[u8]> {
     })
 }
 
-/// Userinfo of an absolute-form target.
+/// Userinfo of an absolute-form target (any `://` before the query, as
+/// `redact_target` redacts it: a URL inside the path counts too).
 fn userinfo(target: &[u8]) -> Option<&[u8]> {
     let before_query = &target[..memchr::memchr2(b'?', b'#', target).unwrap_or(target.len())];
     let p = super::search::scheme_end(before_query)?;

@@ -98,7 +98,9 @@ pub fn redact_target<'a>(target: &'a [u8], cred_names: &[String]) -> Cow<'a, str
         Some(i) => (i, Some(i + 1)),
         None => (target.len(), None),
     };
-    // userinfo in absolute-form: scheme://user:pass@host/...
+    // userinfo in absolute-form: scheme://user:pass@host/... Any `://`
+    // before the query counts (not only a target's own scheme, as for its
+    // host): userinfo of a URL inside the path is redacted too.
     let mut path_start = 0;
     if let Some(p) = super::search::scheme_end(&target[..path_end]) {
         let auth_start = p + 3;
@@ -127,14 +129,11 @@ pub fn redact_target<'a>(target: &'a [u8], cred_names: &[String]) -> Cow<'a, str
         return text;
     };
     let t = text.as_bytes();
-    if !t[hash + 1..]
-        .split(|&b| b == b'&')
-        .any(|p| secret_in_pair(p, cred_names).is_some())
-    {
-        return text;
-    }
     let mut out = CowBytes::new(t);
     redact_pairs(&mut out, t, hash + 1..t.len(), cred_names);
+    if out.owned.is_none() {
+        return text;
+    }
     Cow::Owned(out.finish().into_owned())
 }
 
