@@ -38,10 +38,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 /// Records per input: enough for state to carry, few enough to stay fast.
-pub const MAX_RECORDS: usize = 8;
+const MAX_RECORDS: usize = 8;
 
 /// Between records.
-pub const SEPARATOR: &[u8] = b"\n--\n";
+const SEPARATOR: &[u8] = b"\n--\n";
 
 /// What every canary starts with: scrubbed from the input (see [`scrub`]).
 const CANARY: &[u8] = b"c4n4ry";
@@ -283,7 +283,7 @@ impl Outputs {
     pub fn new(cfg: &ClassifyConfig) -> Self {
         let (xbuf, fbuf) = (Buf::default(), Buf::default());
         Outputs {
-            classifier: Classifier::new(cfg.clone()).expect("the default configuration"),
+            classifier: Classifier::new(cfg.clone()).expect("a configuration that loads"),
             xlog: ExchangeLog::new(Box::new(xbuf.clone()), cfg.credential_params.clone()),
             flog: FindingsLog::new(Box::new(fbuf.clone()), cfg.fold_interval_micros),
             xbuf,
