@@ -62,7 +62,7 @@ pub(crate) fn deliver<'a, S: ExchangeSink + ?Sized>(
 }
 
 /// Classify one finished exchange, then hand it to the sink.
-pub(crate) fn deliver_one<S: ExchangeSink + ?Sized>(
+pub fn deliver_one<S: ExchangeSink + ?Sized>(
     classifier: &mut Classifier,
     sink: &mut S,
     ex: &mut Exchange,
@@ -75,7 +75,7 @@ pub(crate) fn deliver_one<S: ExchangeSink + ?Sized>(
 }
 
 /// Hand one flow-layer event to the sink.
-pub(crate) fn pass_event<S: ExchangeSink + ?Sized>(ev: FlowEvent, sink: &mut S) {
+pub fn pass_event<S: ExchangeSink + ?Sized>(ev: FlowEvent, sink: &mut S) {
     match ev {
         FlowEvent::Connection {
             server,

@@ -61,16 +61,39 @@ pub enum RunError {
     Setup(String),
 }
 
-/// Everything that receives exchanges in this run.
-struct Sinks {
-    log: Option<ExchangeLog>,
-    findings: Option<FindingsLog>,
-    summary: Option<Summary>,
-    metrics: Metrics,
+/// Everything that receives exchanges in this run: what goes where (which
+/// findings the metrics count, which connections the report lists) is
+/// decided here, once, for `run` and for the fuzz targets that check these
+/// outputs.
+pub struct Sinks {
+    pub log: Option<ExchangeLog>,
+    pub findings: Option<FindingsLog>,
+    pub summary: Option<Summary>,
+    pub metrics: Metrics,
     /// Severity of `legacy_tls` (None: turned off).
     legacy_tls: Option<Severity>,
     /// Exchanges seen (for the service status line).
     exchanges: u64,
+}
+
+impl Sinks {
+    /// `legacy_tls`: the severity of `legacy_tls` findings (None: off).
+    pub fn new(
+        log: Option<ExchangeLog>,
+        findings: Option<FindingsLog>,
+        summary: Option<Summary>,
+        metrics: Metrics,
+        legacy_tls: Option<Severity>,
+    ) -> Self {
+        Sinks {
+            log,
+            findings,
+            summary,
+            metrics,
+            legacy_tls,
+            exchanges: 0,
+        }
+    }
 }
 
 impl ExchangeSink for Sinks {
@@ -404,14 +427,13 @@ fn run_source(
     let metrics = Metrics::new(MetricsConfig::default(), source.interface());
     let shared = metrics.shared();
     // Shared with the merging thread when there are several workers.
-    let sinks = Arc::new(Mutex::new(Sinks {
+    let sinks = Arc::new(Mutex::new(Sinks::new(
         log,
         findings,
-        summary: report.then(Summary::default),
+        report.then(Summary::default),
         metrics,
-        legacy_tls: cfg.classify.severities.get(FindingKind::LegacyTls),
-        exchanges: 0,
-    }));
+        cfg.classify.severities.get(FindingKind::LegacyTls),
+    )));
     for drops in source.drop_readers() {
         shared.add_drop_reader(drops);
     }

@@ -5,7 +5,8 @@
 //! `apitap_fuzz`): packets in groups (`decode`), each connection as a script
 //! (`flow`), each direction's segment and ACK pattern (`reassembly`) and
 //! each direction's reassembled bytes (`http_request`, `http_response`),
-//! and a connection's first request head with its response (`classify`).
+//! a connection's first request head with its response (`classify`), and
+//! a TLS connection's first bytes each way (`tls`).
 //! Seeds are derived, never committed: the script regenerates them.
 
 use apitap::capture::file::FileSource;
@@ -15,7 +16,7 @@ use apitap::decode::{Decoded, Decoder};
 use apitap::flow::reassembly::{Reassembler, StreamEvent, StreamLimits};
 use apitap::flow::FlowKey;
 use apitap::http::parser::{sniff_request_start, sniff_response_start, Sniff};
-use apitap_fuzz::{classify, decode, flow, http, reassembly};
+use apitap_fuzz::{classify, decode, flow, http, reassembly, tls};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -184,6 +185,9 @@ fn connection(segs: &[Segment], out: &mut Out) {
     out.put("flow", &flow::encode(isn, &script));
 
     let (mut request, mut response) = (None, None);
+    // tls: each direction's first bytes, when they start a handshake
+    // record holding a ClientHello (1) or a ServerHello (2).
+    let mut hello: [Vec<u8>; 2] = Default::default();
     for (dir, &dir_isn) in isn.iter().enumerate() {
         // reassembly: this direction's segments, the other's ACKs.
         let mut ops = Vec::new();
@@ -239,6 +243,9 @@ fn connection(segs: &[Segment], out: &mut Out) {
         }
         ra.flush(prev, &mut take);
         bytes.truncate(MAX_SEED_BYTES);
+        if let [22, 3, _, _, _, kind @ (1 | 2), ..] = bytes[..] {
+            hello[usize::from(kind - 1)] = bytes.clone();
+        }
         let seed = (bytes.len() as u16) ^ 0x5a5a;
         if sniff_request_start(&bytes) == Sniff::Yes {
             out.put("http_request", &http::encode(&bytes, seed));
@@ -250,5 +257,8 @@ fn connection(segs: &[Segment], out: &mut Out) {
     }
     if let (Some(request), Some(response)) = (request, response) {
         out.put("classify", &classify::encode(&request, &response));
+    }
+    if !hello[0].is_empty() {
+        out.put("tls", &tls::encode(&hello[0], &hello[1]));
     }
 }

@@ -19,22 +19,33 @@
 //! the canary query parameter goes last, not first.
 //!
 //! Each request also carries canary secrets (a Bearer token, Basic
-//! credentials, a cookie, an API key, a credential query parameter), whose
-//! text is first scrubbed from the fuzzed input (in any case: the host is
-//! lower-cased), so it can reach the output only through a leak.
+//! credentials, a cookie, an API key, a credential query parameter; userinfo
+//! in an absolute-form target's authority and in a Host value with an `@`),
+//! whose text is first scrubbed from the fuzzed input (in any case: the host
+//! is lower-cased), so it can reach the output only through a leak.
 //!
-//! Checked: every line of both logs is one JSON object; neither log, nor the
-//! findings' Debug text, holds a canary.
+//! The exchanges go through apitap's own sinks ([`Sinks`]: both logs, the
+//! report, the metrics). Checked: every line of both logs is one JSON
+//! object; the report and the metrics text hold no control character but
+//! line ends; no output, nor the findings' Debug text, holds a canary.
 
 use crate::Reader;
-use apitap::classify::findings::Finding;
+use apitap::classify::findings::{Finding, FindingKind};
+use apitap::classify::tls::TlsHandshake;
 use apitap::classify::{Classifier, ClassifyConfig};
 use apitap::clock::Timestamp;
+use apitap::flow::{FlowEvent, Protocol};
 use apitap::http::exchange::{Exchange, Outcome};
 use apitap::http::{Headers, Method, RequestHead, ResponseHead};
+use apitap::metrics::{Metrics, MetricsConfig};
 use apitap::output::exchange_log::ExchangeLog;
 use apitap::output::findings_log::FindingsLog;
+use apitap::output::summary::Summary;
+use apitap::pipeline::{deliver_one, pass_event, ExchangeSink, PipelineStats};
+use apitap::run::Sinks;
+use std::fmt::Write as _;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 /// Records per input: enough for state to carry, few enough to stay fast.
@@ -179,6 +190,42 @@ fn with_query_canary(target: &[u8], last: bool) -> Vec<u8> {
     t
 }
 
+/// Canary credentials as userinfo (`user:password@`).
+const USERINFO: &[u8] = b"c4n4ryus3r:c4n4ryp455";
+
+/// An absolute-form target (`scheme://authority...`) with canary userinfo
+/// put in front of its authority; any other target as it is.
+fn with_userinfo_canary(target: Vec<u8>) -> Vec<u8> {
+    let Some(p) = target.windows(3).position(|w| w == b"://") else {
+        return target;
+    };
+    let scheme = &target[..p];
+    let is_scheme = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !is_scheme {
+        return target;
+    }
+    [&target[..p + 3], USERINFO, b"@", &target[p + 3..]].concat()
+}
+
+/// A request header line; a Host value with an `@` gets canary userinfo
+/// in place of what came before its last `@` (clients that copy a URL's
+/// authority into Host send their credentials there).
+fn with_host_canary(line: &[u8]) -> Vec<u8> {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return line.to_vec();
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    match value.iter().rposition(|&b| b == b'@') {
+        Some(at) if name.trim_ascii().eq_ignore_ascii_case(b"host") => {
+            [name, b": ", USERINFO, &value[at..]].concat()
+        }
+        _ => line.to_vec(),
+    }
+}
+
 fn exchange(record: &[u8], n: i64) -> Exchange {
     let mut r = Reader::new(record);
     let flags = r.u8().unwrap_or(0);
@@ -191,14 +238,21 @@ fn exchange(record: &[u8], n: i64) -> Exchange {
         let mut parts = line.splitn(3, |&b| b == b' ');
         let method = parts.next().unwrap_or_default();
         let target = parts.next().unwrap_or(b"/");
-        let mut headers = headers(req_lines.get(1..).unwrap_or_default());
+        let lines: Vec<Vec<u8>> = req_lines
+            .get(1..)
+            .unwrap_or_default()
+            .iter()
+            .map(|l| with_host_canary(l))
+            .collect();
+        let lines: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        let mut headers = headers(&lines);
         headers.push(b"Authorization", b"Bearer c4n4ry-b34r3r");
         headers.push(b"Proxy-Authorization", &[&b"Basic "[..], BASIC].concat());
         headers.push(b"Cookie", b"sid=c4n4ry-c00k13");
         headers.push(b"X-API-Key", b"c4n4ry-4p1-k3y");
         RequestHead {
             method: Method::parse(&String::from_utf8_lossy(method)),
-            target: with_query_canary(target, flags & 0x80 != 0),
+            target: with_userinfo_canary(with_query_canary(target, flags & 0x80 != 0)),
             version_minor: 1,
             headers,
         }
@@ -261,57 +315,163 @@ fn check_lines(text: &str, what: &str) {
     }
 }
 
-/// What apitap does with each exchange after framing: classification, and
-/// both logs, kept in memory (also used by the `flow` target).
-pub struct Outputs {
-    classifier: Classifier,
-    xlog: ExchangeLog,
-    flog: FindingsLog,
-    xbuf: Buf,
-    fbuf: Buf,
-    /// Every finding returned, in order.
-    pub found: Vec<Finding>,
+/// No control character but the line ends: text from the wire is escaped
+/// before it reaches a terminal (the report) or a scraper (the metrics).
+fn check_printable(text: &str, what: &str) {
+    // A byte scan first (C1 controls begin with 0xC2): the metrics text is
+    // long and every input renders it.
+    let suspect = |b: &u8| (*b < 0x20 && *b != b'\n') || *b == 0x7f || *b == 0xc2;
+    if !text.as_bytes().iter().any(suspect) {
+        return;
+    }
+    if let Some(c) = text.chars().find(|c| c.is_control() && *c != '\n') {
+        panic!("the {what} holds the control character {c:?}: {text:?}");
+    }
 }
 
-/// The two logs' text, once [`Outputs::finish`]ed and checked.
-pub struct Logs {
+/// What apitap does with each exchange after framing: classification, then
+/// its sinks as `apitap -r` builds them (both logs, the report, the
+/// metrics), all kept in memory (also used by the `flow` target).
+pub struct Outputs {
+    classifier: Classifier,
+    sinks: Sinks,
+    xbuf: Buf,
+    fbuf: Buf,
+    /// Every finding's Debug text, in order.
+    pub debug: String,
+}
+
+/// What the outputs hold once [`Outputs::finish`]ed and checked.
+pub struct Texts {
     pub exchanges: String,
     pub findings: String,
+    /// The text exposition, as scraped.
+    pub metrics: String,
+    /// The report `apitap -r` prints, without colour.
+    pub summary: String,
+}
+
+impl Texts {
+    /// Every output, named.
+    pub fn all(&self) -> [(&'static str, &str); 4] {
+        [
+            ("exchange log", &self.exchanges),
+            ("findings log", &self.findings),
+            ("metrics", &self.metrics),
+            ("report", &self.summary),
+        ]
+    }
+}
+
+/// The sinks, with each finding's Debug text kept on the side.
+struct Recorder<'a> {
+    sinks: &'a mut Sinks,
+    debug: &'a mut String,
+}
+
+impl ExchangeSink for Recorder<'_> {
+    fn exchange(&mut self, ex: &Exchange) {
+        self.sinks.exchange(ex);
+    }
+    fn finding(&mut self, f: &Finding) {
+        let _ = write!(self.debug, "{f:?}");
+        self.sinks.finding(f);
+    }
+    fn tls_handshake(&mut self, hs: &TlsHandshake) {
+        let _ = write!(self.debug, "{hs:?}");
+        self.sinks.tls_handshake(hs);
+    }
+    fn connection(
+        &mut self,
+        server: SocketAddr,
+        host: Option<&str>,
+        protocol: Protocol,
+        ts: Timestamp,
+    ) {
+        self.sinks.connection(server, host, protocol, ts);
+    }
 }
 
 impl Outputs {
     pub fn new(cfg: &ClassifyConfig) -> Self {
         let (xbuf, fbuf) = (Buf::default(), Buf::default());
+        let sinks = Sinks::new(
+            Some(ExchangeLog::new(
+                Box::new(xbuf.clone()),
+                cfg.credential_params.clone(),
+            )),
+            Some(FindingsLog::new(
+                Box::new(fbuf.clone()),
+                cfg.fold_interval_micros,
+            )),
+            Some(Summary::default()),
+            Metrics::new(
+                MetricsConfig {
+                    process_metrics: false,
+                    ..MetricsConfig::default()
+                },
+                "fuzz",
+            ),
+            cfg.severities.get(FindingKind::LegacyTls),
+        );
         Outputs {
             classifier: Classifier::new(cfg.clone()).expect("a configuration that loads"),
-            xlog: ExchangeLog::new(Box::new(xbuf.clone()), cfg.credential_params.clone()),
-            flog: FindingsLog::new(Box::new(fbuf.clone()), cfg.fold_interval_micros),
+            sinks,
             xbuf,
             fbuf,
-            found: Vec::new(),
+            debug: String::new(),
         }
     }
 
+    fn recorder(&mut self) -> Recorder<'_> {
+        Recorder {
+            sinks: &mut self.sinks,
+            debug: &mut self.debug,
+        }
+    }
+
+    /// Classify `ex` and hand it and its findings to the sinks.
     pub fn exchange(&mut self, ex: &mut Exchange) {
-        let findings = self.classifier.classify(ex);
-        self.xlog.write(ex).expect("writes to memory");
-        for f in &findings {
-            self.flog.write(f);
-        }
-        self.found.extend(findings);
+        let mut rec = Recorder {
+            sinks: &mut self.sinks,
+            debug: &mut self.debug,
+        };
+        deliver_one(&mut self.classifier, &mut rec, ex);
     }
 
-    /// Flush both logs and check that every line is a JSON object.
-    pub fn finish(&mut self) -> Logs {
-        self.xlog.finish().expect("writes to memory");
-        self.flog.finish().expect("writes to memory");
-        let logs = Logs {
+    /// A flow-layer event (a connection named, a TLS handshake).
+    pub fn event(&mut self, ev: FlowEvent) {
+        pass_event(ev, &mut self.recorder());
+    }
+
+    /// Flush both logs, render the metrics and the report, and check them:
+    /// every log line is a JSON object; the metrics and the report hold no
+    /// control character but line ends.
+    pub fn finish(&mut self) -> Texts {
+        let s = &mut self.sinks;
+        s.log
+            .as_mut()
+            .map(ExchangeLog::finish)
+            .transpose()
+            .expect("writes to memory");
+        s.findings
+            .as_mut()
+            .map(FindingsLog::finish)
+            .transpose()
+            .expect("writes to memory");
+        let texts = Texts {
             exchanges: self.xbuf.text(),
             findings: self.fbuf.text(),
+            metrics: s.metrics.render(),
+            summary: s.summary.as_ref().map_or_else(String::new, |r| {
+                r.render_with(&PipelineStats::default(), None, false)
+            }),
         };
-        check_lines(&logs.exchanges, "exchange log");
-        check_lines(&logs.findings, "findings log");
-        logs
+        check_lines(&texts.exchanges, "exchange log");
+        check_lines(&texts.findings, "findings log");
+        check_printable(&texts.metrics, "metrics");
+        check_printable(&texts.summary, "report");
+        texts
     }
 }
 
@@ -333,13 +493,9 @@ pub fn run(data: &[u8]) {
         };
         outputs.exchange(&mut exchange(&scrub(record), n as i64));
     }
-    let logs = outputs.finish();
-    let debug = format!("{:?}", outputs.found);
-    for (what, text) in [
-        ("exchange log", &logs.exchanges),
-        ("findings log", &logs.findings),
-        ("findings' Debug text", &debug),
-    ] {
+    let texts = outputs.finish();
+    let debug = [("findings' Debug text", outputs.debug.as_str())];
+    for (what, text) in texts.all().into_iter().chain(debug) {
         for c in CANARIES {
             assert!(!text.contains(c), "the {what} holds the canary {c}: {text}");
         }

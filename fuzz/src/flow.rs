@@ -18,8 +18,9 @@
 //! Checked: every exchange names the two endpoints of its connection; a
 //! complete exchange has a response; body prefixes are within bounds; an
 //! exchange does not end before it began; after the capture ends no flow is
-//! left. Each exchange is then classified and logged as apitap does
-//! (`classify::Outputs`): every log line must be a JSON object.
+//! left. Each exchange, and each event (a connection named, a TLS
+//! handshake), then goes through apitap's sinks (`classify::Outputs`): every
+//! log line must be a JSON object, the report and the metrics printable.
 
 use crate::classify::Outputs;
 use crate::{seq_diff, Reader};
@@ -36,6 +37,14 @@ fn endpoint(side: usize, conn: usize) -> SocketAddr {
     match side {
         0 => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 40_000 + conn as u16),
         _ => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 80),
+    }
+}
+
+/// Checks each exchange the table frames and keeps it in `framed`.
+fn framer<'a>(framed: &'a mut Vec<Exchange>, cfg: &'a FlowConfig) -> impl FnMut(Exchange) + 'a {
+    |ex| {
+        check(&ex, cfg);
+        framed.push(ex);
     }
 }
 
@@ -110,10 +119,9 @@ pub fn run(data: &[u8]) {
     // next[conn][side]: the byte after the highest one each side sent.
     let mut next = [[isn_a, isn_b]; 2];
     let mut now = Timestamp::from_secs_micros(1_700_000_000, 0);
-    let mut emit = |mut ex: Exchange| {
-        check(&ex, &cfg);
-        outputs.exchange(&mut ex);
-    };
+    // Exchanges as the table frames them, then the events it holds (a
+    // connection named, a TLS handshake), as the pipeline passes them on.
+    let mut framed = Vec::new();
     while let (Some(ctl), Some(flags), Some(dt)) = (r.u8(), r.u8(), r.u8()) {
         let (side, conn) = (usize::from(ctl & 1), usize::from((ctl >> 1) & 1));
         let mut missing = 0;
@@ -169,14 +177,22 @@ pub fn run(data: &[u8]) {
             payload,
             missing,
         };
-        table.segment(&seg, now, &mut emit);
+        table.segment(&seg, now, &mut framer(&mut framed, &cfg));
+        for mut ex in framed.drain(..) {
+            outputs.exchange(&mut ex);
+        }
+        table.take_events(|ev| outputs.event(ev));
         assert!(
             table.active_flows() <= 2,
             "{} flows from two connections",
             table.active_flows()
         );
     }
-    table.finish_all(now, &mut emit);
+    table.finish_all(now, &mut framer(&mut framed, &cfg));
+    for mut ex in framed.drain(..) {
+        outputs.exchange(&mut ex);
+    }
+    table.take_events(|ev| outputs.event(ev));
     assert_eq!(table.active_flows(), 0, "flows left after the end");
     outputs.finish();
 }

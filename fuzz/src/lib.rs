@@ -15,6 +15,7 @@ pub mod decode;
 pub mod flow;
 pub mod http;
 pub mod reassembly;
+pub mod tls;
 
 /// Reads the fuzz input front to back; past the end every read is `None`
 /// (or an empty slice), so a driver simply stops.

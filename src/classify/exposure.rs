@@ -34,11 +34,23 @@ fn push_credential_value(out: &mut String, v: &[u8]) {
 }
 
 /// `cleartext_credentials`: Authorization, Proxy-Authorization or an
-/// API-key header on plaintext HTTP.
+/// API-key header on plaintext HTTP; or userinfo in Host (clients that copy
+/// a URL's authority into Host send `user:password@` there).
 pub fn cleartext_credentials(cfg: &ClassifyConfig, req: &RequestHead) -> Option<String> {
     let mut first = None;
     let mut count = 0;
     for (name, value) in req.headers.iter() {
+        if name.eq_ignore_ascii_case(b"host") {
+            if let Some(at) = memchr::memrchr(b'@', value) {
+                count += 1;
+                first.get_or_insert_with(|| {
+                    let mut e = String::from("userinfo in Host: ");
+                    push_redacted(&mut e, at);
+                    e
+                });
+            }
+            continue;
+        }
         let is_cred = name.eq_ignore_ascii_case(b"authorization")
             || name.eq_ignore_ascii_case(b"proxy-authorization")
             || cfg

@@ -476,28 +476,31 @@ fn is_empty_body(ex: &Exchange, decoded: Option<&[u8]>) -> bool {
 }
 
 /// The Host of a request: the authority of an absolute-form target when
-/// present, else the Host header; lower-cased, `:80` stripped. A `://`
+/// present, else the Host header; without userinfo (`user:password@`,
+/// which clients that copy a URL's authority put in Host too), lower-cased,
+/// `:80` stripped, control characters and invalid UTF-8 as `%xx`. A `://`
 /// further into an origin-form target (`/login?next=https://...`) is not
 /// an authority: the Host header stays the host.
-pub fn host_of(target: &[u8], headers: &Headers) -> Option<String> {
+pub fn host_of<'a>(target: &'a [u8], headers: &'a Headers) -> Option<String> {
+    let without_userinfo = |auth: &'a [u8]| match memchr::memrchr(b'@', auth) {
+        Some(at) => &auth[at + 1..],
+        None => auth,
+    };
     let from_target = search::absolute_scheme_end(target).map(|p| {
         let rest = &target[p + 3..];
         let end = memchr::memchr3(b'/', b'?', b'#', rest).unwrap_or(rest.len());
-        let auth = &rest[..end];
-        match memchr::memrchr(b'@', auth) {
-            Some(at) => &auth[at + 1..],
-            None => auth,
-        }
+        without_userinfo(&rest[..end])
     });
     let raw = from_target
         .filter(|h| !h.is_empty())
-        .or_else(|| headers.get("host"))?;
+        .or_else(|| headers.get("host").map(without_userinfo))?;
     let raw = raw.trim_ascii();
     if raw.is_empty() {
         return None;
     }
-    // One allocation: the text is lower-cased, cut and stripped in place.
-    let mut h = redact::bytes_to_text(raw);
+    // One allocation, unless there are control characters: the text is
+    // lower-cased, cut and stripped in place.
+    let mut h = redact::escape_controls(redact::bytes_to_text(raw).into()).into_owned();
     h.make_ascii_lowercase();
     if h.len() > 255 {
         h.truncate(h.floor_char_boundary(255));
@@ -550,6 +553,19 @@ mod tests {
                 Some("a.example"),
             ),
             (b"1http://b.example/x", Some("a.example"), Some("a.example")),
+            // Userinfo names no host, in the Host header either.
+            (b"/", Some("u:s3cr3t@h.example"), Some("h.example")),
+            (b"/", Some("a@b@h.example:8080"), Some("h.example:8080")),
+            (b"/", Some("u:s3cr3t@"), None),
+            (b"http://u:p@/x", Some("h.example"), Some("h.example")),
+            // Control characters cannot reach a terminal or a label.
+            (
+                b"/",
+                Some("\x1b]0;pwned\x07h.example"),
+                Some("%1b]0;pwned%07h.example"),
+            ),
+            (b"/", Some("a\u{9b}2Jb"), Some("a%c2%9b2jb")),
+            (b"/", Some("caf\u{e9}.example"), Some("caf\u{e9}.example")),
         ];
         for (target, header, want) in cases {
             let mut h = Headers::default();

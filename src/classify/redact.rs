@@ -11,6 +11,7 @@
 //! replaced and the target is UTF-8 the result borrows it (no allocation).
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 /// SPEC's default credential parameter names (configurable).
 pub const DEFAULT_CREDENTIAL_PARAMS: &[&str] = &[
@@ -215,6 +216,30 @@ fn text_of(b: &[u8]) -> Cow<'_, str> {
         Ok(s) => Cow::Borrowed(s),
         Err(_) => Cow::Owned(bytes_to_text(b)),
     }
+}
+
+/// `s` with each control character (C0, DEL, C1) written as `%XX` of its
+/// UTF-8 bytes, as [`bytes_to_text`] writes invalid bytes: a Host or a path
+/// from the wire that reaches a terminal (the report), a label or a
+/// dashboard cannot move the cursor, retitle a window or end a line there.
+/// Borrowed when there is none (the usual case: one pass over the bytes).
+pub fn escape_controls(s: Cow<'_, str>) -> Cow<'_, str> {
+    // C1 controls are U+0080..U+009F: 0xC2 then 0x80..0x9F in UTF-8.
+    if !s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) || !s.chars().any(char::is_control) {
+        return s;
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            let mut utf8 = [0; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Valid UTF-8 stays as it is; any other byte >= 0x80 becomes `%XX`.

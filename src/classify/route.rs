@@ -160,7 +160,8 @@ fn split_segments(path: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// What ends a route that was cut at the length bound.
 const CUT: &str = "/{…}";
 
-/// Heuristic templating of a path (SPEC "Routes").
+/// Heuristic templating of a path (SPEC "Routes"); control characters
+/// become `%XX` (see [`super::redact::escape_controls`]).
 pub fn template(path: &[u8]) -> String {
     // `{id}` can be longer than what it replaces: room for a few, so that
     // the route is rarely reallocated while it is built.
@@ -170,7 +171,7 @@ pub fn template(path: &[u8]) -> String {
         let piece: std::borrow::Cow<'_, str> = if is_identifier(seg) {
             "{id}".into()
         } else {
-            String::from_utf8_lossy(seg)
+            super::redact::escape_controls(String::from_utf8_lossy(seg))
         };
         if out.len() + 1 + piece.len() > MAX_ROUTE_BYTES - CUT.len() {
             out.push_str(CUT);
@@ -299,6 +300,10 @@ mod tests {
                 "/t/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
                 "/t/{id}",
             ),
+            // A route reaches labels, dashboards and the report: control
+            // characters are escaped.
+            ("/a\u{1b}[2J/b", "/a%1B[2J/b"),
+            ("/x\u{0}/\u{7f}\u{85}", "/x%00/%7F%C2%85"),
         ];
         let r = RouteTemplater::default();
         for (target, want) in cases {

@@ -403,6 +403,14 @@ fn finding_kind_table() {
             Some(K::CleartextCredentials),
         ),
         (
+            "userinfo in Host",
+            ex(
+                Some(("GET /x", &[("Host", "u:p@api.example.com")])),
+                Some((200, &[], ok)),
+            ),
+            Some(K::CleartextCredentials),
+        ),
+        (
             "look-alike: X-Api-Version",
             ex(
                 Some(("GET /x", &[("Host", "a.example"), ("X-Api-Version", "2")])),
@@ -834,6 +842,28 @@ fn evidence_never_holds_a_secret() {
         text.contains("Authorization: Basic <redacted, 16 bytes>"),
         "{text}"
     );
+}
+
+/// Userinfo in a Host header is a credential sent in the clear, not part of
+/// the host: the exchange's host (its log field, its label) is the name
+/// after the `@`, and the evidence gives only the userinfo's length.
+#[test]
+fn host_userinfo_is_a_credential_not_a_host() {
+    let e = ex(
+        Some(("GET /x", &[("Host", "bob:hunter2@API.example.com:8080")])),
+        Some((200, &[], b"ok")),
+    );
+    let mut c = Classifier::new(ClassifyConfig::default()).unwrap();
+    let (_, f, e) = classify_one(&mut c, e);
+    assert_eq!(e.host.as_deref(), Some("api.example.com:8080"));
+    let creds: Vec<&Finding> = f
+        .iter()
+        .filter(|f| f.kind == K::CleartextCredentials)
+        .collect();
+    assert_eq!(creds.len(), 1, "{f:?}");
+    assert_eq!(creds[0].evidence, "userinfo in Host: <redacted, 11 bytes>");
+    let text = format!("{f:?}");
+    assert!(!text.contains("hunter2") && !text.contains("bob"), "{text}");
 }
 
 #[test]

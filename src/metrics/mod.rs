@@ -98,6 +98,11 @@ pub struct MetricsConfig {
     pub buckets: Vec<f64>,
     /// Severities that differ from SPEC's defaults.
     pub severity_overrides: Vec<(FindingKind, Severity)>,
+    /// Export `process_*` (apitap's own CPU, memory, file descriptors;
+    /// Linux); default on. Off where many registries live in one process
+    /// and the figures would not be theirs (the fuzz targets, which build
+    /// and render one per input: reading /proc was a fifth of their time).
+    pub process_metrics: bool,
 }
 
 impl Default for MetricsConfig {
@@ -109,6 +114,7 @@ impl Default for MetricsConfig {
             slot_idle_micros: 15 * 60 * 1_000_000,
             buckets: DEFAULT_BUCKETS.to_vec(),
             severity_overrides: Vec::new(),
+            process_metrics: true,
         }
     }
 }
@@ -815,9 +821,11 @@ impl Metrics {
         reg(Box::new(build));
         reg(Box::new(CaptureCollector::new(interface, capture.clone())));
         #[cfg(target_os = "linux")]
-        reg(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
+        if cfg.process_metrics {
+            reg(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
 
         let overflow = OverflowCounts {
             locals: Overflow::ALL

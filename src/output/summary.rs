@@ -409,4 +409,31 @@ mod tests {
         let coloured = sum.render_with(&PipelineStats::default(), None, true);
         assert!(coloured.contains("\x1b[31mserver_error\x1b[0m"));
     }
+
+    /// The report goes to a terminal: a Host or a path from the wire must
+    /// not bring escape sequences (clear the screen, retitle the window,
+    /// hide lines) or line breaks into it.
+    #[test]
+    fn wire_text_cannot_control_the_terminal() {
+        let mut c = Classifier::new(ClassifyConfig::default()).unwrap();
+        let mut sum = Summary::default();
+        let mut e = exchange("/a\x1b[2J/b\r\nfake: line", 500, false);
+        let head = e.request.as_mut().unwrap();
+        head.headers = Headers::default();
+        head.headers
+            .push(b"Host", b"\x1b]0;pwned\x07evil.example\xc2\x9b2J");
+        for f in c.classify(&mut e) {
+            sum.finding(&f);
+        }
+        sum.exchange(&e);
+        let text = sum.render_with(&PipelineStats::default(), None, false);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("%1b]0;pwned%07evil.example%c2%9b2j /a%1B[2J/b%0D%0Afake: line"),
+            "{text}"
+        );
+    }
 }
