@@ -543,6 +543,12 @@ fn run_source(
         tracing::warn!("{t}; everything before it was processed");
     }
     let st = source.stats();
+    if st.corrupt_blocks > 0 {
+        tracing::warn!(
+            corrupt_blocks = st.corrupt_blocks,
+            "skipped blocks of the capture file that could not be read; the blocks around them were"
+        );
+    }
     if st.dropped > 0 || st.if_dropped > 0 {
         tracing::warn!(
             dropped = st.dropped,

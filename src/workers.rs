@@ -1436,6 +1436,7 @@ impl PacketSource for Ticker {
             bytes,
             dropped: drops.iter().map(|d| d.kernel).sum(),
             if_dropped: drops.iter().map(|d| d.interface).max().unwrap_or(0),
+            ..SourceStats::default()
         }
     }
 

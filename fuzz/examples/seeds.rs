@@ -6,7 +6,8 @@
 //! (`flow`), each direction's segment and ACK pattern (`reassembly`) and
 //! each direction's reassembled bytes (`http_request`, `http_response`),
 //! a connection's first request head with its response (`classify`), and
-//! a TLS connection's first bytes each way (`tls`).
+//! a TLS connection's first bytes each way (`tls`), and each file's first
+//! bytes (`capture`).
 //! Seeds are derived, never committed: the script regenerates them.
 
 use apitap::capture::file::FileSource;
@@ -29,6 +30,7 @@ const DECODE_SEEDS_PER_FILE: usize = 24;
 const CONNECTIONS_PER_FILE: usize = 16;
 const SEGMENTS_PER_CONNECTION: usize = 120;
 const MAX_SEED_BYTES: usize = 48 * 1024;
+const CAPTURE_SEED_BYTES: usize = 16 * 1024;
 
 struct Segment {
     ts: Timestamp,
@@ -70,6 +72,11 @@ fn main() {
         written: HashMap::new(),
     };
     for file in args {
+        // capture: the file's first bytes, as they are (cut mid-record
+        // when longer: a truncated file is a case too).
+        if let Ok(bytes) = std::fs::read(&file) {
+            out.put("capture", &bytes[..bytes.len().min(CAPTURE_SEED_BYTES)]);
+        }
         if let Err(e) = one_file(Path::new(&file), &mut out) {
             eprintln!("seeds: skipping {file}: {e}");
         }

@@ -10,6 +10,7 @@
 //! configured bounds), not only that nothing panics. A failed invariant is a
 //! panic with a message saying which one.
 
+pub mod capture;
 pub mod classify;
 pub mod decode;
 pub mod flow;

@@ -13,11 +13,17 @@
 //!   framing), stops the source: `next_event` returns `Ok(None)` and
 //!   [`PacketSource::truncation`] says after how many packets and bytes. Every
 //!   record before it was delivered. Never a panic.
+//! - pcapng: a block whose framing is intact (its length fits the file, is a
+//!   multiple of 4 and is repeated in its trailer) but whose body cannot be
+//!   read (a mangled name resolution or packet block) is skipped whole and
+//!   counted ([`SourceStats::corrupt_blocks`]); reading goes on with the next
+//!   block, as libpcap does. A Section Header Block is never skipped (the
+//!   byte order of what follows hangs on it).
 //! - pcapng: each Interface Description Block carries its own link type,
 //!   snaplen and timestamp resolution (`if_tsresol`, `if_tsoffset`); a new
 //!   Section Header Block forgets the interfaces of the previous section.
-//!   Enhanced and Simple Packet Blocks are packets; every other block is
-//!   skipped. A packet naming an interface that was never described is
+//!   Enhanced, Simple and (obsolete) Packet Blocks are packets; every other
+//!   block is skipped. A packet naming an interface that was never described is
 //!   skipped and counted in [`FileSource::orphan_packets`].
 //! - Legacy pcap: a record longer than the file's snaplen and than 256 KiB
 //!   (libpcap's bound) is corruption. pcapng: a block over 64 MiB is.
@@ -39,6 +45,8 @@ pub const MAX_RECORD_BYTES: usize = 64 << 20;
 const LEGACY_MIN_MAX_CAPLEN: u32 = 256 << 10;
 
 const PCAPNG_SHB: u32 = 0x0A0D_0D0A;
+/// pcapng's obsolete Packet Block (superseded by the Enhanced one).
+const OBSOLETE_PACKET_BLOCK: u32 = 2;
 const PCAPNG_BOM: u32 = 0x1A2B_3C4D;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,6 +266,34 @@ impl FileSource {
         self.orphans
     }
 
+    /// The length of the pcapng block at the start of `data` when its
+    /// framing is intact though its body may not be (see the module doc):
+    /// it can be skipped whole.
+    fn intact_ng_block(&self, data: &[u8]) -> Option<usize> {
+        if !matches!(self.format, Format::Ng) || data.len() < 12 {
+            return None;
+        }
+        if read_u32(&data[0..4], false) == PCAPNG_SHB {
+            return None;
+        }
+        let n = read_u32(&data[4..8], self.ng_big_endian) as usize;
+        let framed = n >= 12 && n.is_multiple_of(4) && n <= data.len();
+        (framed && read_u32(&data[n - 4..n], self.ng_big_endian) == n as u32).then_some(n)
+    }
+
+    /// Skip a block [`Self::intact_ng_block`] vouches for; false when it
+    /// does not.
+    fn skip_corrupt_block(&mut self) -> bool {
+        match self.intact_ng_block(self.reader.data()) {
+            Some(n) => {
+                self.reader.consume(n);
+                self.stats.corrupt_blocks += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The length the record at the start of `data` declares for itself
     /// (header included), when enough of it is there to tell.
     fn declared_len(&self, data: &[u8]) -> Option<usize> {
@@ -344,21 +380,51 @@ impl FileSource {
                     });
                     Step::Skip(consumed)
                 }
-                PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
-                    let Some(iface) = self.interfaces.get(epb.if_id as usize).copied() else {
-                        self.orphans += 1;
+                PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => Self::ng_packet(
+                    &self.interfaces,
+                    &mut self.orphans,
+                    consumed,
+                    epb.if_id,
+                    (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low),
+                    {
+                        let start = epb.data.as_ptr() as usize - base;
+                        start..start + (epb.caplen as usize).min(epb.data.len())
+                    },
+                    epb.origlen,
+                ),
+                // The obsolete Packet Block: an EPB with a 16-bit interface
+                // id and a drop count (older writers; libpcap and Wireshark
+                // read it).
+                // (pcap-parser gives an unknown block's type as read little-endian.)
+                PcapBlockOwned::NG(Block::Unknown(b))
+                    if read_u32(&b.block_type.to_le_bytes(), self.ng_big_endian)
+                        == OBSOLETE_PACKET_BLOCK =>
+                {
+                    let Some(head) = b.data.get(..20) else {
+                        self.stats.corrupt_blocks += 1;
                         return Step::Skip(consumed);
                     };
-                    let caplen = (epb.caplen as usize).min(epb.data.len());
-                    let raw = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
-                    Step::Packet {
+                    let be = self.ng_big_endian;
+                    let if_id = if be {
+                        u16::from_be_bytes([head[0], head[1]])
+                    } else {
+                        u16::from_le_bytes([head[0], head[1]])
+                    };
+                    let raw = (u64::from(read_u32(&head[4..8], be)) << 32)
+                        | u64::from(read_u32(&head[8..12], be));
+                    let caplen = read_u32(&head[12..16], be) as usize;
+                    Self::ng_packet(
+                        &self.interfaces,
+                        &mut self.orphans,
                         consumed,
-                        start: epb.data.as_ptr() as usize - base,
-                        len: caplen,
-                        ts: ng_timestamp(raw, iface.unit, iface.offset_secs),
-                        link: iface.link,
-                        wire_len: epb.origlen.max(caplen as u32),
-                    }
+                        u32::from(if_id),
+                        raw,
+                        {
+                            let start = b.data.as_ptr() as usize + 20 - base;
+                            start..start + caplen.min(b.data.len() - 20)
+                        },
+                        read_u32(&head[16..20], be),
+                    )
                 }
                 PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
                     let Some(iface) = self.interfaces.first().copied() else {
@@ -386,6 +452,33 @@ impl FileSource {
             Err(PcapError::BufferTooSmall) => Step::TooSmall(self.declared_len(self.reader.data())),
             Err(PcapError::ReadError) => Step::ReadError,
             Err(e) => Step::Corrupt(format!("{e:?}").chars().take(80).collect()),
+        }
+    }
+
+    /// A packet of a pcapng packet block: `data`, where its captured bytes
+    /// lie in the buffer; skipped (and counted) when its interface was
+    /// never described.
+    fn ng_packet(
+        interfaces: &[Interface],
+        orphans: &mut u64,
+        consumed: usize,
+        if_id: u32,
+        raw_ts: u64,
+        data: std::ops::Range<usize>,
+        origlen: u32,
+    ) -> Step {
+        let (start, len) = (data.start, data.len());
+        let Some(iface) = interfaces.get(if_id as usize).copied() else {
+            *orphans += 1;
+            return Step::Skip(consumed);
+        };
+        Step::Packet {
+            consumed,
+            start,
+            len,
+            ts: ng_timestamp(raw_ts, iface.unit, iface.offset_secs),
+            link: iface.link,
+            wire_len: origlen.max(len as u32),
         }
     }
 
@@ -444,6 +537,7 @@ impl PacketSource for FileSource {
                     self.stop("file ends in the middle of a record");
                     return Ok(None);
                 }
+                Step::Corrupt(_) if self.skip_corrupt_block() => {}
                 Step::Corrupt(why) => {
                     self.stop(&format!("corrupt record ({why})"));
                     return Ok(None);
@@ -472,6 +566,7 @@ impl PacketSource for FileSource {
                             self.stop(&format!("corrupt record length {n}"));
                             return Ok(None);
                         }
+                        Some(n) if n <= have && self.skip_corrupt_block() => continue,
                         Some(n) if n <= have => {
                             self.stop(&format!(
                                 "corrupt record (declares {n} bytes but does not fit them)"
@@ -644,6 +739,19 @@ mod tests {
         b.extend(u32b(orig, be));
         b.extend_from_slice(data);
         block(6, &b, be)
+    }
+
+    /// The obsolete Packet Block (type 2).
+    fn pb(if_id: u16, ts: u64, data: &[u8], orig: u32, be: bool) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend(u16b(if_id, be));
+        b.extend(u16b(0, be)); // drops
+        b.extend(u32b((ts >> 32) as u32, be));
+        b.extend(u32b(ts as u32, be));
+        b.extend(u32b(data.len() as u32, be));
+        b.extend(u32b(orig, be));
+        b.extend_from_slice(data);
+        block(2, &b, be)
     }
 
     fn spb(data: &[u8], orig: u32, be: bool) -> Vec<u8> {
@@ -835,6 +943,67 @@ mod tests {
         let (pkts, trunc) = read_all(ng);
         assert_eq!(pkts.len(), 0);
         assert!(trunc.is_some());
+    }
+
+    /// A pcapng block whose framing holds (its length in the file, a
+    /// multiple of 4, repeated in its trailer) but whose body does not parse
+    /// is skipped and counted, and the packets after it are read, as
+    /// libpcap reads them; a block whose trailer disagrees stops the file.
+    #[test]
+    fn pcapng_blocks_that_do_not_parse_are_skipped_when_framed() {
+        for be in [false, true] {
+            let mut ng = shb(be);
+            ng.extend(idb(1, 0, None, be));
+            ng.extend(epb(0, 1, b"one", 3, be));
+            // A name resolution record (IPv4) longer than its block.
+            let mut nrb = u16b(1, be).to_vec();
+            nrb.extend(u16b(200, be));
+            nrb.extend([10, 0, 0, 1]);
+            ng.extend(block(4, &nrb, be));
+            // A packet block whose caplen is bigger than the block.
+            let mut bad = epb(0, 2, b"abcdefgh", 8, be);
+            bad[20..24].copy_from_slice(&u32b(1000, be));
+            ng.extend(bad);
+            ng.extend(epb(0, 3, b"two", 3, be));
+            let mut broken = epb(0, 4, b"three", 5, be);
+            let n = broken.len();
+            broken[n - 4..].copy_from_slice(&u32b(n as u32 + 4, be));
+            ng.extend(broken);
+            ng.extend(epb(0, 5, b"lost", 4, be));
+
+            let mut src = FileSource::from_reader("test", Box::new(Cursor::new(ng))).unwrap();
+            let mut data = Vec::new();
+            while let Some(SourceEvent::Packet(p)) = src.next_event().unwrap() {
+                data.push(p.data.to_vec());
+            }
+            assert_eq!(data, [b"one".to_vec(), b"two".to_vec()], "big endian {be}");
+            assert_eq!(src.stats().corrupt_blocks, 2, "big endian {be}");
+            assert!(src.truncation().is_some(), "big endian {be}");
+        }
+    }
+
+    /// Old writers' Packet Blocks are packets, read like Enhanced ones
+    /// (libpcap and Wireshark read them too).
+    #[test]
+    fn pcapng_obsolete_packet_blocks_are_packets() {
+        for be in [false, true] {
+            let mut ng = shb(be);
+            ng.extend(idb(1, 0, None, be));
+            ng.extend(idb(113, 0, Some(9), be));
+            ng.extend(pb(0, 1_700_000_000_123_456, b"abc", 60, be));
+            ng.extend(pb(1, 1_700_000_000_123_456_789, b"defgh", 5, be));
+            ng.extend(pb(7, 1, b"orphan", 6, be));
+            let (pkts, trunc) = read_all(ng);
+            assert_eq!(trunc, None);
+            assert_eq!(
+                pkts,
+                vec![
+                    (1_700_000_000_123_456, 1, b"abc".to_vec(), 60),
+                    (1_700_000_000_123_456, 113, b"defgh".to_vec(), 5),
+                ],
+                "big endian {be}"
+            );
+        }
     }
 
     #[test]

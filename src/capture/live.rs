@@ -566,6 +566,7 @@ impl PacketSource for LiveSource {
             bytes: self.bytes,
             dropped: drops.kernel,
             if_dropped: drops.interface,
+            ..SourceStats::default()
         }
     }
 

@@ -376,7 +376,8 @@ impl MappedPcap {
         self.prefetched = line;
         self.stats.packets += 1;
         self.stats.bytes += len as u64;
-        self.current = Some((start, len, ts, block.origlen));
+        // As FileSource: a frame is never shorter on the wire than captured.
+        self.current = Some((start, len, ts, block.origlen.max(len as u32)));
         self.current()
     }
 
@@ -585,6 +586,84 @@ mod tests {
                 kept <= size - upto + MIB && kept + MIB >= size - upto,
                 "pages before {upto} given back, the rest kept: {kept} of {size}"
             );
+        }
+    }
+
+    /// The contract: the same packets as `FileSource` (the streaming
+    /// reader), field by field, and the same end, for each byte order and
+    /// timestamp resolution, with the records a writer gets wrong: captured
+    /// longer than on the wire, longer than the snaplen (yet sane), and a
+    /// file that ends mid-record or in a record of impossible length.
+    #[test]
+    fn reads_what_the_streaming_reader_reads() {
+        use crate::capture::file::FileSource;
+        use crate::capture::{PacketSource, SourceEvent};
+        // (caplen, origlen) of each record.
+        let records = [(60u32, 60u32), (60, 50), (200, 300), (0, 0), (14, 1514)];
+        let dir = tempfile::tempdir().unwrap();
+        for (big_endian, nanos) in [(false, false), (false, true), (true, false), (true, true)] {
+            // The end: none, cut mid-record, a record of impossible length.
+            for end in 0..3 {
+                let word = |v: u32| {
+                    if big_endian {
+                        v.to_be_bytes()
+                    } else {
+                        v.to_le_bytes()
+                    }
+                };
+                let magic = if nanos { 0xa1b2_3c4d } else { 0xa1b2_c3d4 };
+                let mut file = Vec::new();
+                // snaplen 100: the third record is longer, but sane.
+                for v in [magic, 2 | (4 << 16), 0, 0, 100, 1] {
+                    file.extend_from_slice(&word(v));
+                }
+                for (i, (caplen, origlen)) in records.iter().enumerate() {
+                    let frac = 999_999 + i as u32 * 123;
+                    for v in [1_700_000_000 + i as u32, frac, *caplen, *origlen] {
+                        file.extend_from_slice(&word(v));
+                    }
+                    file.extend((0..*caplen).map(|b| (b as u8) ^ (i as u8)));
+                }
+                match end {
+                    1 => file.extend_from_slice(&word(1_700_000_099)[..3]),
+                    2 => {
+                        for v in [1_700_000_099, 0, 300 << 10, 300 << 10] {
+                            file.extend_from_slice(&word(v));
+                        }
+                    }
+                    _ => {}
+                }
+                let path = dir.path().join(format!("{big_endian}-{nanos}-{end}.pcap"));
+                std::fs::write(&path, &file).unwrap();
+                let path = path.to_str().unwrap();
+                let case = format!("big endian {big_endian}, ns {nanos}, end {end}");
+
+                let mut stream = FileSource::open(path).unwrap();
+                let mut streamed = Vec::new();
+                while let Some(SourceEvent::Packet(p)) = stream.next_event().unwrap() {
+                    streamed.push((p.ts, p.link, p.data.to_vec(), p.wire_len));
+                }
+                let mut m = MappedPcap::open(path).unwrap().expect("a classic pcap");
+                let mut mapped = Vec::new();
+                while let Some(p) = m.next_packet() {
+                    mapped.push((p.ts, p.link, p.data.to_vec(), p.wire_len));
+                }
+                assert_eq!(mapped.len(), records.len(), "{case}");
+                assert_eq!(mapped, streamed, "{case}");
+                assert_eq!(
+                    m.truncation().is_some(),
+                    end != 0,
+                    "{case}: {:?}",
+                    m.truncation()
+                );
+                assert_eq!(
+                    stream.truncation().is_some(),
+                    end != 0,
+                    "{case}: {:?}",
+                    stream.truncation()
+                );
+                assert_eq!(m.stats(), stream.stats(), "{case}");
+            }
         }
     }
 }

@@ -90,6 +90,9 @@ pub struct SourceStats {
     /// Live: frames the interface could not deliver
     /// ([`DropCounts::interface`]).
     pub if_dropped: u64,
+    /// Files: pcapng blocks skipped whole because their body could not be
+    /// read although their framing (length, trailer) was intact.
+    pub corrupt_blocks: u64,
 }
 
 /// A live capture handle's drops, cumulative since it was opened (what

@@ -188,6 +188,7 @@ impl PacketSource for ReplaySource {
                 let stats = self.file.stats();
                 self.done.packets += stats.packets;
                 self.done.bytes += stats.bytes;
+                self.done.corrupt_blocks += stats.corrupt_blocks;
                 self.file = Input::open(&self.path, self.pager_thread)?;
                 continue;
             };
@@ -215,6 +216,7 @@ impl PacketSource for ReplaySource {
         SourceStats {
             packets: self.done.packets + s.packets,
             bytes: self.done.bytes + s.bytes,
+            corrupt_blocks: self.done.corrupt_blocks + s.corrupt_blocks,
             ..SourceStats::default()
         }
     }
