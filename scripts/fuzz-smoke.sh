@@ -21,7 +21,7 @@ seconds=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(decode reassembly http_request http_response flow classify tls)
+    targets=(decode reassembly http_request http_response flow classify tls capture)
 fi
 sanitizer=${FUZZ_SANITIZER:-address}
 export RUSTC_BOOTSTRAP=1

@@ -93,7 +93,11 @@ pub fn run(data: &[u8]) {
     // version 2.4 only.
     let ancient = classic && !matches!(data.get(4..8), Some([2, 0, 4, 0] | [0, 2, 0, 4]));
     if !ancient {
-        against_libpcap(name, classic, &streamed);
+        let nanos = matches!(
+            data.get(..4),
+            Some([0x4d, 0x3c, 0xb2, 0xa1] | [0xa1, 0xb2, 0x3c, 0x4d])
+        );
+        against_libpcap(name, classic, nanos, &streamed);
     }
     let Ok(Some(mut mapped)) = MappedPcap::open(name) else {
         return; // pcapng, or a pcap variant only the streaming reader knows
@@ -119,7 +123,7 @@ pub fn run(data: &[u8]) {
 /// libpcap's reader on the same file: every packet it reads before it
 /// stops (at the end, or at what it calls corrupt) is the packet apitap
 /// read there.
-fn against_libpcap(name: &str, classic: bool, streamed: &[Packet]) {
+fn against_libpcap(name: &str, classic: bool, nanos: bool, streamed: &[Packet]) {
     let Ok(mut cap) = pcap::Capture::from_file(name) else {
         return;
     };
@@ -146,10 +150,19 @@ fn against_libpcap(name: &str, classic: bool, streamed: &[Packet]) {
         // Wireshark) and apitap as unsigned. The bits are the same.
         let (secs, frac) = (p.header.ts.tv_sec, p.header.ts.tv_usec);
         let ts = if classic {
-            Timestamp::from_secs_micros(
-                i64::from(secs as i32 as u32),
-                i64::from(frac as i32 as u32),
-            )
+            let secs = i64::from(secs as i32 as u32);
+            // A nanosecond fraction of 2^31 or more (nonsense: over two
+            // seconds) libpcap divides as signed, apitap as unsigned.
+            let over = ours.ts.as_micros().saturating_sub(secs * 1_000_000) >= 2_147_483;
+            if nanos && over {
+                ours.ts
+            } else {
+                Timestamp::from_secs_micros(secs, i64::from(frac as i32 as u32))
+            }
+        } else if matches!(ours.ts.as_micros(), i64::MIN | i64::MAX) {
+            // Past the range of microseconds in an i64 (some 292,000
+            // years): apitap saturates, libpcap's arithmetic wraps.
+            ours.ts
         } else if secs == 0 && frac == 0 {
             // A Simple Packet Block has no timestamp: libpcap gives it 0,
             // apitap the previous packet's (time must not go back).

@@ -394,8 +394,8 @@ impl FileSource {
                 ),
                 // The obsolete Packet Block: an EPB with a 16-bit interface
                 // id and a drop count (older writers; libpcap and Wireshark
-                // read it).
-                // (pcap-parser gives an unknown block's type as read little-endian.)
+                // read it). pcap-parser gives an unknown block's type as
+                // read little-endian.
                 PcapBlockOwned::NG(Block::Unknown(b))
                     if read_u32(&b.block_type.to_le_bytes(), self.ng_big_endian)
                         == OBSOLETE_PACKET_BLOCK =>
