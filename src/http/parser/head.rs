@@ -519,3 +519,64 @@ mod bare_lf_tests {
         assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\n"));
     }
 }
+
+#[cfg(test)]
+mod header_block_tests {
+    use super::*;
+    use crate::http::parser::ParserStats;
+    use proptest::prelude::*;
+
+    /// Header blocks made of pieces that httparse's strict parser takes or
+    /// refuses: names, colons, OWS, obs-text, controls, folds, bare LFs.
+    fn block() -> impl Strategy<Value = Vec<u8>> {
+        let piece = proptest::sample::select(vec![
+            &b"Host"[..],
+            b"X-A",
+            b"a",
+            b":",
+            b": ",
+            b" ",
+            b"\t",
+            b"v",
+            b"\r\n",
+            b"\n",
+            b"\x80",
+            b"\x7f",
+            b"\x01",
+            b"=",
+            b"(",
+            b"\"",
+        ]);
+        proptest::collection::vec(piece, 0..40).prop_map(|pieces| {
+            let mut b = pieces.concat();
+            b.extend_from_slice(b"\r\n\r\n");
+            b
+        })
+    }
+
+    proptest! {
+        /// `parse_header_block`'s promise: where httparse takes a whole
+        /// block, the lenient parser reads the same fields in the same
+        /// order and counts no deviation (so which of the two read a block
+        /// never shows in the output).
+        #[test]
+        fn the_lenient_parser_agrees_with_httparse_where_it_accepts(block in block()) {
+            let mut stack = [httparse::EMPTY_HEADER; 64];
+            if let Ok(httparse::Status::Complete((len, fields))) =
+                httparse::parse_headers(&block, &mut stack)
+            {
+                if len == block.len() {
+                    let strict: Vec<(&[u8], &[u8])> =
+                        fields.iter().map(|h| (h.name.as_bytes(), h.value)).collect();
+                    let mut stats = LazyStats::default();
+                    let lenient =
+                        parse_header_block_lenient(&block, &ParserLimits::default(), &mut stats)
+                            .expect("within the default limits");
+                    let got: Vec<(&[u8], &[u8])> = lenient.iter().collect();
+                    prop_assert_eq!(got, strict);
+                    prop_assert_eq!(stats.snapshot(), ParserStats::default());
+                }
+            }
+        }
+    }
+}
