@@ -580,3 +580,97 @@ mod header_block_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod start_line_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One of `pieces`.
+    fn one(pieces: &[&'static [u8]]) -> impl Strategy<Value = &'static [u8]> {
+        proptest::sample::select(pieces.to_vec())
+    }
+
+    /// Some of `pieces`, joined.
+    fn some(pieces: &[&'static [u8]]) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(one(pieces), 0..6).prop_map(|p| p.concat())
+    }
+
+    /// Start lines shaped like real ones, from parts httparse's strict
+    /// parser takes or refuses.
+    fn request_line() -> impl Strategy<Value = Vec<u8>> {
+        let sep: &[&[u8]] = &[b" ", b"  ", b"\t", b""];
+        (
+            one(&[b"GET", b"get", b"M-SEARCH", b"G\x80T", b""]),
+            one(sep),
+            some(&[
+                b"/", b"a", b"?q=1", b"%20", b"\t", b"\x01", b"\x80", b" ", b"*",
+            ]),
+            one(sep),
+            one(&[
+                b"HTTP/1.1",
+                b"HTTP/1.0",
+                b"HTTP/2.0",
+                b"http/1.1",
+                b"HTTP/1.1 ",
+            ]),
+        )
+            .prop_map(|(m, s1, t, s2, v)| [m, s1, &t, s2, v].concat())
+    }
+
+    fn status_line() -> impl Strategy<Value = Vec<u8>> {
+        let sep: &[&[u8]] = &[b" ", b"  ", b"\t", b""];
+        (
+            one(&[b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2", b"http/1.1"]),
+            one(sep),
+            one(&[b"200", b"404", b"099", b"1000", b"20"]),
+            one(sep),
+            some(&[b"OK", b"Not Found", b" ", b"\t", b"\x80", b"\x01"]),
+        )
+            .prop_map(|(v, s1, c, s2, r)| [v, s1, c, s2, &r].concat())
+    }
+
+    proptest! {
+        /// Where httparse takes a request line, the lenient one reads the
+        /// same method, target and version, and sees nothing to count.
+        #[test]
+        fn request_lines_agree_with_httparse_where_it_accepts(line in request_line()) {
+            let mut headers = [httparse::EMPTY_HEADER; 1];
+            let mut req = httparse::Request::new(&mut headers);
+            let head = [&line[..], b"\r\n\r\n"].concat();
+            // apitap takes methods of upper-case letters, `-` and `_` (every
+            // registered one; what tells HTTP from other text protocols when
+            // sniffing), httparse any token (`get` too).
+            let upper = |m: &str| m.bytes().all(is_method_byte);
+            let taken = req.parse(&head);
+            if matches!(taken, Ok(httparse::Status::Complete(_))) && req.method.is_some_and(upper) {
+                let ours = RequestLine::parse(&line);
+                prop_assert!(ours.is_some(), "httparse takes {:?}", String::from_utf8_lossy(&line));
+                let ours = ours.unwrap();
+                prop_assert_eq!(Some(ours.method), req.method.map(str::as_bytes));
+                prop_assert_eq!(Some(ours.target), req.path.map(str::as_bytes));
+                prop_assert_eq!(Some(ours.minor), req.version);
+                prop_assert!(!ours.multiple_spaces);
+            }
+        }
+
+        /// Where httparse takes a status line, the lenient one reads the
+        /// same status and version, and sees nothing to count.
+        #[test]
+        fn status_lines_agree_with_httparse_where_it_accepts(line in status_line()) {
+            let mut headers = [httparse::EMPTY_HEADER; 1];
+            let mut resp = httparse::Response::new(&mut headers);
+            let head = [&line[..], b"\r\n\r\n"].concat();
+            // Below 100 is no status (RFC 9110 §15): httparse takes any three
+            // digits, apitap refuses those.
+            if let (Ok(httparse::Status::Complete(_)), Some(100..)) = (resp.parse(&head), resp.code) {
+                let ours = StatusLine::parse(&line);
+                prop_assert!(ours.is_some(), "httparse takes {:?}", String::from_utf8_lossy(&line));
+                let ours = ours.unwrap();
+                prop_assert_eq!(Some(ours.status), resp.code);
+                prop_assert_eq!(Some(ours.minor), resp.version);
+                prop_assert!(!ours.multiple_spaces);
+            }
+        }
+    }
+}
