@@ -536,13 +536,14 @@ fn run_source(
             source,
         })?;
     }
-    if let Some(s) = &sinks.summary {
+    let st = source.stats();
+    if let Some(s) = &mut sinks.summary {
+        s.corrupt_blocks = st.corrupt_blocks;
         print!("{}", s.render(&pipeline.stats(), source.truncation()));
     }
     if let Some(t) = source.truncation() {
         tracing::warn!("{t}; everything before it was processed");
     }
-    let st = source.stats();
     if st.corrupt_blocks > 0 {
         tracing::warn!(
             corrupt_blocks = st.corrupt_blocks,

@@ -154,3 +154,75 @@ fn replay_speed_paces_and_replay_loop_repeats_until_interrupted() {
         "{last_pass_ts}"
     );
 }
+
+/// A pcapng block apitap cannot read but whose framing is intact is
+/// skipped, counted and reported; nothing else of the file is lost: the
+/// sample converted to pcapng with such a block in the middle logs the same
+/// exchanges as the sample itself.
+#[test]
+fn an_unreadable_pcapng_block_is_skipped_and_reported() {
+    fn block(out: &mut Vec<u8>, kind: u32, body: &[u8]) {
+        let len = 12 + body.len().next_multiple_of(4) as u32;
+        out.extend(kind.to_le_bytes());
+        out.extend(len.to_le_bytes());
+        out.extend(body);
+        out.resize(out.len() + body.len().next_multiple_of(4) - body.len(), 0);
+        out.extend(len.to_le_bytes());
+    }
+    let pcap = std::fs::read(sample()).unwrap();
+    let u32_at = |at: usize| u32::from_le_bytes(pcap[at..at + 4].try_into().unwrap());
+    assert_eq!(
+        u32_at(0),
+        0xa1b2_c3d4,
+        "the sample is a little-endian µs pcap"
+    );
+    let mut ng = Vec::new();
+    // Section header: byte-order magic, version 1.0, section length unknown.
+    let mut shb = 0x1a2b_3c4du32.to_le_bytes().to_vec();
+    shb.extend([1, 0, 0, 0]);
+    shb.extend([0xff; 8]);
+    block(&mut ng, 0x0a0d_0d0a, &shb);
+    // Interface: the sample's link type and snaplen (µs timestamps).
+    let mut idb = (u32_at(20) as u16).to_le_bytes().to_vec();
+    idb.extend([0, 0]);
+    idb.extend(u32_at(16).to_le_bytes());
+    block(&mut ng, 1, &idb);
+    let (mut at, mut n) = (24, 0);
+    while at + 16 <= pcap.len() {
+        let (secs, micros, caplen, origlen) =
+            (u32_at(at), u32_at(at + 4), u32_at(at + 8), u32_at(at + 12));
+        let ts = u64::from(secs) * 1_000_000 + u64::from(micros);
+        let mut epb = 0u32.to_le_bytes().to_vec();
+        epb.extend(((ts >> 32) as u32).to_le_bytes());
+        epb.extend((ts as u32).to_le_bytes());
+        epb.extend(caplen.to_le_bytes());
+        epb.extend(origlen.to_le_bytes());
+        epb.extend(&pcap[at + 16..at + 16 + caplen as usize]);
+        block(&mut ng, 6, &epb);
+        at += 16 + caplen as usize;
+        n += 1;
+        if n == 1000 {
+            // A name resolution record (IPv4) that runs past its block.
+            let mut nrb = 1u16.to_le_bytes().to_vec();
+            nrb.extend(200u16.to_le_bytes());
+            nrb.extend([10, 0, 0, 1]);
+            block(&mut ng, 4, &nrb);
+        }
+    }
+    assert!(n > 1000, "the sample has {n} packets");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sample.pcapng");
+    std::fs::write(&path, &ng).unwrap();
+
+    let (code, report, err) = run(&["-r", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        report.contains("warning: skipped 1 blocks of the capture file"),
+        "{report}"
+    );
+    assert!(!report.contains("corrupt record"), "{report}");
+    let (_, ours, _) = run(&["-r", path.to_str().unwrap(), "--exchanges", "-"]);
+    let (_, theirs, _) = run(&["-r", &sample(), "--exchanges", "-"]);
+    assert!(ours.lines().count() > 100);
+    assert_eq!(ours, theirs, "the same exchanges as the sample's");
+}

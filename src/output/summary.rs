@@ -53,6 +53,9 @@ pub struct Summary {
     pub failing_routes_folded: u64,
     /// (severity, kind) → (occurrences, servers concerned).
     pub findings: BTreeMap<(Severity, FindingKind), (u64, BTreeSet<String>)>,
+    /// Blocks of the capture file skipped as unreadable
+    /// ([`crate::capture::SourceStats::corrupt_blocks`]).
+    pub corrupt_blocks: u64,
 }
 
 fn server_name(host: Option<&str>, addr: SocketAddr) -> String {
@@ -312,6 +315,14 @@ impl Summary {
                 s,
                 "  skipped: {n} packets of unsupported link type {lt} ({})",
                 crate::capture::LinkType(*lt).name()
+            );
+        }
+        if self.corrupt_blocks > 0 {
+            let _ = writeln!(
+                s,
+                "  {} skipped {} blocks of the capture file that could not be read (the blocks around them were)",
+                paint("33", "warning:"),
+                self.corrupt_blocks
             );
         }
         if let Some(t) = truncation {
