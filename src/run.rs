@@ -547,7 +547,7 @@ fn run_source(
     if st.corrupt_blocks > 0 {
         tracing::warn!(
             corrupt_blocks = st.corrupt_blocks,
-            "skipped blocks of the capture file that could not be read; the blocks around them were"
+            "skipped blocks of the capture file that could not be read; the blocks around them were read"
         );
     }
     if st.dropped > 0 || st.if_dropped > 0 {

@@ -320,7 +320,7 @@ impl Summary {
         if self.corrupt_blocks > 0 {
             let _ = writeln!(
                 s,
-                "  {} skipped {} blocks of the capture file that could not be read (the blocks around them were)",
+                "  {} skipped {} blocks of the capture file that could not be read (the blocks around them were read)",
                 paint("33", "warning:"),
                 self.corrupt_blocks
             );
