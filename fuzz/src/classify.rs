@@ -423,25 +423,24 @@ impl Outputs {
         }
     }
 
-    fn recorder(&mut self) -> Recorder<'_> {
-        Recorder {
+    /// The classifier, and the sinks as a [`Recorder`].
+    fn parts(&mut self) -> (&mut Classifier, Recorder<'_>) {
+        let rec = Recorder {
             sinks: &mut self.sinks,
             debug: &mut self.debug,
-        }
+        };
+        (&mut self.classifier, rec)
     }
 
     /// Classify `ex` and hand it and its findings to the sinks.
     pub fn exchange(&mut self, ex: &mut Exchange) {
-        let mut rec = Recorder {
-            sinks: &mut self.sinks,
-            debug: &mut self.debug,
-        };
-        deliver_one(&mut self.classifier, &mut rec, ex);
+        let (classifier, mut rec) = self.parts();
+        deliver_one(classifier, &mut rec, ex);
     }
 
     /// A flow-layer event (a connection named, a TLS handshake).
     pub fn event(&mut self, ev: FlowEvent) {
-        pass_event(ev, &mut self.recorder());
+        pass_event(ev, &mut self.parts().1);
     }
 
     /// Flush both logs, render the metrics and the report, and check them:

@@ -48,6 +48,15 @@ fn framer<'a>(framed: &'a mut Vec<Exchange>, cfg: &'a FlowConfig) -> impl FnMut(
     }
 }
 
+/// What the table framed, then the events it holds, to the sinks, as the
+/// pipeline passes them on.
+fn pass_on(framed: &mut Vec<Exchange>, table: &mut FlowTable, outputs: &mut Outputs) {
+    for mut ex in framed.drain(..) {
+        outputs.exchange(&mut ex);
+    }
+    table.take_events(|ev| outputs.event(ev));
+}
+
 fn check(ex: &Exchange, cfg: &FlowConfig) {
     let pair = |c: usize| {
         (ex.client == endpoint(0, c) && ex.server == endpoint(1, c))
@@ -119,8 +128,7 @@ pub fn run(data: &[u8]) {
     // next[conn][side]: the byte after the highest one each side sent.
     let mut next = [[isn_a, isn_b]; 2];
     let mut now = Timestamp::from_secs_micros(1_700_000_000, 0);
-    // Exchanges as the table frames them, then the events it holds (a
-    // connection named, a TLS handshake), as the pipeline passes them on.
+    // Exchanges as the table frames them (see `pass_on`).
     let mut framed = Vec::new();
     while let (Some(ctl), Some(flags), Some(dt)) = (r.u8(), r.u8(), r.u8()) {
         let (side, conn) = (usize::from(ctl & 1), usize::from((ctl >> 1) & 1));
@@ -178,10 +186,7 @@ pub fn run(data: &[u8]) {
             missing,
         };
         table.segment(&seg, now, &mut framer(&mut framed, &cfg));
-        for mut ex in framed.drain(..) {
-            outputs.exchange(&mut ex);
-        }
-        table.take_events(|ev| outputs.event(ev));
+        pass_on(&mut framed, &mut table, &mut outputs);
         assert!(
             table.active_flows() <= 2,
             "{} flows from two connections",
@@ -189,10 +194,7 @@ pub fn run(data: &[u8]) {
         );
     }
     table.finish_all(now, &mut framer(&mut framed, &cfg));
-    for mut ex in framed.drain(..) {
-        outputs.exchange(&mut ex);
-    }
-    table.take_events(|ev| outputs.event(ev));
+    pass_on(&mut framed, &mut table, &mut outputs);
     assert_eq!(table.active_flows(), 0, "flows left after the end");
     outputs.finish();
 }

@@ -7,8 +7,8 @@
 //! left). `ctl` bit 0: the chunk goes to the server (else to the client);
 //! bit 1: bytes of that direction were lost before it (a gap).
 //!
-//! Checked: the reader holds at most [`MAX_HELLO_BYTES`] plus record heads
-//! per direction while reading, and nothing once both hellos are decided;
+//! Checked: the reader holds at most [`MAX_HELD_BYTES`] per direction while
+//! reading, and nothing once both hellos are decided;
 //! the SNI is lower-case printable ASCII, at most 255 bytes and an
 //! ellipsis; `legacy_tls` is raised exactly when the version (negotiated,
 //! else the highest offered) is below TLS 1.2, TLS 1.3 drafts counting as
@@ -18,14 +18,11 @@
 use crate::classify::Outputs;
 use crate::Reader;
 use apitap::classify::findings::Severity;
-use apitap::classify::tls::{HandshakeReader, MAX_HELLO_BYTES, TLS1_2};
+use apitap::classify::tls::{HandshakeReader, MAX_HELD_BYTES, TLS1_2};
 use apitap::classify::ClassifyConfig;
 use apitap::clock::Timestamp;
 use apitap::flow::{FlowEvent, Protocol};
 use std::net::SocketAddr;
-
-/// Record heads the reader may keep beside a hello (its bound).
-const HEADS: usize = 5 * 8;
 
 /// Below TLS 1.2 (SPEC `legacy_tls`), TLS 1.3 drafts (0x7fxx) being 1.3.
 fn legacy(version: u16) -> bool {
@@ -75,18 +72,12 @@ pub fn run(data: &[u8]) {
         let done = reader.push(to_server, bytes);
         assert!(!was_done || done, "a decided reader went back to reading");
         let held = reader.heap_bytes();
-        assert!(
-            held <= 2 * (MAX_HELLO_BYTES + HEADS),
-            "the reader holds {held} bytes"
-        );
+        assert!(held <= 2 * MAX_HELD_BYTES, "the reader holds {held} bytes");
         assert!(!done || held == 0, "a decided reader holds {held} bytes");
         // As the flow layer does: the connection is named once the client's
         // hello is decided.
         if !announced && reader.client_done() {
             announced = true;
-            if let Some(sni) = reader.sni() {
-                check_sni(sni);
-            }
             outputs.event(FlowEvent::Connection {
                 server,
                 host: reader.sni().map(str::to_string),
@@ -95,6 +86,7 @@ pub fn run(data: &[u8]) {
             });
         }
     }
+    // The SNI the connection was named by is the handshake's.
     let hs = reader.finish(ts, client, server);
     if let Some(sni) = hs.sni() {
         check_sni(sni);

@@ -380,18 +380,19 @@ impl FileSource {
                     });
                     Step::Skip(consumed)
                 }
-                PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => Self::ng_packet(
-                    &self.interfaces,
-                    &mut self.orphans,
-                    consumed,
-                    epb.if_id,
-                    (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low),
-                    {
-                        let start = epb.data.as_ptr() as usize - base;
-                        start..start + (epb.caplen as usize).min(epb.data.len())
-                    },
-                    epb.origlen,
-                ),
+                PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+                    let start = epb.data.as_ptr() as usize - base;
+                    let len = (epb.caplen as usize).min(epb.data.len());
+                    Self::ng_packet(
+                        &self.interfaces,
+                        &mut self.orphans,
+                        consumed,
+                        epb.if_id,
+                        (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low),
+                        start..start + len,
+                        epb.origlen,
+                    )
+                }
                 // The obsolete Packet Block: an EPB with a 16-bit interface
                 // id and a drop count (older writers; libpcap and Wireshark
                 // read it). pcap-parser gives an unknown block's type as
@@ -412,17 +413,15 @@ impl FileSource {
                     };
                     let raw = (u64::from(read_u32(&head[4..8], be)) << 32)
                         | u64::from(read_u32(&head[8..12], be));
-                    let caplen = read_u32(&head[12..16], be) as usize;
+                    let start = b.data.as_ptr() as usize + 20 - base;
+                    let len = (read_u32(&head[12..16], be) as usize).min(b.data.len() - 20);
                     Self::ng_packet(
                         &self.interfaces,
                         &mut self.orphans,
                         consumed,
                         u32::from(if_id),
                         raw,
-                        {
-                            let start = b.data.as_ptr() as usize + 20 - base;
-                            start..start + caplen.min(b.data.len() - 20)
-                        },
+                        start..start + len,
                         read_u32(&head[16..20], be),
                     )
                 }

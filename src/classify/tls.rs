@@ -18,6 +18,10 @@ use tls_parser::{TlsExtension, TlsMessage, TlsMessageHandshake};
 /// Largest handshake message looked at; a longer hello is not parsed.
 pub const MAX_HELLO_BYTES: usize = 16 * 1024;
 
+/// What one direction's reader keeps at most while its hello is unread: the
+/// hello and the heads of the records it is split over (a few).
+pub const MAX_HELD_BYTES: usize = MAX_HELLO_BYTES + 5 * 8;
+
 /// TLS 1.2's wire version: anything below is legacy.
 pub const TLS1_2: u16 = 0x0303;
 
@@ -335,12 +339,12 @@ impl<T> Side<T> {
         let Side::Reading(buf) = self else {
             return;
         };
-        let room = MAX_HELLO_BYTES + 5 * 8 - buf.len();
+        let room = MAX_HELD_BYTES - buf.len();
         buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
         match parse(buf) {
             Hello::Parsed(t) => *self = Side::Done(Some(t)),
             Hello::NotHello => *self = Side::Done(None),
-            Hello::NeedMore if buf.len() >= MAX_HELLO_BYTES + 5 * 8 => *self = Side::Done(None),
+            Hello::NeedMore if buf.len() >= MAX_HELD_BYTES => *self = Side::Done(None),
             Hello::NeedMore => {}
         }
     }
@@ -362,8 +366,8 @@ impl<T> Side<T> {
 }
 
 /// Reads both hellos of one connection from its in-order bytes, keeping at
-/// most [`MAX_HELLO_BYTES`] (plus record headers) per direction until each
-/// is parsed or refused; afterwards it keeps nothing and ignores input.
+/// most [`MAX_HELD_BYTES`] per direction until each is parsed or refused;
+/// afterwards it keeps nothing and ignores input.
 /// Feed it the stream bytes of each direction from the start (after a gap,
 /// call [`HandshakeReader::gap`]).
 #[derive(Debug, Default)]
