@@ -218,14 +218,21 @@ fn text_of(b: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// Only printable ASCII (nearly every Host and path): nothing for
+/// [`escape_controls`] to do. One comparison per byte and no early exit, so
+/// the compiler can take several bytes at once.
+pub fn is_printable_ascii(b: &[u8]) -> bool {
+    !b.iter()
+        .fold(false, |odd, &c| odd | (c.wrapping_sub(0x20) >= 0x5f))
+}
+
 /// `s` with each control character (C0, DEL, C1) written as `%XX` of its
 /// UTF-8 bytes, as [`bytes_to_text`] writes invalid bytes: a Host or a path
 /// from the wire that reaches a terminal (the report), a label or a
 /// dashboard cannot move the cursor, retitle a window or end a line there.
 /// Borrowed when there is none (the usual case: one pass over the bytes).
 pub fn escape_controls(s: Cow<'_, str>) -> Cow<'_, str> {
-    // C1 controls are U+0080..U+009F: 0xC2 then 0x80..0x9F in UTF-8.
-    if !s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) || !s.chars().any(char::is_control) {
+    if is_printable_ascii(s.as_bytes()) || !s.chars().any(char::is_control) {
         return s;
     }
     let mut out = String::with_capacity(s.len() + 8);

@@ -166,10 +166,14 @@ pub fn template(path: &[u8]) -> String {
     // `{id}` can be longer than what it replaces: room for a few, so that
     // the route is rarely reallocated while it is built.
     let mut out = String::with_capacity((path.len() + 16).min(MAX_ROUTE_BYTES));
+    // One look at the whole path instead of one per segment (the usual case).
+    let plain = super::redact::is_printable_ascii(path);
     for seg in split_segments(path) {
         // Borrowed, not copied, when the segment is valid UTF-8.
         let piece: std::borrow::Cow<'_, str> = if is_identifier(seg) {
             "{id}".into()
+        } else if plain {
+            String::from_utf8_lossy(seg)
         } else {
             super::redact::escape_controls(String::from_utf8_lossy(seg))
         };
