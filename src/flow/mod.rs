@@ -17,6 +17,8 @@
 //! one entry that holds both the key and the connection.
 
 mod index;
+#[cfg(test)]
+mod model_tests;
 pub mod reassembly;
 mod sniff;
 mod table;

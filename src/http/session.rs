@@ -11,10 +11,11 @@
 //! carries: a response R can answer request Q only if the server had
 //! received Q when it sent R (`R.ack > Q.seq`) and the client had not yet
 //! received R when it sent Q (`Q.ack <= R.seq`). After a gap in the response
-//! stream several pending requests may pass that test; the one whose ACK
+//! stream several pending requests may pass that test; the first whose ACK
 //! equals R's first sequence number (the client sent it right after the
 //! previous response ended) is the answered one, the earlier ones lost their
-//! responses in the gap. When the evidence does not single one out, the
+//! responses in the gap (later ones with that ACK were pipelined behind it:
+//! their responses follow R). When the evidence does not single one out, the
 //! candidates are logged without a response and R as an orphan, all marked
 //! `capture_loss`, rather than guessed.
 
@@ -126,6 +127,9 @@ impl Answer {
 #[derive(Debug)]
 struct InFlight {
     head: ResponseHead,
+    /// The head's first byte; for interim responses, the first interim's
+    /// since the last final response (where the answer began). An interim
+    /// response stays in flight after its end, until the next head.
     start: StreamPos,
     request: Option<Pending>,
     interim: bool,
@@ -449,7 +453,11 @@ impl HttpSession {
             })
             .collect();
         self.uncertain = false;
-        if let [j] = exact[..] {
+        // Of several such requests (pipelined: the client received nothing
+        // between them) the first is answered: its response starts at or
+        // after `r`, so it cannot lie in the gap, and it comes before the
+        // later ones' responses.
+        if let Some(&j) = exact.first() {
             for _ in 0..j {
                 let lost = self.pending.pop_front().expect("j < candidates <= len");
                 self.log_lost(lost);
@@ -544,20 +552,24 @@ impl MessageSink for HttpSession {
 
     fn response_head(&mut self, head: ResponseHead, start: StreamPos) -> RequestKind {
         let interim = (100..200).contains(&head.status) && head.status != 101;
+        // Where the answer began: at the first interim response before
+        // this head, if any (it is pairing's evidence, see `select_request`).
+        let mut began = start;
         if let Some(prev) = self.in_flight.take().map(|f| *f) {
-            // A new head while one is open cannot happen with a correct
-            // parser; keep the data rather than lose it.
-            let outcome = self.end_outcome();
             if prev.interim {
+                began = prev.start;
                 self.pending_restore(prev.request);
             } else {
+                // A new head while a final one is open cannot happen with a
+                // correct parser; keep the data rather than lose it.
+                let outcome = self.end_outcome();
                 self.finish_response(prev, None, outcome);
             }
         }
         let (request, capture_loss) = if interim {
             (None, false)
         } else {
-            self.select_request(&start)
+            self.select_request(&began)
         };
         let kind_of = |p: Option<&Pending>| match p.and_then(|p| p.head.as_ref()) {
             Some(h) if h.method == Method::Head => RequestKind::Head,
@@ -572,7 +584,7 @@ impl MessageSink for HttpSession {
         };
         self.in_flight = Some(Box::new(InFlight {
             head,
-            start,
+            start: if interim { began } else { start },
             request,
             interim,
             capture_loss,
@@ -592,12 +604,13 @@ impl MessageSink for HttpSession {
                 self.open_request = None;
             }
             Direction::ToClient => {
+                if self.in_flight.as_ref().is_some_and(|f| f.interim) {
+                    // Kept until the next head: where the answer began.
+                    return;
+                }
                 let Some(f) = self.in_flight.take().map(|f| *f) else {
                     return;
                 };
-                if f.interim {
-                    return;
-                }
                 let status = f.head.status;
                 if let Some(req) = f.request.as_ref().and_then(|p| p.head.as_ref()) {
                     let connect = req.method == Method::Connect;
@@ -631,15 +644,17 @@ impl MessageSink for HttpSession {
                 self.push_pending(p);
             }
             Direction::ToClient => {
+                let mut began = at;
                 if let Some(f) = self.in_flight.take().map(|f| *f) {
                     if f.interim {
+                        began = f.start;
                         self.pending_restore(f.request);
                     } else {
                         self.finish_response(f, None, Outcome::Malformed);
                         return;
                     }
                 }
-                let (req, loss) = self.select_request(&at);
+                let (req, loss) = self.select_request(&began);
                 let answer = Answer::nothing(Outcome::Malformed, Some(at.ts), loss);
                 self.emit(req.ok_or(at), answer);
             }
@@ -847,6 +862,50 @@ mod tests {
         assert_eq!(got.len(), 3);
         assert!(got.iter().all(|e| e.3), "all marked capture_loss: {got:?}");
         assert_eq!(got[2].0, "-", "the response is logged as an orphan");
+    }
+
+    #[test]
+    fn pipelined_requests_after_a_gap_pair_from_the_first_sent_before_the_response() {
+        // Pipelined /1, /2 and /3; the client had received up to 5000 when
+        // it sent /2 and /3. After a gap, a response at 5000: /1's was lost
+        // (it could lie before 5000), /3's cannot come before /2's, and
+        // /2's cannot lie in the gap (it starts at 5000 or later).
+        let mut s = session();
+        send(&mut s, "/1", 1000, 4000, 0);
+        send(&mut s, "/2", 1011, 5000, 0);
+        send(&mut s, "/3", 1022, 5000, 0);
+        s.resync(Direction::ToClient, pos(5000, 1033, 6), false);
+        answer(&mut s, 200, 5000, 1033, 6);
+        answer(&mut s, 404, 5100, 1033, 7);
+        assert_eq!(
+            summary(&mut s),
+            vec![
+                ("/1".into(), None, Outcome::Unknown, true),
+                ("/2".into(), Some(200), Outcome::Complete, false),
+                ("/3".into(), Some(404), Outcome::Complete, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn after_a_gap_an_answer_is_placed_by_its_first_interim_response() {
+        // As above with /2 and /3 only, and a 100 at 5000 before the final
+        // response at 5025: the answer began at 5000, so it is /2's.
+        let mut s = session();
+        send(&mut s, "/2", 1011, 5000, 0);
+        send(&mut s, "/3", 1022, 5000, 0);
+        s.resync(Direction::ToClient, pos(5000, 1033, 6), false);
+        s.response_head(resp(100), pos(5000, 1033, 6));
+        s.message_end(Direction::ToClient, end(pos(5024, 1033, 6), 0));
+        answer(&mut s, 200, 5025, 1033, 6);
+        answer(&mut s, 404, 5125, 1033, 7);
+        assert_eq!(
+            summary(&mut s),
+            vec![
+                ("/2".into(), Some(200), Outcome::Complete, false),
+                ("/3".into(), Some(404), Outcome::Complete, false),
+            ]
+        );
     }
 
     #[test]
