@@ -243,6 +243,7 @@ fn request_kinds(req: &Stream) -> Vec<RequestKind> {
         fn message_end(&mut self, _: Direction, _: MessageEnd) {}
         fn malformed(&mut self, _: Direction, _: ParseError, _: StreamPos) {}
         fn resync(&mut self, _: Direction, _: StreamPos, _: bool) {}
+        fn lost_sync(&mut self, _: Direction, _: StreamPos) {}
     }
     let mut k = Kinds(Vec::new());
     parse(Direction::ToServer, req, &mut k);
@@ -272,6 +273,7 @@ impl MessageSink for Counter {
     }
     fn malformed(&mut self, _: Direction, _: ParseError, _: StreamPos) {}
     fn resync(&mut self, _: Direction, _: StreamPos, _: bool) {}
+    fn lost_sync(&mut self, _: Direction, _: StreamPos) {}
 }
 
 fn parse(dir: Direction, s: &Stream, sink: &mut impl MessageSink) {

@@ -113,6 +113,7 @@ pub fn run(data: &[u8]) {
             max_buffered_bytes: 2048,
             max_buffered_segments: 4,
             ack_reorder_allowance: 2,
+            ack_reorder_micros: 1_000_000,
         };
     }
     if c & 0x08 != 0 {

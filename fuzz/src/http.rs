@@ -132,6 +132,10 @@ impl MessageSink for Recorder {
         assert_eq!(dir, self.dir, "resync from the other direction");
         self.offset(&at, "resync");
     }
+
+    fn lost_sync(&mut self, dir: Direction, _resumes: StreamPos) {
+        assert_eq!(dir, self.dir, "lost_sync from the other direction");
+    }
 }
 
 pub fn run(dir: Direction, data: &[u8]) {

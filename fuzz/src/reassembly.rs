@@ -101,6 +101,7 @@ pub fn run(data: &[u8]) {
         max_buffered_bytes: (usize::from(bytes) + 1) * 64,
         max_buffered_segments: usize::from(segs % 32) + 1,
         ack_reorder_allowance: u32::from(segs >> 5),
+        ack_reorder_micros: if bytes & 1 == 0 { i64::MAX } else { 1_000 },
     };
     // Generous bound on held memory: the captured bytes plus bookkeeping
     // per piece (a handful of words each) and the side structure.

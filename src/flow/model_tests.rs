@@ -10,6 +10,18 @@
 //! no body for HEAD/204/304 whatever the headers say, interim 1xx,
 //! `Expect: 100-continue`, pipelining, a CONNECT or Upgrade tunnel whose
 //! bytes look like HTTP). It shares no code with the parser.
+//!
+//! A second property loses a run of the server's segments: nothing apitap
+//! logs as certain (without `capture_loss`) may be false, and what ended
+//! before the loss comes out whole. Loss in the client's direction is not
+//! held to it yet: a request that waits behind a hole in the client's
+//! stream (until the hole is declared lost) is parsed after responses the
+//! server sent later, so pairing sees them out of order; that needs the
+//! flow layer to hold a direction whose peer's ACK covers bytes not yet
+//! delivered. Nor are tunnels (the client's
+//! upgraded bytes, parsed before a delayed 101, are the same problem) or
+//! captures that begin mid-connection (a direction whose bytes were all
+//! lost is not known to have carried any).
 
 use super::*;
 use crate::decode::TcpFlags;
@@ -295,45 +307,55 @@ struct Sent {
     bytes: Vec<u8>,
 }
 
-/// The conversation as each side sends it, in time order.
-fn timeline(pairs: &[Pair], tail: Tail) -> (Vec<Sent>, bool) {
+/// The conversation as each side sends it, in time order, and where each
+/// pair's request and answer end in their streams.
+struct Timeline {
+    sent: Vec<Sent>,
+    /// The last response runs to the server's FIN.
+    server_closes: bool,
+    ends: Vec<(u32, u32)>,
+}
+
+fn timeline(pairs: &[Pair], tail: Tail) -> Timeline {
     let mut sent = Vec::new();
     let (mut c, mut s) = (0u32, 0u32);
+    // Returns the sender's stream offset after the bytes.
     let mut send = |from_client: bool, bytes: Vec<u8>, sent: &mut Vec<Sent>| {
-        if bytes.is_empty() {
-            return;
-        }
         let (at, ack) = if from_client { (c, s) } else { (s, c) };
         let len = bytes.len() as u32;
-        sent.push(Sent {
-            from_client,
-            at,
-            ack,
-            bytes,
-        });
+        if !bytes.is_empty() {
+            sent.push(Sent {
+                from_client,
+                at,
+                ack,
+                bytes,
+            });
+        }
         if from_client {
             c += len;
         } else {
             s += len;
         }
+        at + len
     };
-    let mut pending: Vec<&Pair> = Vec::new();
-    for p in pairs {
+    let mut ends = vec![(0, 0); pairs.len()];
+    let mut pending: Vec<usize> = Vec::new();
+    for (k, p) in pairs.iter().enumerate() {
         let (head, body) = request_head(p);
-        if p.expect_continue {
+        ends[k].0 = if p.expect_continue {
             send(true, head, &mut sent);
             send(false, interim_response(100), &mut sent);
-            send(true, body, &mut sent);
+            send(true, body, &mut sent)
         } else {
-            send(true, [head, body].concat(), &mut sent);
-        }
-        pending.push(p);
+            send(true, [head, body].concat(), &mut sent)
+        };
+        pending.push(k);
         if p.flush {
             for q in pending.drain(..) {
-                for &i in &q.interim {
+                for &i in &pairs[q].interim {
                     send(false, interim_response(i), &mut sent);
                 }
-                send(false, response(q), &mut sent);
+                ends[q].1 = send(false, response(&pairs[q]), &mut sent);
             }
         }
     }
@@ -370,7 +392,11 @@ fn timeline(pairs: &[Pair], tail: Tail) -> (Vec<Sent>, bool) {
             p.resp_framing == Framing::Close
                 && !(p.method == "HEAD" || p.status == 204 || p.status == 304)
         });
-    (sent, server_closes)
+    Timeline {
+        sent,
+        server_closes,
+        ends,
+    }
 }
 
 /// A segment as captured: direction, offset in its stream, ACK offset,
@@ -613,6 +639,57 @@ struct Conn {
     /// The capture holds the handshake (else it starts at the first data).
     handshake: bool,
     half_close: bool,
+    /// Bytes of one direction the capture lost (see [`Loss`]).
+    loss: Option<Loss>,
+}
+
+/// Every segment of one direction that holds a byte of a range is missing
+/// from the capture (the receiver got them: its ACKs say so).
+#[derive(Clone, Copy, Debug)]
+struct Loss {
+    client: bool,
+    /// Where the range starts, modulo the direction's length.
+    at: u32,
+    len: u32,
+}
+
+impl Conn {
+    /// What the capture holds, and where the first lost byte is (the
+    /// direction, its offset), if a segment was lost.
+    fn capture(&self) -> (Timeline, Vec<Wire>, Option<(bool, u32)>) {
+        let tl = timeline(&self.pairs, self.tail);
+        let mut wires = segments(
+            &tl.sent,
+            tl.server_closes,
+            self.damage,
+            self.handshake,
+            self.half_close,
+        );
+        let mut lost_at = None;
+        if let Some(loss) = self.loss {
+            let total = tl
+                .sent
+                .iter()
+                .filter(|m| m.from_client == loss.client)
+                .map(|m| m.at + m.bytes.len() as u32)
+                .max()
+                .unwrap_or(0);
+            let from = loss.at % total.max(1);
+            let to = from + loss.len;
+            wires.retain(|w| {
+                let hit = w.from_client == loss.client
+                    && !w.payload.is_empty()
+                    && w.at < to
+                    && from < w.at + w.payload.len() as u32;
+                if hit {
+                    let first = lost_at.map_or(w.at, |(_, a): (bool, u32)| a.min(w.at));
+                    lost_at = Some((loss.client, first));
+                }
+                !hit
+            });
+        }
+        (tl, wires, lost_at)
+    }
 }
 
 fn conn() -> impl Strategy<Value = Conn> {
@@ -643,6 +720,7 @@ fn conn() -> impl Strategy<Value = Conn> {
                 isn,
                 handshake,
                 half_close,
+                loss: None,
             }
         })
 }
@@ -656,8 +734,7 @@ fn replay(conns: &[Conn]) -> Vec<Summary> {
     let mut out = Vec::new();
     let mut t = 1_000_000i64;
     for c in conns {
-        let (sent, server_closes) = timeline(&c.pairs, c.tail);
-        let wires = segments(&sent, server_closes, c.damage, c.handshake, c.half_close);
+        let (_, wires, _) = c.capture();
         replay_conn(
             &mut table,
             &mut t,
@@ -765,5 +842,63 @@ proptest! {
         }
         let want: Vec<Summary> = conns.iter().flat_map(|c| expected(&c.pairs, c.tail)).collect();
         prop_assert_eq!(replay(&conns), want);
+    }
+
+    /// Capture loss: whatever apitap logs as certain (no `capture_loss`)
+    /// was generated as logged, and every pair that ended before the first
+    /// lost byte comes out whole, in order. With nothing lost, all of it.
+    #[test]
+    fn lost_segments_never_make_a_wrong_certain_exchange(
+        mut c in conn(),
+        loss in (any::<u32>(), 1u32..3000),
+    ) {
+        // The server's direction, from the handshake, no Upgrade: see the
+        // module doc for why the rest is not held to this yet.
+        if c.tail == Tail::Upgrade {
+            c.tail = Tail::Close;
+        }
+        c.handshake = true;
+        c.loss = Some(Loss { client: false, at: loss.0, len: loss.1 });
+        let (tl, _, lost_at) = c.capture();
+        let got = replay(std::slice::from_ref(&c));
+        let want = expected(&c.pairs, c.tail);
+        let Some((client, lost_at)) = lost_at else {
+            prop_assert_eq!(got, want);
+            return Ok(());
+        };
+        for g in got.iter().filter(|g| !g.6) {
+            // A response whose request the capture lost is logged alone,
+            // its body framed without knowing the request (CONNECT, HEAD):
+            // its status must be true.
+            let orphan_of = |w: &Summary| g.0.is_empty() && g.2 == w.2;
+            // A response that completes while its request's body waits
+            // behind a hole in the client's stream (not yet declared lost)
+            // is logged with the body seen so far: a known limitation.
+            let body_cut = |w: &Summary| {
+                client
+                    && (&g.0, &g.1, g.2, g.4, g.5, &g.8) == (&w.0, &w.1, w.2, w.4, w.5, &w.8)
+                    && g.3 <= w.3
+                    && w.7.starts_with(&g.7)
+            };
+            // "No answer known" claims nothing false of a real request.
+            let unknown = |w: &Summary| {
+                (&g.0, &g.1, g.2, g.5) == (&w.0, &w.1, None, Outcome::Unknown)
+            };
+            prop_assert!(
+                want.iter().any(|w| w == g || orphan_of(w) || body_cut(w) || unknown(w)),
+                "certain but not generated: {:?}\nwant {:?}", g, want
+            );
+        }
+        let whole = tl
+            .ends
+            .iter()
+            .take_while(|&&(req, resp)| {
+                // With the server's bytes lost, a request is whole but its
+                // answer may not be; with the client's, the answers come
+                // after their requests.
+                if client { req <= lost_at } else { resp <= lost_at }
+            })
+            .count();
+        prop_assert_eq!(&got[..whole.min(got.len())], &want[..whole]);
     }
 }

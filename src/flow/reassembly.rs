@@ -37,7 +37,8 @@
 //!
 //! - (acknowledged) [`Reassembler::peer_ack`] saw the other direction
 //!   acknowledge past `next_seq`, and then `ack_reorder_allowance` further
-//!   calls to [`Reassembler::tick`] passed without the hole filling. The gap
+//!   calls to [`Reassembler::tick`] passed without the hole filling, or a
+//!   tick came `ack_reorder_micros` of capture time after the count began. The gap
 //!   then covers the holes up to the acknowledgement that armed the count;
 //!   if later acknowledgements reach further, a fresh count starts for them
 //!   (so no hole is declared before it has had the full allowance). When
@@ -133,6 +134,11 @@ pub struct StreamLimits {
     /// peer acknowledged past it, before it is declared lost. Mirror ports
     /// reorder ACKs ahead of data; this is the allowance for that.
     pub ack_reorder_allowance: u32,
+    /// … and how much capture time, whichever runs out first (checked at
+    /// the connection's next segment): on a quiet connection sixteen
+    /// segments can take minutes, and what waits behind the hole (a
+    /// response) would come after its request had timed out.
+    pub ack_reorder_micros: i64,
 }
 
 impl Default for StreamLimits {
@@ -141,6 +147,7 @@ impl Default for StreamLimits {
             max_buffered_bytes: 256 * 1024,
             max_buffered_segments: 256,
             ack_reorder_allowance: 16,
+            ack_reorder_micros: 1_000_000,
         }
     }
 }
@@ -316,6 +323,8 @@ struct AckWatch {
     acked: u32,
     /// Ticks left.
     countdown: u32,
+    /// When the count started (None: at the next tick).
+    armed_ts: Option<Timestamp>,
 }
 
 /// The part of a segment still to place: stream positions `[start, end)`,
@@ -490,7 +499,7 @@ impl Reassembler {
     pub fn peer_ack(
         &mut self,
         ack: u32,
-        _ts: Timestamp,
+        ts: Timestamp,
         limits: &StreamLimits,
         _out: &mut impl FnMut(StreamEvent<'_>),
     ) {
@@ -512,6 +521,7 @@ impl Reassembler {
                     armed_at: ack,
                     acked: ack,
                     countdown: limits.ack_reorder_allowance.saturating_add(1),
+                    armed_ts: Some(ts),
                 })
             }
         }
@@ -530,7 +540,8 @@ impl Reassembler {
             return;
         };
         w.countdown = w.countdown.saturating_sub(1);
-        if w.countdown > 0 {
+        let since = *w.armed_ts.get_or_insert(ts);
+        if w.countdown > 0 && ts.micros_since(since) < limits.ack_reorder_micros {
             return;
         }
         let limit = w.armed_at;
@@ -835,6 +846,7 @@ impl Reassembler {
                 // acknowledged further: those holes get their own allowance.
                 w.armed_at = w.acked;
                 w.countdown = limits.ack_reorder_allowance.saturating_add(1);
+                w.armed_ts = None;
             }
         }
         if p.held.is_empty() {

@@ -32,6 +32,8 @@ pub struct Sniffer {
     segments: Vec<(usize, u32, Timestamp)>,
     /// Bytes seen in all.
     pub seen: u64,
+    /// Bytes of the direction were lost (a gap) before a verdict.
+    gapped: bool,
 }
 
 /// What a sniffer concluded from the bytes so far.
@@ -67,7 +69,10 @@ impl Sniffer {
         self.segments.push((self.held.len(), chunk.ack, chunk.ts));
         self.held.extend_from_slice(data);
         let verdict = self.scan();
-        if self.held.len() > HOLD_BYTES {
+        // A verdict is followed by a replay of what is held from the start
+        // it found: keep it all (a first segment can be far larger than
+        // the bound: 64 KiB over loopback, more with offloads).
+        if verdict == Verdict::Undecided && self.held.len() > HOLD_BYTES {
             let cut = self.held.len() - HOLD_BYTES;
             self.held.drain(..cut);
             self.held_seq = self.held_seq.wrapping_add(cut as u32);
@@ -93,6 +98,12 @@ impl Sniffer {
         self.held_seq = next_seq;
         self.from_start = false;
         self.started = true;
+        self.gapped = true;
+    }
+
+    /// Were bytes of the direction lost before the verdict?
+    pub fn had_gap(&self) -> bool {
+        self.gapped
     }
 
     /// Does the first held byte look like the start of a text protocol?
@@ -244,6 +255,23 @@ mod tests {
         let mut got = Vec::new();
         s.replay(15, |c| got.extend_from_slice(c.data));
         assert_eq!(got, b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    #[test]
+    fn a_first_segment_larger_than_the_bound_is_replayed_whole() {
+        let mut s = Sniffer::default();
+        let mut data = b"POST /hello HTTP/1.1\r\nContent-Length: 40000\r\n\r\n".to_vec();
+        data.resize(data.len() + 40_000, b'a');
+        assert_eq!(
+            s.push(&chunk(100, &data), true),
+            Verdict::Http {
+                seq: 100,
+                is_request: true
+            }
+        );
+        let mut got = Vec::new();
+        s.replay(100, |c| got.extend_from_slice(c.data));
+        assert_eq!(got, data);
     }
 
     #[test]

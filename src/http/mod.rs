@@ -253,6 +253,11 @@ pub trait MessageSink {
     /// message start at `at`, having dropped whatever message was in progress
     /// (`lost_message` says whether one was).
     fn resync(&mut self, dir: Direction, at: StreamPos, lost_message: bool);
+    /// A gap the parser could not skip by length: next, a message in
+    /// progress whose head was reported ends incomplete, and the parser
+    /// looks for the next message start from `resumes`, the first byte
+    /// after the gap. Whole messages may have been in it.
+    fn lost_sync(&mut self, dir: Direction, resumes: StreamPos);
 }
 
 #[cfg(test)]

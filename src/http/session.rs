@@ -18,6 +18,14 @@
 //! their responses follow R). When the evidence does not single one out, the
 //! candidates are logged without a response and R as an orphan, all marked
 //! `capture_loss`, rather than guessed.
+//!
+//! Nor does a gap make a failure. A request left unanswered (at its timeout
+//! or the connection's end) is logged as unknown with `capture_loss`, not
+//! as timed out or cut off, when its answer may have been in a gap of the
+//! response stream (the client had not read past the gap when it sent it),
+//! or when it was found by resynchronising the request stream and no
+//! response has been paired since (it may be text inside a body whose start
+//! was lost, such as a batch request's parts).
 
 use super::exchange::{Exchange, Outcome};
 use super::{
@@ -97,6 +105,11 @@ impl Pending {
     fn waits(&self) -> bool {
         !self.logged && !self.placeholder
     }
+
+    /// A placeholder for requests lost in a gap of the request stream.
+    fn stands_for_lost(&self) -> bool {
+        self.placeholder && self.capture_loss
+    }
 }
 
 /// What came back for a request, as far as it is known.
@@ -145,8 +158,29 @@ pub struct HttpSession {
     /// id of the request whose body is still being parsed.
     open_request: Option<u64>,
     next_id: u64,
-    /// A gap in either stream since the last proven pairing.
+    /// A gap in the response stream since the last proven pairing (gaps in
+    /// the request stream are placeholders in `pending`).
     uncertain: bool,
+    /// Where the response stream resumed after its last gap, until a
+    /// response pairs for sure: a request left unanswered meanwhile may
+    /// have had its answer in the gap (or misframed after it), so it is
+    /// unknown, not failed ([`Self::answer_may_be_lost`]).
+    response_gap: Option<u32>,
+    /// A pairing was guessed (across a placeholder, after a gap): the ones
+    /// after it, and requests left unanswered, are in doubt (logged with
+    /// `capture_loss`, unanswered ones as unknown) until no request waits.
+    guessing: bool,
+    /// The ACK of the last response logged without its request: the server
+    /// had the client's bytes up to there. A request sent before that but
+    /// parsed only later (it waited behind a hole in the client's stream)
+    /// may have been answered by it.
+    orphaned_to: Option<u32>,
+    /// Per direction (requests, responses): resynchronised after a gap, and
+    /// no message framed since.
+    fresh_sync: [bool; 2],
+    /// The last response was framed without its request or in doubt
+    /// (capture loss): a malformed response next is likely our misframing.
+    framed_blind: bool,
     ending: StreamEnd,
     pub commands: ParserCommands,
     /// Messages that could not be framed since the last take, per direction
@@ -185,6 +219,11 @@ impl HttpSession {
             open_request: None,
             next_id: 0,
             uncertain: false,
+            response_gap: None,
+            guessing: false,
+            orphaned_to: None,
+            fresh_sync: [false; 2],
+            framed_blind: false,
             ending: StreamEnd::CaptureEnded,
             commands: ParserCommands::default(),
             parse_errors: [0; 2],
@@ -296,7 +335,9 @@ impl HttpSession {
             .map(|t| t.saturating_add_micros(self.timeout_micros))
     }
 
-    /// Log every request whose transaction timeout has passed by `now`.
+    /// Log every request whose transaction timeout has passed by `now`
+    /// (as unknown, with capture loss, when its answer may have been lost:
+    /// see the module doc).
     pub fn expire(&mut self, now: Timestamp) {
         let timeout = self.timeout_micros;
         let mut expired = Vec::new();
@@ -306,22 +347,28 @@ impl HttpSession {
             let head = f.head.clone();
             if let Some(p) = f.request.as_mut() {
                 if p.waits() && p.start.ts.saturating_add_micros(timeout) <= now {
-                    expired.push((p.clone(), Some(head)));
+                    expired.push((p.clone(), Some(head), false));
                     p.logged = true;
                 }
             }
         }
+        let mut unproven = self.guessing;
         for p in self.pending.iter_mut() {
+            unproven |= p.stands_for_lost();
             if p.waits() && p.start.ts.saturating_add_micros(timeout) <= now {
-                expired.push((p.clone(), None));
+                expired.push((p.clone(), None, unproven));
                 p.logged = true;
             }
         }
-        for (p, response) in expired {
+        for (p, response, unproven) in expired {
             let deadline = p.start.ts.saturating_add_micros(timeout);
-            let answer = Answer {
-                response,
-                ..Answer::nothing(Outcome::TimedOut, Some(deadline), false)
+            let answer = if response.is_none() && (unproven || self.answer_may_be_lost(&p)) {
+                Answer::nothing(Outcome::Unknown, Some(deadline), true)
+            } else {
+                Answer {
+                    response,
+                    ..Answer::nothing(Outcome::TimedOut, Some(deadline), false)
+                }
             };
             self.emit(Ok(p), answer);
         }
@@ -334,7 +381,8 @@ impl HttpSession {
         self.ending = why;
     }
 
-    /// Log every request still waiting. `now`: the time the end was seen.
+    /// Log every request still waiting (as unknown, with capture loss, when
+    /// its answer may have been lost). `now`: the time the end was seen.
     pub fn close(&mut self, now: Timestamp) {
         self.expire(now);
         if let Some(f) = self.in_flight.take().map(|f| *f) {
@@ -347,12 +395,19 @@ impl HttpSession {
                 self.finish_response(f, None, outcome);
             }
         }
+        let mut unproven = false;
         while let Some(p) = self.pending.pop_front() {
+            unproven |= p.stands_for_lost();
             if !p.waits() {
                 continue;
             }
-            let end = (self.ending == StreamEnd::Closed).then_some(now);
-            self.emit(Ok(p), Answer::nothing(self.end_outcome(), end, false));
+            let answer = if unproven || self.guessing || self.answer_may_be_lost(&p) {
+                Answer::nothing(Outcome::Unknown, None, true)
+            } else {
+                let end = (self.ending == StreamEnd::Closed).then_some(now);
+                Answer::nothing(self.end_outcome(), end, false)
+            };
+            self.emit(Ok(p), answer);
         }
     }
 
@@ -424,6 +479,27 @@ impl HttpSession {
     /// Pick the request a final response starting at `r` answers, logging the
     /// ones the evidence says lost their responses (module doc).
     fn select_request(&mut self, r: &StreamPos) -> (Option<Pending>, bool) {
+        let (request, loss) = self.place(r);
+        match (&request, self.orphaned_to) {
+            (None, _) if r.ack != 0 => self.orphaned_to = Some(r.ack),
+            (Some(p), Some(a)) if seq_lt(p.start.seq, a) => {
+                // The server had this request when it sent a response we
+                // logged alone: that may have been its answer, and this
+                // one the next request's.
+                self.guessing = true;
+            }
+            (Some(_), Some(_)) => self.orphaned_to = None,
+            _ => {}
+        }
+        let guessed = self.guessing;
+        if !self.pending.iter().any(Pending::waits) {
+            self.guessing = false;
+        }
+        (request, loss || guessed)
+    }
+
+    /// [`Self::select_request`] but for the pairings a guess put in doubt.
+    fn place(&mut self, r: &StreamPos) -> (Option<Pending>, bool) {
         let Some(front) = self.pending.front() else {
             return (None, self.uncertain);
         };
@@ -431,8 +507,10 @@ impl HttpSession {
             // The response precedes every request we have: its own was not seen.
             return (None, true);
         }
-        let placeholder_waiting = self.pending.iter().any(|p| p.placeholder);
-        if !self.uncertain && !placeholder_waiting {
+        // Requests lost in a gap of the request stream are a placeholder
+        // in the queue: FIFO holds up to it, as long as the response
+        // stream had no gap.
+        if !self.uncertain && !front.placeholder {
             return (self.pending.pop_front(), false);
         }
         let candidates = self
@@ -440,11 +518,18 @@ impl HttpSession {
             .iter()
             .take_while(|q| Self::causal(q, r))
             .count();
+        // A placeholder stands for any number of requests: taking it for
+        // one (or none) is a guess, and so is every pairing after it
+        // until no request waits.
+        let guess = self
+            .pending
+            .iter()
+            .take(candidates)
+            .any(Pending::stands_for_lost);
+        self.guessing |= guess;
         if candidates == 1 {
-            self.uncertain = false;
-            let p = self.pending.pop_front();
-            let loss = p.as_ref().is_some_and(|p| p.placeholder);
-            return (p, loss);
+            self.settle();
+            return (self.pending.pop_front(), guess);
         }
         let exact: Vec<usize> = (0..candidates)
             .filter(|&i| {
@@ -452,7 +537,7 @@ impl HttpSession {
                 !q.placeholder && q.start.ack != 0 && q.start.ack == r.seq
             })
             .collect();
-        self.uncertain = false;
+        self.settle();
         // Of several such requests (pipelined: the client received nothing
         // between them) the first is answered: its response starts at or
         // after `r`, so it cannot lie in the gap, and it comes before the
@@ -462,13 +547,28 @@ impl HttpSession {
                 let lost = self.pending.pop_front().expect("j < candidates <= len");
                 self.log_lost(lost);
             }
-            return (self.pending.pop_front(), false);
+            return (self.pending.pop_front(), guess);
         }
         for _ in 0..candidates {
             let lost = self.pending.pop_front().expect("candidates <= len");
             self.log_lost(lost);
         }
         (None, true)
+    }
+
+    /// A response after the gaps was placed: what came before no longer
+    /// matters to pairing.
+    fn settle(&mut self) {
+        self.uncertain = false;
+    }
+
+    /// Could `q`'s answer have been lost: in a gap of the response stream
+    /// (or taken for text of a body, or a body for responses, as framing
+    /// after a gap can) with no response paired for sure since, or was it
+    /// the response logged without request, sent once the server had `q`
+    /// ([`HttpSession::orphaned_to`])?
+    fn answer_may_be_lost(&self, q: &Pending) -> bool {
+        self.response_gap.is_some() || self.orphaned_to.is_some_and(|a| seq_lt(q.start.seq, a))
     }
 
     /// A request whose response was lost in a capture gap.
@@ -569,7 +669,15 @@ impl MessageSink for HttpSession {
         let (request, capture_loss) = if interim {
             (None, false)
         } else {
-            self.select_request(&began)
+            let (request, loss) = self.select_request(&began);
+            let doubt = loss || self.fresh_sync[1];
+            // A pairing in doubt may have taken another request's answer.
+            self.guessing |= doubt && request.is_some() && self.pending.iter().any(Pending::waits);
+            if request.is_some() && !doubt {
+                // Proven in step again: what the gap held is behind us.
+                self.response_gap = None;
+            }
+            (request, doubt)
         };
         let kind_of = |p: Option<&Pending>| match p.and_then(|p| p.head.as_ref()) {
             Some(h) if h.method == Method::Head => RequestKind::Head,
@@ -593,6 +701,10 @@ impl MessageSink for HttpSession {
     }
 
     fn message_end(&mut self, dir: Direction, end: MessageEnd) {
+        self.fresh_sync[usize::from(dir == Direction::ToClient)] = false;
+        if dir == Direction::ToClient {
+            self.framed_blind = false;
+        }
         match dir {
             Direction::ToServer => {
                 if let Some(p) = self.open_request_mut() {
@@ -628,17 +740,35 @@ impl MessageSink for HttpSession {
                 } else {
                     self.end_outcome()
                 };
+                // A response whose request was not seen was framed without
+                // knowing it (a HEAD's has no body whatever its fields
+                // say): where the next one starts is a guess too.
+                self.framed_blind = f.request.is_none() || f.capture_loss || end.body_missing > 0;
+                if f.request.is_none() && end.body_bytes > 0 {
+                    // Its body may have been a HEAD's missing one, so
+                    // other responses: as unknown to pairing as a gap.
+                    self.uncertain = true;
+                    self.response_gap = Some(end.end.seq.wrapping_add(1));
+                }
                 self.finish_response(f, Some(end), outcome);
             }
         }
     }
 
     fn malformed(&mut self, dir: Direction, _err: ParseError, at: StreamPos) {
-        self.parse_errors[usize::from(dir == Direction::ToClient)] += 1;
+        let d = usize::from(dir == Direction::ToClient);
+        self.parse_errors[d] += 1;
+        // Right after a resync the "message" may be the rest of one whose
+        // start was lost, or text inside a body: not a malformed message
+        // the endpoint sent, but what the gap left.
+        let guessed = std::mem::take(&mut self.fresh_sync[d])
+            | (dir == Direction::ToClient && std::mem::take(&mut self.framed_blind));
         match dir {
             Direction::ToServer => {
                 let mut p = self.new_pending(None, at);
-                p.malformed = true;
+                p.malformed = !guessed;
+                p.placeholder = guessed;
+                p.capture_loss = guessed;
                 p.request_done = true;
                 self.open_request = None;
                 self.push_pending(p);
@@ -655,14 +785,37 @@ impl MessageSink for HttpSession {
                     }
                 }
                 let (req, loss) = self.select_request(&began);
-                let answer = Answer::nothing(Outcome::Malformed, Some(at.ts), loss);
+                let answer = if guessed {
+                    Answer::nothing(Outcome::Unknown, None, true)
+                } else {
+                    Answer::nothing(Outcome::Malformed, Some(at.ts), loss)
+                };
                 self.emit(req.ok_or(at), answer);
             }
         }
     }
 
+    fn lost_sync(&mut self, dir: Direction, resumes: StreamPos) {
+        match dir {
+            Direction::ToServer => {
+                if let Some(p) = self.open_request_mut() {
+                    p.capture_loss = true;
+                }
+            }
+            Direction::ToClient => {
+                if let Some(f) = self.in_flight.as_mut() {
+                    f.capture_loss = true;
+                }
+                self.uncertain = true;
+                self.response_gap = Some(resumes.seq);
+            }
+        }
+    }
+
     fn resync(&mut self, dir: Direction, at: StreamPos, lost_message: bool) {
-        self.uncertain = true;
+        // After a gap, what looks like a message start may be text inside
+        // a body (a capture that starts mid-connection has no better bet).
+        self.fresh_sync[usize::from(dir == Direction::ToClient)] = lost_message;
         match dir {
             Direction::ToServer => {
                 if lost_message {
@@ -676,10 +829,14 @@ impl MessageSink for HttpSession {
                 // responses must not be paired with the requests we see.
                 let mut p = self.new_pending(None, at);
                 p.placeholder = true;
+                // A gap's, not the capture's start (requests sent before it
+                // was answered before the first one seen was sent).
+                p.capture_loss = lost_message;
                 p.request_done = true;
                 self.push_pending(p);
             }
             Direction::ToClient => {
+                self.uncertain = true;
                 if let Some(f) = self.in_flight.take().map(|f| *f) {
                     if f.interim {
                         self.pending_restore(f.request);

@@ -42,6 +42,8 @@ enum Step {
     Ack(u32),
     /// Packets that change nothing here.
     Tick(u32),
+    /// This many microseconds pass without a packet.
+    Wait(i64),
     Flush,
     /// Assert how many events were emitted so far.
     Count(usize),
@@ -129,6 +131,7 @@ impl Harness {
             }
             Step::Ack(a) => self.ack(a),
             Step::Tick(n) => (0..n).for_each(|_| self.tick()),
+            Step::Wait(us) => self.t += us,
             Step::Flush => self.flush(),
             Step::Count(n) => assert_eq!(self.events.len(), n, "events so far: {:?}", self.events),
         }
@@ -145,6 +148,15 @@ const M: u32 = u32::MAX;
 fn limits(allowance: u32) -> StreamLimits {
     StreamLimits {
         ack_reorder_allowance: allowance,
+        ack_reorder_micros: i64::MAX,
+        ..StreamLimits::default()
+    }
+}
+
+fn timed(allowance: u32, micros: i64) -> StreamLimits {
+    StreamLimits {
+        ack_reorder_allowance: allowance,
+        ack_reorder_micros: micros,
         ..StreamLimits::default()
     }
 }
@@ -154,6 +166,7 @@ fn tiny(bytes: usize, segments: usize) -> StreamLimits {
         max_buffered_bytes: bytes,
         max_buffered_segments: segments,
         ack_reorder_allowance: 2,
+        ack_reorder_micros: i64::MAX,
     }
 }
 
@@ -193,6 +206,9 @@ fn scenarios_emit_expected_events() {
             vec![d(1001, b"ab"), d(1003, b"c"), d(1004, b"d"), d(1005, b"e"), d(1006, b"f"), d(1007, b"g")]),
         ("gap_after_peer_ack_and_allowance", limits(2),
             vec![Syn(ISN, b""), Seg(1001, b"abc"), Seg(1007, b"gh"), Ack(1009), Tick(1), Count(1), Tick(1)],
+            vec![d(1001, b"abc"), g(1004, 3), d(1007, b"gh")]),
+        ("quiet_connection_declares_an_acked_hole_by_time", timed(16, 1000),
+            vec![Syn(ISN, b""), Seg(1001, b"abc"), Seg(1007, b"gh"), Ack(1009), Tick(1), Count(1), Wait(998), Tick(1)],
             vec![d(1001, b"abc"), g(1004, 3), d(1007, b"gh")]),
         ("ack_before_data_within_allowance_no_gap", limits(2),
             vec![Syn(ISN, b""), Seg(1001, b"abc"), Ack(1007), Tick(1), Seg(1004, b"def"), Tick(5), Flush],
@@ -686,6 +702,7 @@ fn run(plan: &Plan) -> (Vec<OwnedEvent>, Reassembler, usize) {
         max_buffered_bytes: 1 << 20,
         max_buffered_segments: 1 << 16,
         ack_reorder_allowance: u32::MAX,
+        ack_reorder_micros: i64::MAX,
     };
     let mut r = Reassembler::new();
     let mut ev = Vec::new();
@@ -871,6 +888,7 @@ proptest! {
             max_buffered_bytes: bytes,
             max_buffered_segments: segments,
             ack_reorder_allowance: allowance,
+            ack_reorder_micros: i64::MAX,
         };
         let ev = run_tight(&plan, &limits, &snap);
         let base = plan.isn.wrapping_add(1);
@@ -951,6 +969,7 @@ proptest! {
             max_buffered_bytes: bytes,
             max_buffered_segments: segments,
             ack_reorder_allowance: allowance,
+            ack_reorder_micros: i64::MAX,
         };
         let base = isn.wrapping_add(1);
         let mut r = Reassembler::new();

@@ -943,20 +943,20 @@ impl MessageParser {
                 State::ChunkData { remaining } => {
                     // Crosses a chunk boundary: the next size is lost.
                     self.skip_body(remaining);
-                    self.lose_sync(sink);
+                    self.lose_sync(at(len), sink);
                     off = len;
                 }
                 State::ChunkSize | State::ChunkDataEnd { .. } | State::Trailers { .. } => {
-                    self.lose_sync(sink);
+                    self.lose_sync(at(len), sink);
                     off = len;
                 }
                 State::Head { .. } => {
                     self.stats.get().bytes_skipped_resync += self.buf.len() as u64;
-                    self.lose_sync(sink);
+                    self.lose_sync(at(len), sink);
                     off = len;
                 }
                 State::Idle | State::Resync { .. } => {
-                    self.lose_sync(sink);
+                    self.lose_sync(at(len), sink);
                     off = len;
                 }
             }
@@ -974,8 +974,9 @@ impl MessageParser {
 
     /// A gap that framing cannot skip: end a reported message as incomplete
     /// and look for the next start right after the gap.
-    fn lose_sync(&mut self, sink: &mut impl MessageSink) {
+    fn lose_sync(&mut self, resumes: StreamPos, sink: &mut impl MessageSink) {
         self.stats.get().gaps_lost_sync += 1;
+        sink.lost_sync(self.dir, resumes);
         if matches!(
             self.state,
             State::ChunkSize

@@ -81,6 +81,9 @@ impl MessageSink for Rec {
         self.positions.push(at);
         self.events.push(Ev::Malformed { err, at: at.seq });
     }
+    fn lost_sync(&mut self, _dir: Direction, _resumes: StreamPos) {
+        // Seen as the `Resync` that follows (or its absence).
+    }
     fn resync(&mut self, _dir: Direction, at: StreamPos, lost: bool) {
         self.positions.push(at);
         self.events.push(Ev::Resync { at: at.seq, lost });
