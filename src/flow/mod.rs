@@ -577,6 +577,11 @@ impl FlowTable {
             other.peer_ack(seg.ack, now, &cfg.stream_limits, &mut |ev| {
                 ctx.event(1 - side, ev)
             });
+            if !seg.payload.is_empty() {
+                other.declare_before(seg.ack, now, &cfg.stream_limits, &mut |ev| {
+                    ctx.event(1 - side, ev)
+                });
+            }
         }
         this.segment(
             seg.seq,

@@ -55,6 +55,11 @@
 //!
 //! Bytes that arrive after their hole was declared are duplicates.
 //!
+//! A segment that carries data and acknowledges past a hole of the other
+//! direction makes that hole a gap at once ([`Reassembler::declare_before`]):
+//! the peer had those bytes before it sent the data, so they are read first
+//! or declared lost, never read after it.
+//!
 //! Per packet of the connection the caller first feeds the segment to its
 //! direction ([`Reassembler::segment`]) and its ACK to the other direction
 //! ([`Reassembler::peer_ack`]), then calls [`Reassembler::tick`] on both, so
@@ -525,6 +530,28 @@ impl Reassembler {
                 })
             }
         }
+    }
+
+    /// The peer sent data after it had received this direction up to
+    /// `ack`: declare what is still missing before `ack` lost now, without
+    /// the reorder allowance, so that the two directions are read in the
+    /// order they were sent (a response is not read before the request it
+    /// answers, held behind a hole). Call after [`Reassembler::peer_ack`].
+    pub fn declare_before(
+        &mut self,
+        ack: u32,
+        ts: Timestamp,
+        limits: &StreamLimits,
+        out: &mut impl FnMut(StreamEvent<'_>),
+    ) {
+        if self.phase != Phase::Open || self.pending.is_none() || !seq_lt(self.next, ack) {
+            return;
+        }
+        if !seq_near(ack, self.next) {
+            return;
+        }
+        self.declare_up_to(ack, ts, out);
+        self.settle(limits);
     }
 
     /// Called once per packet of the connection (either direction), after

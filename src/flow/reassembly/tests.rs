@@ -44,6 +44,9 @@ enum Step {
     Tick(u32),
     /// This many microseconds pass without a packet.
     Wait(i64),
+    /// A packet of the other direction carrying data, acknowledging this
+    /// far (the flow table's order: peer_ack, declare_before, tick).
+    PeerData(u32),
     Flush,
     /// Assert how many events were emitted so far.
     Count(usize),
@@ -132,6 +135,13 @@ impl Harness {
             Step::Ack(a) => self.ack(a),
             Step::Tick(n) => (0..n).for_each(|_| self.tick()),
             Step::Wait(us) => self.t += us,
+            Step::PeerData(a) => {
+                let ts = self.ts();
+                let mut out = collector(&mut self.events);
+                self.r.peer_ack(a, ts, &self.limits, &mut out);
+                self.r.declare_before(a, ts, &self.limits, &mut out);
+                self.r.tick(ts, &self.limits, &mut out);
+            }
             Step::Flush => self.flush(),
             Step::Count(n) => assert_eq!(self.events.len(), n, "events so far: {:?}", self.events),
         }
@@ -210,6 +220,12 @@ fn scenarios_emit_expected_events() {
         ("quiet_connection_declares_an_acked_hole_by_time", timed(16, 1000),
             vec![Syn(ISN, b""), Seg(1001, b"abc"), Seg(1007, b"gh"), Ack(1009), Tick(1), Count(1), Wait(998), Tick(1)],
             vec![d(1001, b"abc"), g(1004, 3), d(1007, b"gh")]),
+        ("data_acknowledging_past_a_hole_declares_it_at_once", limits(16),
+            vec![Syn(ISN, b""), Seg(1001, b"abc"), Seg(1007, b"gh"), PeerData(1009), Count(3), Seg(1004, b"def")],
+            vec![d(1001, b"abc"), g(1004, 3), d(1007, b"gh")]),
+        ("data_acknowledging_what_was_read_declares_nothing", limits(16),
+            vec![Syn(ISN, b""), Seg(1001, b"abc"), PeerData(1004), Seg(1004, b"def"), Flush],
+            vec![d(1001, b"abc"), d(1004, b"def")]),
         ("ack_before_data_within_allowance_no_gap", limits(2),
             vec![Syn(ISN, b""), Seg(1001, b"abc"), Ack(1007), Tick(1), Seg(1004, b"def"), Tick(5), Flush],
             vec![d(1001, b"abc"), d(1004, b"def")]),
