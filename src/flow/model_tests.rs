@@ -903,3 +903,41 @@ proptest! {
         prop_assert_eq!(&got[..whole.min(got.len())], &want[..whole]);
     }
 }
+
+/// The client's first segment is lost: what is read after it (a
+/// valid-looking method) was found past a gap, so its exchange is flagged.
+#[test]
+fn a_message_read_past_a_lost_first_byte_is_flagged() {
+    let pair = Pair {
+        method: "OPTIONS",
+        target: "/api/v1/orders/1".into(),
+        req_framing: Framing::None,
+        req_body: Vec::new(),
+        expect_continue: false,
+        interim: Vec::new(),
+        status: 200,
+        resp_framing: Framing::Length,
+        resp_body: b"{}".to_vec(),
+        style: 0,
+        flush: true,
+    };
+    let c = Conn {
+        pairs: vec![pair],
+        tail: Tail::Close,
+        damage: 0,
+        isn: (7, 9),
+        handshake: true,
+        half_close: false,
+        loss: Some(Loss {
+            client: true,
+            at: 0,
+            len: 1,
+        }),
+    };
+    let got = replay(&[c]);
+    assert_eq!(got.len(), 1, "{got:?}");
+    // The first segment ("OPT", at this seed's cut) is lost: "IONS" reads
+    // as a method.
+    assert_eq!((got[0].0.as_str(), got[0].2), ("IONS", Some(200)));
+    assert!(got[0].6, "flagged: {got:?}");
+}

@@ -21,11 +21,18 @@
 //!
 //! Nor does a gap make a failure. A request left unanswered (at its timeout
 //! or the connection's end) is logged as unknown with `capture_loss`, not
-//! as timed out or cut off, when its answer may have been in a gap of the
-//! response stream (the client had not read past the gap when it sent it),
-//! or when it was found by resynchronising the request stream and no
-//! response has been paired since (it may be text inside a body whose start
-//! was lost, such as a batch request's parts).
+//! as timed out or cut off, when its answer may have been lost: a gap in the
+//! response stream (or a response framed without its request) with no
+//! response paired for sure since, a pairing in doubt that may have taken
+//! its answer, a response logged alone that the server sent once it had the
+//! request, or when it was found by resynchronising the request stream and
+//! no response has been paired since (it may be text inside a body whose
+//! start was lost, such as a batch request's parts). Pairings across
+//! requests lost in a gap (a placeholder stands for any number of them) are
+//! guesses, flagged with `capture_loss`, and so are the ones after them
+//! until no request waits. What is found right after a gap may be text of a
+//! body: a response head there is flagged, a malformed message there is what
+//! the gap left (unknown), not a malformed message the endpoint sent.
 
 use super::exchange::{Exchange, Outcome};
 use super::{
@@ -556,8 +563,8 @@ impl HttpSession {
         (None, true)
     }
 
-    /// A response after the gaps was placed: what came before no longer
-    /// matters to pairing.
+    /// A response after the response stream's gaps was placed: pairing is
+    /// by FIFO again (the doubts it leaves are `guessing`'s).
     fn settle(&mut self) {
         self.uncertain = false;
     }
@@ -741,8 +748,9 @@ impl MessageSink for HttpSession {
                     self.end_outcome()
                 };
                 // A response whose request was not seen was framed without
-                // knowing it (a HEAD's has no body whatever its fields
-                // say): where the next one starts is a guess too.
+                // knowing it (a HEAD's has no body whatever its fields say),
+                // one in doubt may be text of a body: where the next one
+                // starts is a guess too.
                 self.framed_blind = f.request.is_none() || f.capture_loss || end.body_missing > 0;
                 if f.request.is_none() && end.body_bytes > 0 {
                     // Its body may have been a HEAD's missing one, so
