@@ -29,7 +29,7 @@ use crate::decode::TcpSegment;
 use crate::http::exchange::Exchange;
 use crate::http::parser::{MessageParser, ParserLimits};
 use crate::http::session::{HttpSession, SpareBuffers, StreamEnd};
-use crate::http::{Direction, MessageSink, StreamPos};
+use crate::http::Direction;
 use reassembly::{Chunk, Reassembler, StreamEvent, StreamLimits, StreamStats};
 use sniff::{Sniffer, Verdict};
 use std::collections::HashMap;
@@ -1197,26 +1197,17 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 } else {
                     (other_sync, true)
                 };
-                let mut session = HttpSession::new(self.cfg.transaction_timeout_micros);
+                let mut req = MessageParser::new(Direction::ToServer, limits, req_sync);
+                let mut resp = MessageParser::new(Direction::ToClient, limits, resp_sync);
                 if this.had_gap() {
                     // Bytes of this direction were lost before its first
-                    // message: as after any gap, what they held is unknown.
-                    let dir = if is_request {
-                        Direction::ToServer
-                    } else {
-                        Direction::ToClient
-                    };
-                    let at = StreamPos {
-                        seq,
-                        ack: 0,
-                        ts: chunk.ts,
-                    };
-                    session.resync(dir, at, true);
+                    // message: what they held is unknown, as after any gap.
+                    if is_request { &mut req } else { &mut resp }.start_after_gap();
                 }
                 *self.app = App::Http(Box::new(HttpConn {
-                    req: MessageParser::new(Direction::ToServer, limits, req_sync),
-                    resp: MessageParser::new(Direction::ToClient, limits, resp_sync),
-                    session,
+                    req,
+                    resp,
+                    session: HttpSession::new(self.cfg.transaction_timeout_micros),
                     announced: false,
                 }));
                 self.decided(Protocol::Http, server, chunk.ts);

@@ -544,10 +544,13 @@ impl Reassembler {
         limits: &StreamLimits,
         out: &mut impl FnMut(StreamEvent<'_>),
     ) {
-        if self.phase != Phase::Open || self.pending.is_none() || !seq_lt(self.next, ack) {
-            return;
-        }
-        if !seq_near(ack, self.next) {
+        // Only what `peer_ack` would watch: open, something pending, the
+        // ACK ahead of what was read and not garbage.
+        if self.phase != Phase::Open
+            || self.pending.is_none()
+            || !seq_lt(self.next, ack)
+            || !seq_near(ack, self.next)
+        {
             return;
         }
         self.declare_up_to(ack, ts, out);

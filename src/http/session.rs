@@ -187,7 +187,7 @@ pub struct HttpSession {
     fresh_sync: [bool; 2],
     /// The last response was framed without its request or in doubt
     /// (capture loss): a malformed response next is likely our misframing.
-    framed_blind: bool,
+    framing_in_doubt: bool,
     ending: StreamEnd,
     pub commands: ParserCommands,
     /// Messages that could not be framed since the last take, per direction
@@ -230,7 +230,7 @@ impl HttpSession {
             guessing: false,
             orphaned_to: None,
             fresh_sync: [false; 2],
-            framed_blind: false,
+            framing_in_doubt: false,
             ending: StreamEnd::CaptureEnded,
             commands: ParserCommands::default(),
             parse_errors: [0; 2],
@@ -359,7 +359,7 @@ impl HttpSession {
                 }
             }
         }
-        let mut unproven = self.guessing;
+        let mut unproven = false;
         for p in self.pending.iter_mut() {
             unproven |= p.stands_for_lost();
             if p.waits() && p.start.ts.saturating_add_micros(timeout) <= now {
@@ -408,7 +408,7 @@ impl HttpSession {
             if !p.waits() {
                 continue;
             }
-            let answer = if unproven || self.guessing || self.answer_may_be_lost(&p) {
+            let answer = if unproven || self.answer_may_be_lost(&p) {
                 Answer::nothing(Outcome::Unknown, None, true)
             } else {
                 let end = (self.ending == StreamEnd::Closed).then_some(now);
@@ -534,8 +534,10 @@ impl HttpSession {
             .take(candidates)
             .any(Pending::stands_for_lost);
         self.guessing |= guess;
+        // Either way a response after the gaps is placed: pairing is by FIFO
+        // again (the doubts it leaves are `guessing`'s).
         if candidates == 1 {
-            self.settle();
+            self.uncertain = false;
             return (self.pending.pop_front(), guess);
         }
         let exact: Vec<usize> = (0..candidates)
@@ -544,7 +546,7 @@ impl HttpSession {
                 !q.placeholder && q.start.ack != 0 && q.start.ack == r.seq
             })
             .collect();
-        self.settle();
+        self.uncertain = false;
         // Of several such requests (pipelined: the client received nothing
         // between them) the first is answered: its response starts at or
         // after `r`, so it cannot lie in the gap, and it comes before the
@@ -563,19 +565,15 @@ impl HttpSession {
         (None, true)
     }
 
-    /// A response after the response stream's gaps was placed: pairing is
-    /// by FIFO again (the doubts it leaves are `guessing`'s).
-    fn settle(&mut self) {
-        self.uncertain = false;
-    }
-
     /// Could `q`'s answer have been lost: in a gap of the response stream
     /// (or taken for text of a body, or a body for responses, as framing
-    /// after a gap can) with no response paired for sure since, or was it
-    /// the response logged without request, sent once the server had `q`
-    /// ([`HttpSession::orphaned_to`])?
+    /// after a gap can) with no response paired for sure since, taken by a
+    /// pairing in doubt (`guessing`), or was it the response logged without
+    /// request, sent once the server had `q` ([`HttpSession::orphaned_to`])?
     fn answer_may_be_lost(&self, q: &Pending) -> bool {
-        self.response_gap.is_some() || self.orphaned_to.is_some_and(|a| seq_lt(q.start.seq, a))
+        self.response_gap.is_some()
+            || self.guessing
+            || self.orphaned_to.is_some_and(|a| seq_lt(q.start.seq, a))
     }
 
     /// A request whose response was lost in a capture gap.
@@ -710,7 +708,7 @@ impl MessageSink for HttpSession {
     fn message_end(&mut self, dir: Direction, end: MessageEnd) {
         self.fresh_sync[usize::from(dir == Direction::ToClient)] = false;
         if dir == Direction::ToClient {
-            self.framed_blind = false;
+            self.framing_in_doubt = false;
         }
         match dir {
             Direction::ToServer => {
@@ -751,7 +749,8 @@ impl MessageSink for HttpSession {
                 // knowing it (a HEAD's has no body whatever its fields say),
                 // one in doubt may be text of a body: where the next one
                 // starts is a guess too.
-                self.framed_blind = f.request.is_none() || f.capture_loss || end.body_missing > 0;
+                self.framing_in_doubt =
+                    f.request.is_none() || f.capture_loss || end.body_missing > 0;
                 if f.request.is_none() && end.body_bytes > 0 {
                     // Its body may have been a HEAD's missing one, so
                     // other responses: as unknown to pairing as a gap.
@@ -770,7 +769,7 @@ impl MessageSink for HttpSession {
         // start was lost, or text inside a body: not a malformed message
         // the endpoint sent, but what the gap left.
         let guessed = std::mem::take(&mut self.fresh_sync[d])
-            | (dir == Direction::ToClient && std::mem::take(&mut self.framed_blind));
+            | (dir == Direction::ToClient && std::mem::take(&mut self.framing_in_doubt));
         match dir {
             Direction::ToServer => {
                 let mut p = self.new_pending(None, at);

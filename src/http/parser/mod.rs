@@ -290,6 +290,16 @@ impl MessageParser {
         }
     }
 
+    /// Bytes before the first one fed were lost (a gap before the first
+    /// message): look for a message start, reported as `resync` with
+    /// `lost_message` true, as after any gap.
+    pub fn start_after_gap(&mut self) {
+        self.state = State::Resync {
+            lost: true,
+            line_start: true,
+        };
+    }
+
     pub fn stats(&self) -> ParserStats {
         self.stats.snapshot()
     }
