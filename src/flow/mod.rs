@@ -895,6 +895,7 @@ impl FlowTable {
                 let reset = why == StreamEnd::Closed;
                 h.req.end_of_stream(now, reset, &mut h.session);
                 h.resp.end_of_stream(now, reset, &mut h.session);
+                h.session.release_parked();
                 h.session.close(now);
                 h.announce(|| server, Some(now), events);
                 for (total, n) in stats
@@ -1175,7 +1176,8 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
             App::Undecided(s) => s,
         };
         let stream_start = self.syn_seen[side] && sniffers[side].seen == 0;
-        match sniffers[side].push(chunk, stream_start) {
+        let from_client = self.client_is_lo.map(|lo| lo == (side == 0));
+        match sniffers[side].push(chunk, stream_start, from_client) {
             Verdict::Http { seq, is_request } => {
                 let [s0, s1] = std::mem::take(&mut **sniffers);
                 let (mut this, mut other) = if side == 0 { (s0, s1) } else { (s1, s0) };
@@ -1189,8 +1191,9 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 // SYN) and looks like text: a malformed request is then
                 // reported as such. A binary preamble (a SOCKS reply, say)
                 // is skipped by looking for the next message start instead.
-                let other_sync = (other.is_from_start() && other.starts_with_letter())
-                    || (other.seen == 0 && self.syn_seen[1 - side]);
+                let other_sync = !other.had_gap()
+                    && ((other.is_from_start() && other.starts_with_letter())
+                        || (other.seen == 0 && self.syn_seen[1 - side]));
                 let limits = self.cfg.parser_limits;
                 let (req_sync, resp_sync) = if is_request {
                     (true, other_sync)
@@ -1199,10 +1202,14 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 };
                 let mut req = MessageParser::new(Direction::ToServer, limits, req_sync);
                 let mut resp = MessageParser::new(Direction::ToClient, limits, resp_sync);
+                // Bytes of a direction lost before its first message (the
+                // other's before it sent anything, say): what they held is
+                // unknown, as after any gap.
                 if this.had_gap() {
-                    // Bytes of this direction were lost before its first
-                    // message: what they held is unknown, as after any gap.
                     if is_request { &mut req } else { &mut resp }.start_after_gap();
+                }
+                if other.had_gap() {
+                    if is_request { &mut resp } else { &mut req }.start_after_gap();
                 }
                 *self.app = App::Http(Box::new(HttpConn {
                     req,

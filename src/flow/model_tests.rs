@@ -11,18 +11,14 @@
 //! `Expect: 100-continue`, pipelining, a CONNECT or Upgrade tunnel whose
 //! bytes look like HTTP). It shares no code with the parser.
 //!
-//! A second property loses a run of the server's segments: nothing apitap
-//! logs as certain (without `capture_loss`) may be false, and what ended
-//! before the loss comes out whole. Loss in the client's direction is not
-//! held to it yet: with it, about one case in 5,000 still logs a request
-//! found right after the gap (text of a lost request's body, say) or its
-//! pairing as certain (holes are declared as soon as the server's data
-//! acknowledges past them, so requests are read before the responses
-//! that answer them, but what resynchronisation finds there is not yet
-//! always flagged). Nor are tunnels (the client's
-//! upgraded bytes, parsed before a delayed 101, are the same problem) or
-//! captures that begin mid-connection (a direction whose bytes were all
-//! lost is not known to have carried any).
+//! A second property loses a run of one direction's segments (the client's
+//! or the server's): nothing apitap logs as certain (without
+//! `capture_loss`) may be false, and what ended before the loss comes out
+//! whole. Cases it found are kept as plain tests at the end. Not held to it
+//! yet: an Upgrade whose `101` was lost (the client's upgraded bytes are
+//! parsed as requests, and the server's as responses to them) and captures
+//! that begin mid-connection (a direction whose bytes were all lost is not
+//! known to have carried any).
 
 use super::*;
 use crate::decode::TcpFlags;
@@ -315,6 +311,9 @@ struct Timeline {
     /// The last response runs to the server's FIN.
     server_closes: bool,
     answer_ends: Vec<u32>,
+    /// Where each pair's request (head and body) ends in the client's
+    /// stream.
+    request_ends: Vec<u32>,
 }
 
 fn timeline(pairs: &[Pair], tail: Tail) -> Timeline {
@@ -340,15 +339,16 @@ fn timeline(pairs: &[Pair], tail: Tail) -> Timeline {
         at + len
     };
     let mut answer_ends = vec![0; pairs.len()];
+    let mut request_ends = vec![0; pairs.len()];
     let mut pending: Vec<usize> = Vec::new();
     for (k, p) in pairs.iter().enumerate() {
         let (head, body) = request_head(p);
         if p.expect_continue {
             send(true, head, &mut sent);
             send(false, interim_response(100), &mut sent);
-            send(true, body, &mut sent);
+            request_ends[k] = send(true, body, &mut sent);
         } else {
-            send(true, [head, body].concat(), &mut sent);
+            request_ends[k] = send(true, [head, body].concat(), &mut sent);
         }
         pending.push(k);
         if p.flush {
@@ -397,6 +397,7 @@ fn timeline(pairs: &[Pair], tail: Tail) -> Timeline {
         sent,
         server_closes,
         answer_ends,
+        request_ends,
     }
 }
 
@@ -850,40 +851,54 @@ proptest! {
     #[test]
     fn lost_segments_never_make_a_wrong_certain_exchange(
         mut c in conn(),
-        loss in (any::<u32>(), 1u32..3000),
+        loss in (any::<bool>(), any::<u32>(), 1u32..3000),
     ) {
-        // The server's direction, from the handshake, no Upgrade: see the
-        // module doc for why the rest is not held to this yet.
+        // Either direction, from the handshake, no Upgrade: see the module
+        // doc for why the rest is not held to this yet.
         if c.tail == Tail::Upgrade {
             c.tail = Tail::Close;
         }
         c.handshake = true;
-        c.loss = Some(Loss { client: false, at: loss.0, len: loss.1 });
-        let (tl, _, lost_at) = c.capture();
-        let got = replay(std::slice::from_ref(&c));
-        let want = expected(&c.pairs, c.tail);
-        let Some(lost_at) = lost_at else {
-            prop_assert_eq!(got, want);
-            return Ok(());
-        };
-        for g in got.iter().filter(|g| !g.6) {
-            // A response whose request the capture lost is logged alone,
-            // its body framed without knowing the request (CONNECT, HEAD):
-            // its status must be true.
-            let orphan_of = |w: &Summary| g.0.is_empty() && g.2 == w.2;
-            // "No answer known" claims nothing false of a real request.
-            let unknown = |w: &Summary| {
-                (&g.0, &g.1, g.2, g.5) == (&w.0, &w.1, None, Outcome::Unknown)
-            };
-            prop_assert!(
-                want.iter().any(|w| w == g || orphan_of(w) || unknown(w)),
-                "certain but not generated: {:?}\nwant {:?}", g, want
-            );
-        }
-        // The server's bytes are lost: what ended before them is whole.
-        let whole = tl.answer_ends.iter().take_while(|&&end| end <= lost_at).count();
-        prop_assert_eq!(&got[..whole.min(got.len())], &want[..whole]);
+        let (client, at, len) = loss;
+        c.loss = Some(Loss { client, at, len });
+        loss_leaves_nothing_false(&c)?;
     }
+}
+
+/// The loss property for one connection (see
+/// `lost_segments_never_make_a_wrong_certain_exchange`).
+fn loss_leaves_nothing_false(c: &Conn) -> Result<(), TestCaseError> {
+    let (tl, _, lost_at) = c.capture();
+    let got = replay(std::slice::from_ref(c));
+    let want = expected(&c.pairs, c.tail);
+    let Some(lost_at) = lost_at else {
+        prop_assert_eq!(got, want);
+        return Ok(());
+    };
+    for g in got.iter().filter(|g| !g.6) {
+        // A response whose request the capture lost is logged alone, its
+        // body framed without knowing the request (CONNECT, HEAD): its
+        // status and how it ended must be true.
+        let orphan_of = |w: &Summary| g.0.is_empty() && (g.2, g.5) == (w.2, w.5);
+        // "No answer known" claims nothing false of a real request.
+        let unknown = |w: &Summary| (&g.0, &g.1, g.2, g.5) == (&w.0, &w.1, None, Outcome::Unknown);
+        prop_assert!(
+            want.iter().any(|w| w == g || orphan_of(w) || unknown(w)),
+            "certain but not generated: {:?}\nwant {:?}",
+            g,
+            want
+        );
+    }
+    // What ended before the lost bytes is whole.
+    let client = c.loss.is_some_and(|l| l.client);
+    let ends = if client {
+        &tl.request_ends
+    } else {
+        &tl.answer_ends
+    };
+    let whole = ends.iter().take_while(|&&end| end <= lost_at).count();
+    prop_assert_eq!(&got[..whole.min(got.len())], &want[..whole]);
+    Ok(())
 }
 
 /// The client's first segment is lost: what is read after it (a
@@ -922,4 +937,266 @@ fn a_message_read_past_a_lost_first_byte_is_flagged() {
     // as a method.
     assert_eq!((got[0].0.as_str(), got[0].2), ("IONS", Some(200)));
     assert!(got[0].6, "flagged: {got:?}");
+}
+
+/// A pair for the cases below: no interim responses, plain style.
+#[allow(clippy::too_many_arguments)]
+fn fixed_pair(
+    method: &'static str,
+    req_framing: Framing,
+    req_body: &[u8],
+    expect_continue: bool,
+    status: u16,
+    resp_body: &[u8],
+    flush: bool,
+) -> Pair {
+    Pair {
+        method,
+        target: "/api/v1/orders/7".into(),
+        req_framing,
+        req_body: req_body.to_vec(),
+        expect_continue,
+        interim: Vec::new(),
+        status,
+        resp_framing: Framing::Length,
+        resp_body: resp_body.to_vec(),
+        style: 0,
+        flush,
+    }
+}
+
+fn lossy_conn(pairs: Vec<Pair>, tail: Tail, damage: u64, loss: Loss) -> Conn {
+    Conn {
+        pairs,
+        tail,
+        damage,
+        isn: (0, 0),
+        handshake: true,
+        half_close: false,
+        loss: Some(loss),
+    }
+}
+
+// Cases the loss property found, kept as they were found.
+
+/// The last byte of a chunked request is lost, after which the server
+/// answers: the response ends while the request is open. It is written
+/// when the request ends (here, when the hole is declared at the
+/// connection's end), flagged, with the body the client sent.
+#[test]
+fn a_request_cut_at_its_last_byte_is_flagged_whole() {
+    let mut p = fixed_pair(
+        "GET",
+        Framing::Chunked(4097062666),
+        &[0; 250],
+        false,
+        200,
+        b"",
+        true,
+    );
+    p.style = 2773446464;
+    p.target = "/api/v1/orders/100".into();
+    let loss = Loss {
+        client: true,
+        at: 132689159,
+        len: 6,
+    };
+    let c = lossy_conn(vec![p], Tail::Close, 9817970018898994610, loss);
+    let got = replay(std::slice::from_ref(&c));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].2, got[0].3, got[0].6), (Some(200), 250, true));
+    loss_leaves_nothing_false(&c).unwrap();
+}
+
+/// The client's head is lost and the server's `100 Continue` acknowledges
+/// it before the client sends anything else: the client's direction
+/// starts with a gap even though the handshake was seen, so its body is
+/// not read as a (malformed) request, nor the CONNECT after it paired.
+#[test]
+fn a_head_lost_before_a_100_continue_leaves_the_client_out_of_sync() {
+    let post = fixed_pair("POST", Framing::Length, &[0; 123], true, 304, b"x", true);
+    let head_len = request_head(&post).0.len() as u32;
+    let loss = Loss {
+        client: true,
+        at: 0,
+        len: head_len,
+    };
+    let c = lossy_conn(vec![post], Tail::Connect, 0, loss);
+    loss_leaves_nothing_false(&c).unwrap();
+}
+
+/// The start of the first request is lost; the next is a HEAD. The first
+/// response (whose body holds a status line) pairs with the HEAD in doubt:
+/// its body is not read, so what follows is in doubt too, not an orphan
+/// `200` logged as certain.
+#[test]
+fn what_follows_a_response_framed_in_doubt_is_in_doubt() {
+    let post = fixed_pair("POST", Framing::None, b"", false, 400, DECOYS[0], false);
+    let head = fixed_pair("HEAD", Framing::None, b"", false, 201, b"x", true);
+    let loss = Loss {
+        client: true,
+        at: 0,
+        len: 1,
+    };
+    let c = lossy_conn(vec![post, head], Tail::Close, 0, loss);
+    loss_leaves_nothing_false(&c).unwrap();
+}
+
+/// The client's head is lost and the server's `100 Continue` acknowledges
+/// it before the client sends more: the client's direction starts with a
+/// gap though the handshake was seen, so its body (a request's text) is not
+/// read as a request the server answered.
+#[test]
+fn a_direction_whose_first_bytes_were_lost_starts_out_of_sync() {
+    let c = lossy_conn(
+        vec![Pair {
+            method: "PATCH",
+            target: "/api/v1/orders/100?page=10".into(),
+            req_framing: Framing::Length,
+            req_body: b"GET /inside HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            expect_continue: true,
+            interim: vec![],
+            status: 200,
+            resp_framing: Framing::Length,
+            resp_body: Vec::new(),
+            style: 924086016,
+            flush: true,
+        }],
+        Tail::Close,
+        0,
+        Loss {
+            client: true,
+            at: 362701196,
+            len: 4,
+        },
+    );
+    loss_leaves_nothing_false(&c).unwrap();
+}
+
+/// The client's first bytes are lost; what follows holds a status line at
+/// a segment start. The handshake says which side is the client, so that is
+/// body text, not the server's first response (which would swap the roles).
+#[test]
+fn a_status_line_in_the_clients_bytes_is_body_text() {
+    let c = lossy_conn(
+        vec![Pair {
+            method: "GET",
+            target: "/api/v1/orders/10?page=10".into(),
+            req_framing: Framing::Chunked(741610616),
+            req_body: Vec::new(),
+            expect_continue: false,
+            interim: vec![],
+            status: 200,
+            resp_framing: Framing::Length,
+            resp_body: Vec::new(),
+            style: 2049430336,
+            flush: true,
+        }],
+        Tail::Close,
+        4290378049471093154,
+        Loss {
+            client: true,
+            at: 1142204610,
+            len: 3,
+        },
+    );
+    loss_leaves_nothing_false(&c).unwrap();
+}
+
+/// A response paired in doubt after a gap has a body that runs over later
+/// responses: the requests left unanswered are unknown, not failed.
+#[test]
+fn a_response_in_doubt_whose_body_ran_on_leaves_later_answers_unknown() {
+    let c = lossy_conn(
+        vec![
+            Pair {
+                method: "PUT",
+                target: "/api/v1/orders/100".into(),
+                req_framing: Framing::Chunked(1853964306),
+                req_body: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+                expect_continue: true,
+                interim: vec![],
+                status: 200,
+                resp_framing: Framing::Length,
+                resp_body: Vec::new(),
+                style: 1861752832,
+                flush: true,
+            },
+            Pair {
+                method: "GET",
+                target: "/api/v1/orders/100".into(),
+                req_framing: Framing::None,
+                req_body: Vec::new(),
+                expect_continue: false,
+                interim: vec![],
+                status: 200,
+                resp_framing: Framing::Length,
+                resp_body: Vec::new(),
+                style: 1689666176,
+                flush: true,
+            },
+            Pair {
+                method: "HEAD",
+                target: "/api/v1/orders/100?page=10".into(),
+                req_framing: Framing::Chunked(2257447871),
+                req_body: [&[0u8; 485][..], &b"b"[..]].concat(),
+                expect_continue: false,
+                interim: vec![],
+                status: 400,
+                resp_framing: Framing::Length,
+                resp_body: Vec::new(),
+                style: 458001152,
+                flush: false,
+            },
+            Pair {
+                method: "GET",
+                target: "/api/v1/orders/100".into(),
+                req_framing: Framing::None,
+                req_body: Vec::new(),
+                expect_continue: false,
+                interim: vec![],
+                status: 200,
+                resp_framing: Framing::Length,
+                resp_body: Vec::new(),
+                style: 3790119936,
+                flush: true,
+            },
+        ],
+        Tail::Connect,
+        0,
+        Loss {
+            client: true,
+            at: 1468417860,
+            len: 328,
+        },
+    );
+    loss_leaves_nothing_false(&c).unwrap();
+}
+/// A response framed in doubt runs to the connection's end: how it ended
+/// is unknown (its framing likely ran past its real end), not a failure.
+#[test]
+fn a_response_in_doubt_cut_short_ended_unknown() {
+    let c = lossy_conn(
+        vec![Pair {
+            method: "HEAD",
+            target: "/api/v1/orders/0".into(),
+            req_framing: Framing::Chunked(1697618370),
+            req_body: [&b"5\r\nhello\r\n"[..], &[0u8; 155][..], &b"b"[..]].concat(),
+            expect_continue: false,
+            interim: vec![],
+            status: 200,
+            resp_framing: Framing::Length,
+            resp_body: Vec::new(),
+            style: 1002441600,
+            flush: true,
+        }],
+        Tail::Close,
+        1576959138927501322,
+        Loss {
+            client: true,
+            at: 37196082,
+            len: 1,
+        },
+    );
+    loss_leaves_nothing_false(&c).unwrap();
 }

@@ -50,8 +50,16 @@ pub enum Verdict {
 
 impl Sniffer {
     /// Feed in-order bytes starting at `seq`; `stream_start`: the SYN of this
-    /// direction was seen and these are its first bytes.
-    pub fn push(&mut self, chunk: &Chunk<'_>, stream_start: bool) -> Verdict {
+    /// direction was seen and these are its first bytes; `from_client`: the
+    /// direction's role when the handshake told it (then only a request
+    /// start, or only a status line, is a verdict: the other kind is text
+    /// inside a body, found after a gap).
+    pub fn push(
+        &mut self,
+        chunk: &Chunk<'_>,
+        stream_start: bool,
+        from_client: Option<bool>,
+    ) -> Verdict {
         let (seq, data) = (chunk.seq, chunk.data);
         if !self.started {
             self.started = true;
@@ -68,7 +76,7 @@ impl Sniffer {
         }
         self.segments.push((self.held.len(), chunk.ack, chunk.ts));
         self.held.extend_from_slice(data);
-        let verdict = self.scan();
+        let verdict = self.scan(from_client);
         // A verdict is followed by a replay of what is held from the start
         // it found: keep it all (a first segment can be far larger than
         // the bound: 64 KiB over loopback, more with offloads).
@@ -165,13 +173,21 @@ impl Sniffer {
     }
 
     /// Try every line start and segment start from `scan_from` on.
-    fn scan(&mut self) -> Verdict {
+    fn scan(&mut self, from_client: Option<bool>) -> Verdict {
         let len = self.held.len();
         let mut p = self.scan_from;
         while p < len {
             let rest = &self.held[p..];
-            let req = sniff_request_start(rest);
-            let resp = sniff_response_start(rest);
+            let req = if from_client == Some(false) {
+                Sniff::No
+            } else {
+                sniff_request_start(rest)
+            };
+            let resp = if from_client == Some(true) {
+                Sniff::No
+            } else {
+                sniff_response_start(rest)
+            };
             match (req, resp) {
                 (Sniff::Yes, _) | (_, Sniff::Yes) => {
                     return Verdict::Http {
@@ -217,10 +233,14 @@ mod tests {
     fn finds_a_request_at_a_segment_start_after_a_binary_preamble() {
         let mut s = Sniffer::default();
         assert_eq!(
-            s.push(&chunk(100, b"\x05\x01\x00"), true),
+            s.push(&chunk(100, b"\x05\x01\x00"), true, None),
             Verdict::Undecided
         );
-        let v = s.push(&chunk(103, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), false);
+        let v = s.push(
+            &chunk(103, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            false,
+            None,
+        );
         assert_eq!(
             v,
             Verdict::Http {
@@ -232,19 +252,41 @@ mod tests {
     }
 
     #[test]
+    fn a_known_client_direction_has_no_response_start() {
+        // After a gap, a status line in the client's bytes is body text.
+        let mut s = Sniffer::default();
+        let text = b"HTTP/1.1 200 OK\r\n\r\nGET /next HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            s.push(&chunk(50, text), false, Some(true)),
+            Verdict::Http {
+                seq: 69,
+                is_request: true
+            }
+        );
+        let mut s = Sniffer::default();
+        assert_eq!(
+            s.push(&chunk(50, b"GET / HTTP/1.1\r\n\r\n"), false, Some(false)),
+            Verdict::Undecided
+        );
+    }
+
+    #[test]
     fn tls_at_the_stream_start() {
         let mut s = Sniffer::default();
-        assert_eq!(s.push(&chunk(1, &[0x16, 3, 1, 0, 5]), true), Verdict::Tls);
+        assert_eq!(
+            s.push(&chunk(1, &[0x16, 3, 1, 0, 5]), true, None),
+            Verdict::Tls
+        );
     }
 
     #[test]
     fn a_start_split_over_segments_is_found_and_replayed_whole() {
         let mut s = Sniffer::default();
         assert_eq!(
-            s.push(&chunk(10, b"tail\nHTTP/1.1 2"), false),
+            s.push(&chunk(10, b"tail\nHTTP/1.1 2"), false, None),
             Verdict::Undecided
         );
-        let v = s.push(&chunk(25, b"00 OK\r\n\r\n"), false);
+        let v = s.push(&chunk(25, b"00 OK\r\n\r\n"), false, None);
         assert_eq!(
             v,
             Verdict::Http {
@@ -263,7 +305,7 @@ mod tests {
         let mut data = b"POST /hello HTTP/1.1\r\nContent-Length: 40000\r\n\r\n".to_vec();
         data.resize(data.len() + 40_000, b'a');
         assert_eq!(
-            s.push(&chunk(100, &data), true),
+            s.push(&chunk(100, &data), true, None),
             Verdict::Http {
                 seq: 100,
                 is_request: true
@@ -279,7 +321,7 @@ mod tests {
         let mut s = Sniffer::default();
         let junk = [b'x'; 1000];
         for i in 0..100u32 {
-            s.push(&chunk(i * 1000, &junk), false);
+            s.push(&chunk(i * 1000, &junk), false, None);
         }
         assert!(s.held.len() <= HOLD_BYTES);
         assert_eq!(s.seen, 100_000);

@@ -4,7 +4,11 @@
 //! [`MessageSink`]) and turns them into [`Exchange`]s, FIFO, one per request
 //! seen (or per response whose request was not seen). Interim 1xx responses
 //! never end an exchange. A request keeps its pipelining slot after it timed
-//! out, so a late response pairs with it and writes no second record.
+//! out, so a late response pairs with it and writes no second record. A
+//! response that ends while its request's body is still being read (an
+//! early `201` or `413`, or the request's end waits behind a hole) is
+//! written when the request ends, with its body size and any loss in it, or
+//! a transaction timeout after the response ended (a body that streams on).
 //!
 //! Pairing never crosses a gap it cannot account for. Every pairing is
 //! checked against TCP causality, using the ACK fields the reassembler
@@ -20,19 +24,24 @@
 //! `capture_loss`, rather than guessed.
 //!
 //! Nor does a gap make a failure. A request left unanswered (at its timeout
-//! or the connection's end) is logged as unknown with `capture_loss`, not
-//! as timed out or cut off, when its answer may have been lost: a gap in the
-//! response stream (or a response framed without its request) with no
-//! response paired for sure since, a pairing in doubt that may have taken
-//! its answer, a response logged alone that the server sent once it had the
-//! request, or when it was found by resynchronising the request stream and
-//! no response has been paired since (it may be text inside a body whose
-//! start was lost, such as a batch request's parts). Pairings across
-//! requests lost in a gap (a placeholder stands for any number of them) are
-//! guesses, flagged with `capture_loss`, and so are the ones after them
-//! until no request waits. What is found right after a gap may be text of a
-//! body: a response head there is flagged, a malformed message there is what
-//! the gap left (unknown), not a malformed message the endpoint sent.
+//! or the connection's end) is logged as unknown with `capture_loss`, not as
+//! timed out or cut off, when its answer may have been lost: a gap in the
+//! response stream (or a response framed without its request, or in doubt,
+//! whose body ran on or did not end) with no response paired for sure since,
+//! a pairing in doubt that may have taken its answer, a response in doubt
+//! still being read, a response logged alone that the server sent once it had
+//! the request, or when it was found by resynchronising the request stream
+//! and no response has been paired since (it may be text inside a body whose
+//! start was lost, such as a batch request's parts). Pairings across requests
+//! lost in a gap (a placeholder stands for any number of them) are guesses,
+//! flagged with `capture_loss`, and so are the ones after them until no
+//! request waits. What is found right after a gap may be text of a body: a
+//! response head there is flagged, a malformed message there is what the gap
+//! left (unknown), not a malformed message the endpoint sent. So is what
+//! follows a response framed in doubt (it may begin inside that response's
+//! body, or after a body it did not have), unless the request it answers
+//! acknowledges exactly its first byte; a response in doubt whose body cannot
+//! be framed is unknown, not malformed.
 
 use super::exchange::{Exchange, Outcome};
 use super::{
@@ -164,6 +173,11 @@ pub struct HttpSession {
     in_flight: Option<Box<InFlight>>,
     /// id of the request whose body is still being parsed.
     open_request: Option<u64>,
+    /// An exchange answered while its request's body was still being
+    /// parsed (an early response, or a request whose end waits behind a
+    /// hole): written once the request ends, so its body size and any loss
+    /// in it are known, or a timeout after the response ended.
+    parked: Option<Box<(Pending, Answer)>>,
     next_id: u64,
     /// A gap in the response stream since the last proven pairing (gaps in
     /// the request stream are placeholders in `pending`).
@@ -224,6 +238,7 @@ impl HttpSession {
             pending: VecDeque::new(),
             in_flight: None,
             open_request: None,
+            parked: None,
             next_id: 0,
             uncertain: false,
             response_gap: None,
@@ -277,9 +292,17 @@ impl HttpSession {
         let host = self.first_request.as_ref().map_or(0, |f| {
             std::mem::size_of::<FirstRequest>() + f.host.as_ref().map_or(0, String::capacity)
         });
+        let parked = self.parked.as_ref().map_or(0, |b| {
+            let (p, a) = &**b;
+            std::mem::size_of::<(Pending, Answer)>()
+                + request(p)
+                + a.body_prefix.capacity()
+                + a.response.as_ref().map_or(0, |r| r.headers.heap_bytes())
+        });
         self.pending.capacity() * std::mem::size_of::<Pending>()
             + self.pending.iter().map(request).sum::<usize>()
             + in_flight
+            + parked
             + self.out.capacity() * std::mem::size_of::<Exchange>()
             + host
     }
@@ -337,7 +360,9 @@ impl HttpSession {
             .chain(self.in_flight.iter().filter_map(|f| f.request.as_ref()))
             .filter(|p| p.waits())
             .map(|p| p.start.ts);
+        let parked = self.parked.as_ref().and_then(|b| b.1.end_ts);
         waiting
+            .chain(parked)
             .min()
             .map(|t| t.saturating_add_micros(self.timeout_micros))
     }
@@ -347,6 +372,16 @@ impl HttpSession {
     /// see the module doc).
     pub fn expire(&mut self, now: Timestamp) {
         let timeout = self.timeout_micros;
+        if self
+            .parked
+            .as_ref()
+            .and_then(|b| b.1.end_ts)
+            .is_some_and(|t| t.saturating_add_micros(timeout) <= now)
+        {
+            // The request's body goes on long after its answer: write what
+            // is known of it.
+            self.release_parked();
+        }
         let mut expired = Vec::new();
         // A response whose head came but whose end did not: the status was
         // seen on the wire and is kept; the failure is still the timeout.
@@ -390,6 +425,8 @@ impl HttpSession {
 
     /// Log every request still waiting (as unknown, with capture loss, when
     /// its answer may have been lost). `now`: the time the end was seen.
+    /// An answered exchange whose request is still open stays: the client's
+    /// stream, which may outlive the server's, ends it.
     pub fn close(&mut self, now: Timestamp) {
         self.expire(now);
         if let Some(f) = self.in_flight.take().map(|f| *f) {
@@ -568,12 +605,17 @@ impl HttpSession {
     /// Could `q`'s answer have been lost: in a gap of the response stream
     /// (or taken for text of a body, or a body for responses, as framing
     /// after a gap can) with no response paired for sure since, taken by a
-    /// pairing in doubt (`guessing`), or was it the response logged without
+    /// pairing in doubt (`guessing`), inside the body of a response in
+    /// doubt still being read, or was it the response logged without
     /// request, sent once the server had `q` ([`HttpSession::orphaned_to`])?
     fn answer_may_be_lost(&self, q: &Pending) -> bool {
         self.response_gap.is_some()
             || self.guessing
             || self.orphaned_to.is_some_and(|a| seq_lt(q.start.seq, a))
+            || self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| !f.interim && (f.request.is_none() || f.capture_loss))
     }
 
     /// A request whose response was lost in a capture gap.
@@ -583,8 +625,37 @@ impl HttpSession {
         }
     }
 
+    /// Write the exchange waiting for its request's end, if any (the
+    /// request parser's end of stream does; call it after that, before
+    /// dropping the session, in case the request had no body left open).
+    pub fn release_parked(&mut self) {
+        if let Some(b) = self.parked.take() {
+            let (p, answer) = *b;
+            self.emit(Ok(p), answer);
+        }
+    }
+
     fn finish_response(&mut self, f: InFlight, end: Option<MessageEnd>, outcome: Outcome) {
-        let mut answer = Answer::nothing(outcome, None, f.capture_loss);
+        // A response framed without its request (a HEAD's has no body
+        // whatever its fields say) or paired in doubt (it may be text of a
+        // body, or answer a HEAD we took for another request) whose body
+        // ran on, or had not ended, may hold other responses: as unknown to
+        // pairing as a gap.
+        let in_doubt = f.request.is_none() || f.capture_loss;
+        if in_doubt && end.as_ref().is_none_or(|e| e.body_bytes > 0) {
+            self.uncertain = true;
+            self.response_gap = Some(
+                end.as_ref()
+                    .map_or(f.start.seq, |e| e.end.seq.wrapping_add(1)),
+            );
+        }
+        // Cut short, such a response more likely ran past its real end
+        // than was cut: how it ended is unknown, not a failure.
+        let mut answer = if in_doubt && end.as_ref().is_none_or(|e| !e.complete) {
+            Answer::nothing(Outcome::Unknown, None, true)
+        } else {
+            Answer::nothing(outcome, None, f.capture_loss)
+        };
         answer.response = Some(f.head);
         if let Some(e) = end {
             answer.end_ts = Some(e.end.ts);
@@ -592,7 +663,13 @@ impl HttpSession {
             answer.body_prefix = e.body_prefix;
             answer.capture_loss |= e.body_missing > 0;
         }
-        self.emit(f.request.ok_or(f.start), answer);
+        match f.request {
+            Some(p) if self.open_request == Some(p.id) && !p.logged => {
+                self.release_parked();
+                self.parked = Some(Box::new((p, answer)));
+            }
+            request => self.emit(request.ok_or(f.start), answer),
+        }
     }
 
     fn push_pending(&mut self, p: Pending) {
@@ -630,6 +707,9 @@ impl HttpSession {
         if let Some(p) = self.pending.iter_mut().find(|p| p.id == id) {
             return Some(p);
         }
+        if let Some(b) = self.parked.as_mut().filter(|b| b.0.id == id) {
+            return Some(&mut b.0);
+        }
         self.in_flight
             .as_mut()
             .and_then(|f| f.request.as_mut())
@@ -650,6 +730,7 @@ impl MessageSink for HttpSession {
                 ts: start.ts,
             }));
         }
+        self.release_parked();
         let p = self.new_pending(Some(head), start);
         self.open_request = Some(p.id);
         self.push_pending(p);
@@ -675,7 +756,14 @@ impl MessageSink for HttpSession {
             (None, false)
         } else {
             let (request, loss) = self.select_request(&began);
-            let doubt = loss || self.fresh_sync[1];
+            // After a response framed in doubt, this one may start inside
+            // its body, or after a body it did not have: unless the client
+            // had received exactly up to here when it sent the request (the
+            // previous response ended here).
+            let confirmed = request
+                .as_ref()
+                .is_some_and(|q| q.start.ack != 0 && q.start.ack == began.seq);
+            let doubt = loss || self.fresh_sync[1] || (self.framing_in_doubt && !confirmed);
             // A pairing in doubt may have taken another request's answer.
             self.guessing |= doubt && request.is_some() && self.pending.iter().any(Pending::waits);
             if request.is_some() && !doubt {
@@ -719,6 +807,7 @@ impl MessageSink for HttpSession {
                     p.capture_loss |= end.body_missing > 0;
                 }
                 self.open_request = None;
+                self.release_parked();
             }
             Direction::ToClient => {
                 if self.in_flight.as_ref().is_some_and(|f| f.interim) {
@@ -751,12 +840,6 @@ impl MessageSink for HttpSession {
                 // starts is a guess too.
                 self.framing_in_doubt =
                     f.request.is_none() || f.capture_loss || end.body_missing > 0;
-                if f.request.is_none() && end.body_bytes > 0 {
-                    // Its body may have been a HEAD's missing one, so
-                    // other responses: as unknown to pairing as a gap.
-                    self.uncertain = true;
-                    self.response_gap = Some(end.end.seq.wrapping_add(1));
-                }
                 self.finish_response(f, Some(end), outcome);
             }
         }
@@ -778,6 +861,7 @@ impl MessageSink for HttpSession {
                 p.capture_loss = guessed;
                 p.request_done = true;
                 self.open_request = None;
+                self.release_parked();
                 self.push_pending(p);
             }
             Direction::ToClient => {
@@ -787,6 +871,14 @@ impl MessageSink for HttpSession {
                         began = f.start;
                         self.pending_restore(f.request);
                     } else {
+                        // Framed without its request or in doubt, the
+                        // framing was likely ours to get wrong (a HEAD's
+                        // response has no body whatever its fields say):
+                        // it ends unknown (see `finish_response`), and
+                        // where the parser resumes is a guess.
+                        let mut f = f;
+                        f.capture_loss |= guessed;
+                        self.framing_in_doubt = f.request.is_none() || f.capture_loss;
                         self.finish_response(f, None, Outcome::Malformed);
                         return;
                     }
@@ -822,7 +914,8 @@ impl MessageSink for HttpSession {
     fn resync(&mut self, dir: Direction, at: StreamPos, lost_message: bool) {
         // After a gap, what looks like a message start may be text inside
         // a body (a capture that starts mid-connection has no better bet).
-        self.fresh_sync[usize::from(dir == Direction::ToClient)] = lost_message;
+        self.fresh_sync[usize::from(dir == Direction::ToClient)] =
+            lost_message || (dir == Direction::ToClient && self.framing_in_doubt);
         match dir {
             Direction::ToServer => {
                 if lost_message {
@@ -832,6 +925,7 @@ impl MessageSink for HttpSession {
                     }
                 }
                 self.open_request = None;
+                self.release_parked();
                 // Whatever the gap held may have been requests; their
                 // responses must not be paired with the requests we see.
                 let mut p = self.new_pending(None, at);
@@ -1086,6 +1180,87 @@ mod tests {
         assert_eq!(
             summary(&mut s),
             vec![("/1".into(), Some(204), Outcome::Complete, false)]
+        );
+    }
+
+    #[test]
+    fn an_early_response_waits_for_the_rest_of_its_request() {
+        // The server answers before the client has sent the body (a 201
+        // after `100 Continue`, a 413): the record is written once the
+        // request ends, with the body the client sent.
+        let mut s = session();
+        s.request_head(req("POST", "/upload"), pos(1000, 5000, 0));
+        let waiting = s.heap_bytes();
+        answer(&mut s, 201, 5000, 1150, 8);
+        assert!(!s.has_output(), "written before its request ended");
+        assert!(s.heap_bytes() > waiting, "what waits is counted");
+        assert_eq!(s.next_deadline(), Some(Timestamp::from_micros(30_008_000)));
+        s.message_end(Direction::ToServer, end(pos(5511, 5104, 10), 4361));
+        let ex: Vec<Exchange> = s.drain(ends()).collect();
+        assert_eq!(ex.len(), 1);
+        assert_eq!(
+            (ex[0].status(), ex[0].request_body_bytes),
+            (Some(201), 4361)
+        );
+        assert_eq!(
+            ex[0].duration_micros(),
+            Some(8_000),
+            "to the response's end"
+        );
+        assert!(!ex[0].capture_loss);
+    }
+
+    #[test]
+    fn an_early_response_is_flagged_when_the_rest_of_its_request_is_lost() {
+        let mut s = session();
+        s.request_head(req("POST", "/upload"), pos(1000, 5000, 0));
+        answer(&mut s, 201, 5000, 1150, 8);
+        // The server's FIN: the client's body may still come.
+        s.set_ending(StreamEnd::Closed);
+        s.close(Timestamp::from_micros(9_000));
+        assert!(!s.has_output());
+        // The body's end was lost: the parser says so before ending it.
+        s.lost_sync(Direction::ToServer, pos(3000, 5104, 10));
+        let mut e = end(pos(2000, 5104, 10), 800);
+        e.complete = false;
+        s.message_end(Direction::ToServer, e);
+        assert_eq!(
+            summary(&mut s),
+            vec![("/upload".into(), Some(201), Outcome::Complete, true)]
+        );
+    }
+
+    #[test]
+    fn an_early_response_is_written_a_timeout_after_it_ended() {
+        // A request body that goes on and on (a stream) does not hold its
+        // answer back for ever.
+        let mut s = session();
+        s.request_head(req("POST", "/stream"), pos(1000, 5000, 0));
+        answer(&mut s, 200, 5000, 1150, 8);
+        s.expire(Timestamp::from_micros(30_007_999));
+        assert!(!s.has_output());
+        s.expire(Timestamp::from_micros(30_008_000));
+        assert_eq!(
+            summary(&mut s),
+            vec![("/stream".into(), Some(200), Outcome::Complete, false)]
+        );
+        // Its end later writes nothing more.
+        s.message_end(Direction::ToServer, end(pos(90_000, 5104, 60_000), 88_000));
+        assert!(!s.has_output());
+    }
+
+    #[test]
+    fn a_request_timing_out_behind_a_response_in_doubt_is_unknown() {
+        // A response logged alone (its request lost) is still being read
+        // when a later request times out: its body, framed without the
+        // request, may hold that request's answer.
+        let mut s = session();
+        s.response_head(resp(200), pos(5000, 1000, 0));
+        send(&mut s, "/late", 1000, 5000, 1);
+        s.expire(Timestamp::from_micros(30_001_000));
+        assert_eq!(
+            summary(&mut s),
+            vec![("/late".into(), None, Outcome::Unknown, true)]
         );
     }
 
