@@ -15,10 +15,8 @@
 //! or the server's): nothing apitap logs as certain (without
 //! `capture_loss`) may be false, and what ended before the loss comes out
 //! whole. Cases it found are kept as plain tests at the end. Not held to it
-//! yet: an Upgrade whose `101` was lost (the client's upgraded bytes are
-//! parsed as requests, and the server's as responses to them) and captures
-//! that begin mid-connection (a direction whose bytes were all lost is not
-//! known to have carried any).
+//! yet: captures that begin mid-connection (a direction whose bytes were
+//! all lost is not known to have carried any).
 
 use super::*;
 use crate::decode::TcpFlags;
@@ -853,11 +851,8 @@ proptest! {
         mut c in conn(),
         loss in (any::<bool>(), any::<u32>(), 1u32..3000),
     ) {
-        // Either direction, from the handshake, no Upgrade: see the module
-        // doc for why the rest is not held to this yet.
-        if c.tail == Tail::Upgrade {
-            c.tail = Tail::Close;
-        }
+        // Either direction, from the handshake: see the module doc for why
+        // captures that begin mid-connection are not held to this yet.
         c.handshake = true;
         let (client, at, len) = loss;
         c.loss = Some(Loss { client, at, len });

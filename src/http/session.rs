@@ -41,7 +41,10 @@
 //! follows a response framed in doubt (it may begin inside that response's
 //! body, or after a body it did not have), unless the request it answers
 //! acknowledges exactly its first byte; a response in doubt whose body cannot
-//! be framed is unknown, not malformed.
+//! be framed is unknown, not malformed. After a request that asked to switch
+//! protocols (Upgrade, CONNECT) was logged without its answer for loss, the
+//! rest of the connection may be the tunnel's bytes: every later exchange is
+//! flagged, and unanswered ones are unknown.
 
 use super::exchange::{Exchange, Outcome};
 use super::{
@@ -191,6 +194,10 @@ pub struct HttpSession {
     /// after it, and requests left unanswered, are in doubt (logged with
     /// `capture_loss`, unanswered ones as unknown) until no request waits.
     guessing: bool,
+    /// A request that asked to switch protocols (Upgrade, CONNECT) was
+    /// logged without its answer: the rest of the connection may be the
+    /// tunnel's bytes, so everything after it is in doubt.
+    maybe_tunnel: bool,
     /// The ACK of the last response logged without its request: the server
     /// had the client's bytes up to there. A request sent before that but
     /// parsed only later (it waited behind a hole in the client's stream)
@@ -243,6 +250,7 @@ impl HttpSession {
             uncertain: false,
             response_gap: None,
             guessing: false,
+            maybe_tunnel: false,
             orphaned_to: None,
             fresh_sync: [false; 2],
             framing_in_doubt: false,
@@ -484,6 +492,17 @@ impl HttpSession {
             }
             Err(at) => (None, at, 0, Vec::new()),
         };
+        if self.maybe_tunnel {
+            answer.capture_loss = true;
+            if answer.response.is_none() {
+                answer.outcome = Outcome::Unknown;
+            }
+        }
+        if answer.response.is_none() && answer.capture_loss && !self.maybe_tunnel {
+            self.maybe_tunnel = head
+                .as_ref()
+                .is_some_and(|h| h.method == Method::Connect || h.headers.get("upgrade").is_some());
+        }
         // Capture order can put a response's bytes before its request's
         // (reordering across directions): an exchange never ends before it
         // starts.
@@ -609,7 +628,8 @@ impl HttpSession {
     /// doubt still being read, or was it the response logged without
     /// request, sent once the server had `q` ([`HttpSession::orphaned_to`])?
     fn answer_may_be_lost(&self, q: &Pending) -> bool {
-        self.response_gap.is_some()
+        self.maybe_tunnel
+            || self.response_gap.is_some()
             || self.guessing
             || self.orphaned_to.is_some_and(|a| seq_lt(q.start.seq, a))
             || self
@@ -1261,6 +1281,27 @@ mod tests {
         assert_eq!(
             summary(&mut s),
             vec![("/late".into(), None, Outcome::Unknown, true)]
+        );
+    }
+
+    #[test]
+    fn after_an_upgrade_whose_answer_was_lost_everything_is_in_doubt() {
+        // The 101 fell in a gap: what follows may be the tunnel's bytes
+        // (here a request line and a status line inside WebSocket frames).
+        let mut s = session();
+        let mut up = req("GET", "/socket");
+        up.headers.push(b"Upgrade", b"websocket");
+        s.request_head(up, pos(1000, 5000, 0));
+        s.message_end(Direction::ToServer, end(pos(1060, 5000, 0), 0));
+        s.lost_sync(Direction::ToClient, pos(5090, 1061, 2));
+        send(&mut s, "/inside", 1061, 5090, 3);
+        answer(&mut s, 200, 5090, 1072, 4);
+        assert_eq!(
+            summary(&mut s),
+            vec![
+                ("/socket".into(), None, Outcome::Unknown, true),
+                ("/inside".into(), Some(200), Outcome::Complete, true),
+            ]
         );
     }
 
