@@ -1205,11 +1205,16 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 // Bytes of a direction lost before its first message (the
                 // other's before it sent anything, say): what they held is
                 // unknown, as after any gap.
+                let (this_parser, other_parser) = if is_request {
+                    (&mut req, &mut resp)
+                } else {
+                    (&mut resp, &mut req)
+                };
                 if this.had_gap() {
-                    if is_request { &mut req } else { &mut resp }.start_after_gap();
+                    this_parser.start_after_gap();
                 }
                 if other.had_gap() {
-                    if is_request { &mut resp } else { &mut req }.start_after_gap();
+                    other_parser.start_after_gap();
                 }
                 *self.app = App::Http(Box::new(HttpConn {
                     req,

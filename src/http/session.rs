@@ -110,7 +110,6 @@ struct Pending {
     start: StreamPos,
     body_bytes: u64,
     body_prefix: Vec<u8>,
-    request_done: bool,
     /// Already written as timed out; the slot stays for pairing.
     logged: bool,
     capture_loss: bool,
@@ -166,6 +165,14 @@ struct InFlight {
     request: Option<Pending>,
     interim: bool,
     capture_loss: bool,
+}
+
+impl InFlight {
+    /// Framed without its request (a HEAD's response has no body whatever
+    /// its fields say) or paired in doubt: its framing may be wrong.
+    fn in_doubt(&self) -> bool {
+        self.request.is_none() || self.capture_loss
+    }
 }
 
 #[derive(Debug)]
@@ -368,7 +375,7 @@ impl HttpSession {
             .chain(self.in_flight.iter().filter_map(|f| f.request.as_ref()))
             .filter(|p| p.waits())
             .map(|p| p.start.ts);
-        let parked = self.parked.as_ref().and_then(|b| b.1.end_ts);
+        let parked = self.parked_since();
         waiting
             .chain(parked)
             .min()
@@ -381,9 +388,7 @@ impl HttpSession {
     pub fn expire(&mut self, now: Timestamp) {
         let timeout = self.timeout_micros;
         if self
-            .parked
-            .as_ref()
-            .and_then(|b| b.1.end_ts)
+            .parked_since()
             .is_some_and(|t| t.saturating_add_micros(timeout) <= now)
         {
             // The request's body goes on long after its answer: write what
@@ -497,8 +502,7 @@ impl HttpSession {
             if answer.response.is_none() {
                 answer.outcome = Outcome::Unknown;
             }
-        }
-        if answer.response.is_none() && answer.capture_loss && !self.maybe_tunnel {
+        } else if answer.response.is_none() && answer.capture_loss {
             self.maybe_tunnel = head
                 .as_ref()
                 .is_some_and(|h| h.method == Method::Connect || h.headers.get("upgrade").is_some());
@@ -635,7 +639,7 @@ impl HttpSession {
             || self
                 .in_flight
                 .as_ref()
-                .is_some_and(|f| !f.interim && (f.request.is_none() || f.capture_loss))
+                .is_some_and(|f| !f.interim && f.in_doubt())
     }
 
     /// A request whose response was lost in a capture gap.
@@ -643,6 +647,18 @@ impl HttpSession {
         if p.waits() {
             self.emit(Ok(p), Answer::nothing(Outcome::Unknown, None, true));
         }
+    }
+
+    /// The open request's body ended (or was given up on): an exchange
+    /// answered meanwhile can be written.
+    fn end_open_request(&mut self) {
+        self.open_request = None;
+        self.release_parked();
+    }
+
+    /// When the exchange waiting for its request's end was answered.
+    fn parked_since(&self) -> Option<Timestamp> {
+        self.parked.as_ref().and_then(|b| b.1.end_ts)
     }
 
     /// Write the exchange waiting for its request's end, if any (the
@@ -661,7 +677,7 @@ impl HttpSession {
         // body, or answer a HEAD we took for another request) whose body
         // ran on, or had not ended, may hold other responses: as unknown to
         // pairing as a gap.
-        let in_doubt = f.request.is_none() || f.capture_loss;
+        let in_doubt = f.in_doubt();
         if in_doubt && end.as_ref().is_none_or(|e| e.body_bytes > 0) {
             self.uncertain = true;
             self.response_gap = Some(
@@ -713,7 +729,6 @@ impl HttpSession {
             start,
             body_bytes: 0,
             body_prefix: Vec::new(),
-            request_done: false,
             logged: false,
             capture_loss: false,
             malformed: false,
@@ -823,11 +838,9 @@ impl MessageSink for HttpSession {
                 if let Some(p) = self.open_request_mut() {
                     p.body_bytes = end.body_bytes;
                     p.body_prefix = end.body_prefix;
-                    p.request_done = true;
                     p.capture_loss |= end.body_missing > 0;
                 }
-                self.open_request = None;
-                self.release_parked();
+                self.end_open_request();
             }
             Direction::ToClient => {
                 if self.in_flight.as_ref().is_some_and(|f| f.interim) {
@@ -858,8 +871,7 @@ impl MessageSink for HttpSession {
                 // knowing it (a HEAD's has no body whatever its fields say),
                 // one in doubt may be text of a body: where the next one
                 // starts is a guess too.
-                self.framing_in_doubt =
-                    f.request.is_none() || f.capture_loss || end.body_missing > 0;
+                self.framing_in_doubt = f.in_doubt() || end.body_missing > 0;
                 self.finish_response(f, Some(end), outcome);
             }
         }
@@ -879,9 +891,7 @@ impl MessageSink for HttpSession {
                 p.malformed = !guessed;
                 p.placeholder = guessed;
                 p.capture_loss = guessed;
-                p.request_done = true;
-                self.open_request = None;
-                self.release_parked();
+                self.end_open_request();
                 self.push_pending(p);
             }
             Direction::ToClient => {
@@ -898,7 +908,7 @@ impl MessageSink for HttpSession {
                         // where the parser resumes is a guess.
                         let mut f = f;
                         f.capture_loss |= guessed;
-                        self.framing_in_doubt = f.request.is_none() || f.capture_loss;
+                        self.framing_in_doubt = f.in_doubt();
                         self.finish_response(f, None, Outcome::Malformed);
                         return;
                     }
@@ -941,11 +951,9 @@ impl MessageSink for HttpSession {
                 if lost_message {
                     if let Some(p) = self.open_request_mut() {
                         p.capture_loss = true;
-                        p.request_done = true;
                     }
                 }
-                self.open_request = None;
-                self.release_parked();
+                self.end_open_request();
                 // Whatever the gap held may have been requests; their
                 // responses must not be paired with the requests we see.
                 let mut p = self.new_pending(None, at);
@@ -953,7 +961,6 @@ impl MessageSink for HttpSession {
                 // A gap's, not the capture's start (requests sent before it
                 // was answered before the first one seen was sent).
                 p.capture_loss = lost_message;
-                p.request_done = true;
                 self.push_pending(p);
             }
             Direction::ToClient => {
