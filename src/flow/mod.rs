@@ -549,29 +549,9 @@ impl FlowTable {
 
         let kept_deadline = conn.deadline;
         let streams_before = conn.streams_bytes();
-        let Connection {
-            streams,
-            app,
-            client_is_lo,
-            syn_seen,
-            ended,
-            ..
-        } = &mut *conn;
+        let (streams, mut ctx) = conn.split(key, cfg, stats, events, spare, emit);
         let [s0, s1] = streams;
         let (this, other) = if side == 0 { (s0, s1) } else { (s1, s0) };
-        let mut ctx = Ctx {
-            cfg,
-            stats,
-            app,
-            client_is_lo,
-            syn_seen,
-            ended,
-            key,
-            events,
-            spare,
-            emit,
-            fed: false,
-        };
 
         if flags.ack() {
             other.peer_ack(seg.ack, now, &cfg.stream_limits, &mut |ev| {
@@ -613,7 +593,7 @@ impl FlowTable {
             kept_deadline
         };
 
-        let done = flags.rst() || (ended[0] && ended[1]);
+        let done = flags.rst() || (conn.ended[0] && conn.ended[1]);
         conn.deadline = deadline;
         // Most segments only put the connection's due time later, which its
         // wake need not follow (a sweep that finds it early sets it again);
@@ -798,21 +778,19 @@ impl FlowTable {
         let cfg = &self.cfg;
         let mut expired = Vec::new();
         let spare = &mut self.spare;
+        let stats = &mut self.stats;
+        let events = &mut self.events;
+        let conns_bytes = &mut self.conns_bytes;
         // Only connections whose wake has come are visited; each leaves
         // with the wake of its next due time.
         self.flows.for_each_due(wake_of(now), |k, c| {
             if c.idle_until(cfg) <= now {
                 expired.push(*k);
             } else if c.deadline <= now {
-                if let App::Http(h) = &mut c.app {
-                    h.session.borrow_buffers(spare);
-                    h.session.expire(now);
-                    for ex in h.session.drain(client_server(k, c.client_is_lo)) {
-                        emit(ex);
-                    }
-                    h.session.return_buffers(spare);
-                    c.deadline = h.session.next_deadline().unwrap_or(NEVER);
-                }
+                c.overdue(*k, now, cfg, stats, events, spare, emit);
+                let mem = c.mem_bytes();
+                *conns_bytes = (*conns_bytes + mem).saturating_sub(c.accounted);
+                c.accounted = mem;
             }
             #[cfg(debug_assertions)]
             if let App::Http(h) = &c.app {
@@ -849,37 +827,24 @@ impl FlowTable {
         why: StreamEnd,
         emit: &mut impl FnMut(Exchange),
     ) {
-        let Connection {
-            mut streams,
-            mut app,
-            mut client_is_lo,
-            mut syn_seen,
-            mut ended,
-            ..
-        } = conn;
+        let mut conn = conn;
         let cfg = &self.cfg;
         let stats = &mut self.stats;
         let events = &mut self.events;
         let spare = &mut self.spare;
         {
-            let mut ctx = Ctx {
-                cfg,
-                stats,
-                app: &mut app,
-                client_is_lo: &mut client_is_lo,
-                syn_seen: &mut syn_seen,
-                ended: &mut ended,
-                key,
-                events,
-                spare,
-                emit,
-                fed: false,
-            };
+            let (streams, mut ctx) = conn.split(key, cfg, stats, events, spare, emit);
             for (side, s) in streams.iter_mut().enumerate() {
                 s.flush(now, &mut |ev| ctx.event(side, ev));
             }
             ctx.expire(now);
         }
+        let Connection {
+            streams,
+            app,
+            client_is_lo,
+            ..
+        } = conn;
         for s in &streams {
             stats.stream.merge(s.stats());
         }
@@ -962,6 +927,67 @@ impl Connection {
     /// with the table, see [`ConnTable::bytes`]): every buffer.
     fn mem_bytes(&self) -> usize {
         CONNECTION_BYTES + self.streams_bytes() + self.app_bytes()
+    }
+
+    /// A sweep found a request of this connection overdue. What the peers
+    /// acknowledged before the connection went quiet and the capture never
+    /// showed is declared lost first, so that a request whose response was
+    /// lost is unknown, not timed out; then the overdue requests are logged.
+    #[allow(clippy::too_many_arguments)]
+    fn overdue(
+        &mut self,
+        key: FlowKey,
+        now: Timestamp,
+        cfg: &FlowConfig,
+        stats: &mut FlowStats,
+        events: &mut Vec<FlowEvent>,
+        spare: &mut SpareBuffers,
+        emit: &mut impl FnMut(Exchange),
+    ) {
+        let last_seen = self.last_seen;
+        let (streams, mut ctx) = self.split(key, cfg, stats, events, spare, emit);
+        for (side, s) in streams.iter_mut().enumerate() {
+            s.declare_overdue(now, last_seen, &cfg.stream_limits, &mut |ev| {
+                ctx.event(side, ev)
+            });
+        }
+        self.deadline = ctx.expire(now);
+    }
+
+    /// The connection's streams, and the context their events go through
+    /// (the rest of the connection, and the table's parts they touch).
+    #[allow(clippy::too_many_arguments)]
+    fn split<'a, E: FnMut(Exchange)>(
+        &'a mut self,
+        key: FlowKey,
+        cfg: &'a FlowConfig,
+        stats: &'a mut FlowStats,
+        events: &'a mut Vec<FlowEvent>,
+        spare: &'a mut SpareBuffers,
+        emit: &'a mut E,
+    ) -> (&'a mut [Reassembler; 2], Ctx<'a, E>) {
+        let Connection {
+            streams,
+            app,
+            client_is_lo,
+            syn_seen,
+            ended,
+            ..
+        } = self;
+        let ctx = Ctx {
+            cfg,
+            stats,
+            app,
+            client_is_lo,
+            syn_seen,
+            ended,
+            key,
+            events,
+            spare,
+            emit,
+            fed: false,
+        };
+        (streams, ctx)
     }
 
     /// When a sweep has something to do with this connection: it has been
@@ -1216,10 +1242,15 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 if other.had_gap() {
                     other_parser.start_after_gap();
                 }
+                let mut session = HttpSession::new(self.cfg.transaction_timeout_micros);
+                let request_side = if is_request { &this } else { &other };
+                if request_side.had_gap() {
+                    session.requests_lost_before_start();
+                }
                 *self.app = App::Http(Box::new(HttpConn {
                     req,
                     resp,
-                    session: HttpSession::new(self.cfg.transaction_timeout_micros),
+                    session,
                     announced: false,
                 }));
                 self.decided(Protocol::Http, server, chunk.ts);
@@ -1383,6 +1414,18 @@ mod tests {
             }
             let out = &mut self.out;
             self.table.segment(&seg, seg.ts, &mut |e| out.push(e));
+        }
+        /// A segment the capture never saw: its sender's sequence moves on.
+        fn lost(&mut self, from_client: bool, flags: u8, payload: &[u8]) {
+            self.t += 100;
+            let adv =
+                payload.len() as u32 + u32::from(flags & (TcpFlags::SYN | TcpFlags::FIN) != 0);
+            let seq = if from_client {
+                &mut self.cseq
+            } else {
+                &mut self.sseq
+            };
+            *seq = seq.wrapping_add(adv);
         }
         fn handshake(&mut self) {
             self.seg(true, TcpFlags::SYN, b"");
@@ -1570,6 +1613,72 @@ mod tests {
             );
             assert!(s.out[0].request.is_some(), "segment size {size}");
         }
+    }
+
+    /// A request answered (the client acknowledged the response) on a
+    /// keep-alive connection that then went quiet; `syn_ack`: the capture
+    /// holds the server's SYN+ACK, which is all it holds of the server.
+    fn answered_but_never_seen(syn_ack: bool) -> Vec<Exchange> {
+        let mut s = Script::new();
+        s.seg(true, TcpFlags::SYN, b"");
+        if syn_ack {
+            s.seg(false, TcpFlags::SYN | TcpFlags::ACK, b"");
+        } else {
+            s.lost(false, TcpFlags::SYN | TcpFlags::ACK, b"");
+        }
+        s.seg(true, TcpFlags::ACK, b"");
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+        s.lost(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        s.seg(true, TcpFlags::ACK, b"");
+        // Idle past the transaction timeout, swept every second.
+        let timeout = FlowConfig::default().transaction_timeout_micros;
+        let quiet = s.t;
+        for t in (quiet..quiet + 2 * timeout).step_by(1_000_000) {
+            let out = &mut s.out;
+            s.table
+                .tick(Timestamp::from_micros(t), &mut |e| out.push(e));
+        }
+        s.out
+    }
+
+    #[test]
+    fn a_request_whose_answer_the_capture_lost_is_unknown_on_a_quiet_connection() {
+        // The client's ACK says a response came; the connection's next
+        // segment may be minutes away, so the sweep declares the loss
+        // before the request's timeout would make it a failure.
+        let out = answered_but_never_seen(true);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].outcome, Outcome::Unknown);
+        assert!(out[0].capture_loss);
+        assert_eq!(out[0].status(), None);
+    }
+
+    #[test]
+    fn a_direction_never_captured_is_loss_once_its_peer_acknowledges_data() {
+        // One-sided capture (asymmetric routing, a filter, a SPAN port
+        // seeing one way): not a byte of the server's, yet the client's
+        // ACKs show it answered. Not a timeout.
+        let out = answered_but_never_seen(false);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].outcome, Outcome::Unknown);
+        assert!(out[0].capture_loss);
+    }
+
+    #[test]
+    fn a_response_whose_request_the_capture_never_held_is_flagged() {
+        // Only the server's direction captured: its ACKs show the client
+        // sent bytes (the request) the capture does not hold.
+        let mut s = Script::new();
+        s.lost(true, TcpFlags::SYN, b"");
+        s.seg(false, TcpFlags::SYN | TcpFlags::ACK, b"");
+        s.lost(true, TcpFlags::ACK, b"");
+        s.lost(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        s.finish();
+        assert_eq!(s.out.len(), 1, "{:?}", s.out);
+        assert!(s.out[0].request.is_none());
+        assert_eq!(s.out[0].status(), Some(200));
+        assert!(s.out[0].capture_loss);
     }
 
     #[test]

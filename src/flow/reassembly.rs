@@ -26,10 +26,15 @@
 //! # Where the stream starts
 //!
 //! With a SYN, at ISN + 1 (data carried in the SYN, TCP Fast Open, is
-//! delivered). Without one (the capture began mid-connection) the first
-//! segment that carries payload sets the start; bytes before it that arrive
-//! later count as duplicates, and segments without payload seen before the
-//! start (pure ACKs, a lone FIN) are ignored.
+//! delivered). Without one (the capture began mid-connection, or lost the
+//! SYN) at whichever comes first: the first segment that carries payload,
+//! or the other direction's first acknowledgement ([`Reassembler::peer_ack`]:
+//! the peer had every byte before it). Bytes before the start that arrive
+//! later count as duplicates, and segments without payload seen before it
+//! (pure ACKs, a lone FIN) are ignored. Starting at the peer's
+//! acknowledgement is what makes loss visible in a direction the capture
+//! holds none of (asymmetric routing, a one-way SPAN port): the peer's
+//! later acknowledgements of bytes never seen become gaps.
 //!
 //! # Loss policy
 //!
@@ -59,6 +64,12 @@
 //! direction makes that hole a gap at once ([`Reassembler::declare_before`]):
 //! the peer had those bytes before it sent the data, so they are read first
 //! or declared lost, never read after it.
+//!
+//! A connection that goes quiet gets no ticks: a sweep that finds it due
+//! calls [`Reassembler::declare_overdue`], which declares every
+//! acknowledged hole once the connection has been quiet for
+//! `ack_reorder_micros` (a response lost before a keep-alive connection
+//! went idle is then a gap before its request would time out).
 //!
 //! Per packet of the connection the caller first feeds the segment to its
 //! direction ([`Reassembler::segment`]) and its ACK to the other direction
@@ -230,7 +241,7 @@ fn seq_near(a: u32, b: u32) -> bool {
 ///
 /// | from                      | on                                  | to         |
 /// |---------------------------|-------------------------------------|------------|
-/// | `Unstarted`               | SYN, or a segment with payload      | `Open`     |
+/// | `Unstarted`               | SYN, a segment with payload, or the peer's acknowledgement | `Open` |
 /// | `Open`                    | FIN position reached (in order, by a declared gap, or on flush) | `Finished` |
 /// | `Unstarted`, `Open`, `Finished` | RST (in the window once started) | `Reset` |
 ///
@@ -496,7 +507,9 @@ impl Reassembler {
 
     /// The other direction acknowledged up to `ack` (call it for every
     /// segment of the other direction that has ACK set). Starts the reorder
-    /// allowance for a hole the peer says it already received.
+    /// allowance for a hole the peer says it already received; before this
+    /// direction started, starts it at `ack` (see "Where the stream
+    /// starts").
     ///
     /// It never emits today (the allowance runs out in [`Self::tick`]); it
     /// takes `ts` and `out` so a policy that declares at once needs no new
@@ -508,8 +521,18 @@ impl Reassembler {
         limits: &StreamLimits,
         _out: &mut impl FnMut(StreamEvent<'_>),
     ) {
-        if self.phase != Phase::Open {
-            return;
+        match self.phase {
+            Phase::Open => {}
+            Phase::Unstarted => {
+                // The peer has every byte of this direction before `ack`:
+                // the stream goes on from there, so what it acknowledges
+                // later that never shows up is loss, even if not one byte
+                // of this direction is ever captured (one-sided capture).
+                self.next = ack;
+                self.phase = Phase::Open;
+                return;
+            }
+            Phase::Finished | Phase::Reset => return,
         }
         if !seq_lt(self.next, ack) {
             return;
@@ -576,6 +599,31 @@ impl Reassembler {
         }
         let limit = w.armed_at;
         self.declare_up_to(limit, ts, out);
+        self.settle(limits);
+    }
+
+    /// A sweep found the connection due and it has been quiet since
+    /// `last_seen`: once that is `ack_reorder_micros` ago, every
+    /// acknowledgement it saw is too, so the holes before them are declared
+    /// now (the stand-in for the [`Self::tick`]s a quiet connection does not
+    /// get: a response lost before a keep-alive connection went idle would
+    /// otherwise wait until its request had timed out).
+    pub fn declare_overdue(
+        &mut self,
+        now: Timestamp,
+        last_seen: Timestamp,
+        limits: &StreamLimits,
+        out: &mut impl FnMut(StreamEvent<'_>),
+    ) {
+        if now.micros_since(last_seen) < limits.ack_reorder_micros {
+            return;
+        }
+        let Some(w) = self.pending.as_deref().and_then(|p| p.watch) else {
+            return;
+        };
+        // Stamped when the connection went quiet: what was acknowledged
+        // had arrived by then (a response's end, for its duration).
+        self.declare_up_to(w.acked, last_seen, out);
         self.settle(limits);
     }
 

@@ -205,6 +205,10 @@ pub struct HttpSession {
     /// logged without its answer: the rest of the connection may be the
     /// tunnel's bytes, so everything after it is in doubt.
     maybe_tunnel: bool,
+    /// Bytes of the request stream were lost since the last request head
+    /// (or before the first): a response with no request to pair may
+    /// have answered one of them, so it is logged with `capture_loss`.
+    requests_lost: bool,
     /// The ACK of the last response logged without its request: the server
     /// had the client's bytes up to there. A request sent before that but
     /// parsed only later (it waited behind a hole in the client's stream)
@@ -244,6 +248,12 @@ fn seq_lt(a: u32, b: u32) -> bool {
 }
 
 impl HttpSession {
+    /// Bytes of the request stream were lost before its first message was
+    /// recognised (the flow layer saw the gap while sniffing the protocol).
+    pub fn requests_lost_before_start(&mut self) {
+        self.requests_lost = true;
+    }
+
     /// The connection's addresses are given when exchanges are drained
     /// (the flow table has them in its key: the session does not keep them).
     pub fn new(timeout_micros: i64) -> Self {
@@ -258,6 +268,7 @@ impl HttpSession {
             response_gap: None,
             guessing: false,
             maybe_tunnel: false,
+            requests_lost: false,
             orphaned_to: None,
             fresh_sync: [false; 2],
             framing_in_doubt: false,
@@ -568,7 +579,7 @@ impl HttpSession {
     /// [`Self::select_request`] but for the pairings a guess put in doubt.
     fn place(&mut self, r: &StreamPos) -> (Option<Pending>, bool) {
         let Some(front) = self.pending.front() else {
-            return (None, self.uncertain);
+            return (None, self.uncertain || self.requests_lost);
         };
         if !Self::causal(front, r) {
             // The response precedes every request we have: its own was not seen.
@@ -585,18 +596,16 @@ impl HttpSession {
             .iter()
             .take_while(|q| Self::causal(q, r))
             .count();
-        // A placeholder stands for any number of requests: taking it for
-        // one (or none) is a guess, and so is every pairing after it
-        // until no request waits.
-        let guess = self
-            .pending
-            .iter()
-            .take(candidates)
-            .any(Pending::stands_for_lost);
-        self.guessing |= guess;
+        // A placeholder stands for any number of requests: passing one to
+        // pair (or pairing it) is a guess, and so is every pairing after
+        // it until no request waits. One after the request paired is not
+        // passed: what it stands for was sent later, answered later.
+        let guess_before = |n: usize| self.pending.iter().take(n).any(Pending::stands_for_lost);
         // Either way a response after the gaps is placed: pairing is by FIFO
         // again (the doubts it leaves are `guessing`'s).
         if candidates == 1 {
+            let guess = guess_before(1);
+            self.guessing |= guess;
             self.uncertain = false;
             return (self.pending.pop_front(), guess);
         }
@@ -612,12 +621,15 @@ impl HttpSession {
         // after `r`, so it cannot lie in the gap, and it comes before the
         // later ones' responses.
         if let Some(&j) = exact.first() {
+            let guess = guess_before(j);
+            self.guessing |= guess;
             for _ in 0..j {
                 let lost = self.pending.pop_front().expect("j < candidates <= len");
                 self.log_lost(lost);
             }
             return (self.pending.pop_front(), guess);
         }
+        self.guessing |= guess_before(candidates);
         for _ in 0..candidates {
             let lost = self.pending.pop_front().expect("candidates <= len");
             self.log_lost(lost);
@@ -766,6 +778,7 @@ impl MessageSink for HttpSession {
             }));
         }
         self.release_parked();
+        self.requests_lost = false;
         let p = self.new_pending(Some(head), start);
         self.open_request = Some(p.id);
         self.push_pending(p);
@@ -927,6 +940,7 @@ impl MessageSink for HttpSession {
     fn lost_sync(&mut self, dir: Direction, resumes: StreamPos) {
         match dir {
             Direction::ToServer => {
+                self.requests_lost = true;
                 if let Some(p) = self.open_request_mut() {
                     p.capture_loss = true;
                 }

@@ -50,6 +50,9 @@ enum Step {
     Flush,
     /// Assert how many events were emitted so far.
     Count(usize),
+    /// A sweep this many microseconds after the last packet (the
+    /// connection went quiet): [`Reassembler::declare_overdue`].
+    Sweep(i64),
 }
 
 /// Drives one [`Reassembler`] the way the flow table does (segment or
@@ -59,6 +62,8 @@ struct Harness {
     limits: StreamLimits,
     events: Vec<OwnedEvent>,
     t: i64,
+    /// When the last packet came (a sweep is timed from it).
+    last_packet: i64,
 }
 
 impl Harness {
@@ -68,11 +73,13 @@ impl Harness {
             limits,
             events: Vec::new(),
             t: 0,
+            last_packet: 0,
         }
     }
 
     fn ts(&mut self) -> Timestamp {
         self.t += 1;
+        self.last_packet = self.t;
         Timestamp::from_micros(self.t)
     }
 
@@ -143,6 +150,13 @@ impl Harness {
                 self.r.tick(ts, &self.limits, &mut out);
             }
             Step::Flush => self.flush(),
+            Step::Sweep(us) => {
+                let last = Timestamp::from_micros(self.last_packet);
+                self.t = self.t.max(self.last_packet + us);
+                let now = Timestamp::from_micros(self.last_packet + us);
+                let mut out = collector(&mut self.events);
+                self.r.declare_overdue(now, last, &self.limits, &mut out);
+            }
             Step::Count(n) => assert_eq!(self.events.len(), n, "events so far: {:?}", self.events),
         }
     }
@@ -273,8 +287,31 @@ fn scenarios_emit_expected_events() {
             vec![Syn(M - 4, b""), Seg(M - 3, b"a"), Seg(2, b"z"), Ack(3), Tick(1)],
             vec![d(M - 3, b"a"), g(M - 2, 5), d(2, b"z")]),
         ("mid_stream_pickup_starts_at_first_payload", limits(2),
-            vec![Seg(4000, b""), Ack(9999), Seg(5000, b"abc"), Seg(4990, b"xx"), Seg(5003, b"d")],
+            vec![Seg(4000, b""), Seg(5000, b"abc"), Seg(4990, b"xx"), Seg(5003, b"d")],
             vec![d(5000, b"abc"), d(5003, b"d")]),
+        // Never a byte of this direction captured (one-sided capture): the
+        // peer's first acknowledgement is where it stands, so what it
+        // acknowledges later is loss, declared like any acknowledged hole.
+        ("peer_ack_starts_an_unseen_direction", limits(2),
+            vec![Ack(5000), Ack(5010), Count(0), Tick(2), Ack(5020), Flush],
+            vec![g(5000, 10), g(5010, 10)]),
+        ("peer_ack_of_a_fin_alone_is_not_loss", limits(2),
+            vec![Ack(5000), Ack(5001), Tick(3), Flush],
+            vec![]),
+        ("data_at_the_peers_first_ack_is_in_order", limits(2),
+            vec![Ack(5000), Seg(5000, b"abc"), Seg(4990, b"xyzxyzxyzxyz"), Seg(5003, b"d")],
+            vec![d(5000, b"abc"), d(5003, b"d")]),
+        ("unseen_direction_data_before_its_peers_ack", limits(2),
+            vec![Ack(5000), PeerData(5004), Seg(5002, b"cdef")],
+            vec![g(5000, 4), d(5004, b"ef")]),
+        // A connection that went quiet: the sweep declares what was
+        // acknowledged before, once the time allowance has passed.
+        ("sweep_declares_acked_holes_of_a_quiet_connection", timed(16, 1_000),
+            vec![Syn(ISN, b""), Seg(1001, b"a"), Ack(1004), Ack(1009), Sweep(999), Count(1), Sweep(1_000)],
+            vec![d(1001, b"a"), g(1002, 7)]),
+        ("sweep_leaves_a_fin_ack_alone", timed(16, 1_000),
+            vec![Syn(ISN, b""), Seg(1001, b"a"), Ack(1003), Sweep(5_000)],
+            vec![d(1001, b"a")]),
         ("syn_with_data_delivered", limits(2),
             vec![Syn(ISN, b"hi"), Seg(1003, b"!")],
             vec![d(1001, b"hi"), d(1003, b"!")]),
