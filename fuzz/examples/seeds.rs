@@ -214,6 +214,7 @@ fn connection(segs: &[Segment], out: &mut Out) {
             }
             ops.push(reassembly::Op::Tick);
         }
+        ops.push(reassembly::Op::Sweep(31));
         ops.push(reassembly::Op::Flush);
         if ops
             .iter()

@@ -12,7 +12,8 @@
 //! | 2 | `peer_ack`, ack = cursor + delta | `delta: i16` |
 //! | 3 | `peer_ack`, ack = isn + offset | `offset: u32` |
 //! | 4 | `flush` | |
-//! | 5-7 | `tick` | |
+//! | 5 | `declare_overdue`, a sweep after the op's bits 3-7 times 100 µs of quiet | |
+//! | 6-7 | `tick` | |
 //!
 //! For segments the op's bits 3/4/5 are SYN/FIN/RST, bit 6 says the payload
 //! comes from the input (else it is a fixed function of each byte's
@@ -170,6 +171,11 @@ pub fn run(data: &[u8]) {
                 ra.peer_ack(ack, ts, &limits, &mut |ev| check.event(ev));
             }
             4 => ra.flush(ts, &mut |ev| check.event(ev)),
+            5 => {
+                let quiet = ts;
+                ts = ts.saturating_add_micros(i64::from(op >> 3) * 100);
+                ra.declare_overdue(ts, quiet, &limits, &mut |ev| check.event(ev));
+            }
             _ => ra.tick(ts, &limits, &mut |ev| check.event(ev)),
         }
         assert!(
@@ -205,6 +211,8 @@ pub enum Op {
         missing: u16,
     },
     PeerAck(u32),
+    /// A sweep after this many 100 µs of quiet (at most 31).
+    Sweep(u8),
     Tick,
     Flush,
 }
@@ -262,7 +270,8 @@ pub fn encode(isn: u32, bytes: u8, segs: u8, ops: &[Op]) -> Vec<u8> {
                     out.extend_from_slice(&ack.wrapping_sub(isn).to_le_bytes());
                 }
             },
-            Op::Tick => out.push(5),
+            Op::Sweep(q) => out.push(5 | (q.min(31) << 3)),
+            Op::Tick => out.push(6),
             Op::Flush => out.push(4),
         }
     }
