@@ -34,7 +34,10 @@
 //! (pure ACKs, a lone FIN) are ignored. Starting at the peer's
 //! acknowledgement is what makes loss visible in a direction the capture
 //! holds none of (asymmetric routing, a one-way SPAN port): the peer's
-//! later acknowledgements of bytes never seen become gaps.
+//! later acknowledgements of bytes never seen become gaps. (Picked up
+//! mid-connection, an acknowledgement captured ahead of the data it
+//! acknowledges starts the stream after that data, as if the capture had
+//! begun a segment later.)
 //!
 //! # Loss policy
 //!
