@@ -34,7 +34,10 @@
 //! (pure ACKs, a lone FIN) are ignored. Starting at the peer's
 //! acknowledgement is what makes loss visible in a direction the capture
 //! holds none of (asymmetric routing, a one-way SPAN port): the peer's
-//! later acknowledgements of bytes never seen become gaps. (Picked up
+//! later acknowledgements of bytes never seen become gaps. An
+//! acknowledgement is weaker evidence than the direction's own bytes: until
+//! something was placed or declared, this direction's SYN, or a payload
+//! farther than [`SEQ_WINDOW`] from it, sets the start instead. (Picked up
 //! mid-connection, an acknowledgement captured ahead of the data it
 //! acknowledges starts the stream after that data, as if the capture had
 //! begun a segment later.)
@@ -294,6 +297,10 @@ pub struct Reassembler {
     /// The next expected sequence number, valid once not `Unstarted`.
     next: u32,
     phase: Phase,
+    /// Started at the peer's acknowledgement and nothing placed or
+    /// declared since: this direction's first SYN or payload far from it
+    /// (a stale or bogus ACK) sets the start instead.
+    from_ack: bool,
 }
 
 /// What waits for the stream to catch up.
@@ -480,6 +487,12 @@ impl Reassembler {
             self.stats.get().garbage_segments += 1;
             return;
         };
+        if self.from_ack && (syn || span > 0) {
+            self.from_ack = false;
+            if syn || !seq_near(base, self.next) {
+                self.next = base;
+            }
+        }
         if !started {
             if !syn && span == 0 {
                 return;
@@ -533,6 +546,7 @@ impl Reassembler {
                 // of this direction is ever captured (one-sided capture).
                 self.next = ack;
                 self.phase = Phase::Open;
+                self.from_ack = true;
                 return;
             }
             Phase::Finished | Phase::Reset => return,
@@ -835,6 +849,7 @@ impl Reassembler {
                     limit
                 }
             };
+            self.from_ack = false;
             emit_gap(
                 &mut self.stats,
                 self.next,

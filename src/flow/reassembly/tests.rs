@@ -301,6 +301,14 @@ fn scenarios_emit_expected_events() {
         ("data_at_the_peers_first_ack_is_in_order", limits(2),
             vec![Ack(5000), Seg(5000, b"abc"), Seg(4990, b"xyzxyzxyzxyz"), Seg(5003, b"d")],
             vec![d(5000, b"abc"), d(5003, b"d")]),
+        // A lone acknowledgement is weaker evidence than the direction's
+        // own SYN or data: far from them, it was stale or bogus.
+        ("a_syn_outranks_an_acknowledgement_before_it", limits(2),
+            vec![Ack(777), Syn(ISN, b""), Seg(1001, b"ab"), Ack(1003), Tick(3)],
+            vec![d(1001, b"ab")]),
+        ("far_data_outranks_a_lone_acknowledgement", limits(2),
+            vec![Ack(5000), Seg(5000 ^ 0x8000_0000, b"abc"), Seg(5003 ^ 0x8000_0000, b"d")],
+            vec![d(5000 ^ 0x8000_0000, b"abc"), d(5003 ^ 0x8000_0000, b"d")]),
         ("unseen_direction_data_before_its_peers_ack", limits(2),
             vec![Ack(5000), PeerData(5004), Seg(5002, b"cdef")],
             vec![g(5000, 4), d(5004, b"ef")]),
