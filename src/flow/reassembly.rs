@@ -490,7 +490,10 @@ impl Reassembler {
         if self.from_ack && (syn || span > 0) {
             self.from_ack = false;
             if syn || !seq_near(base, self.next) {
+                // What was noted against the old start (an ACK watch, a
+                // lone FIN's position) goes with it.
                 self.next = base;
+                self.pending = None;
             }
         }
         if !started {
