@@ -72,10 +72,11 @@
 //! or declared lost, never read after it.
 //!
 //! A connection that goes quiet gets no ticks: a sweep that finds it due
-//! calls [`Reassembler::declare_overdue`], which declares every
-//! acknowledged hole once the connection has been quiet for
-//! `ack_reorder_micros` (a response lost before a keep-alive connection
-//! went idle is then a gap before its request would time out).
+//! calls [`Reassembler::declare_overdue`], which declares every hole (before
+//! held bytes or acknowledgements) once the connection has been quiet for
+//! `ack_reorder_micros` (a response lost, or held behind a hole, before a
+//! keep-alive connection went idle is then read before its request would
+//! time out; captures that hold no ACKs have nothing else to go by).
 //!
 //! Per packet of the connection the caller first feeds the segment to its
 //! direction ([`Reassembler::segment`]) and its ACK to the other direction
@@ -623,11 +624,16 @@ impl Reassembler {
     }
 
     /// A sweep found the connection due and it has been quiet since
-    /// `last_seen`: once that is `ack_reorder_micros` ago, every
-    /// acknowledgement it saw is too, so the holes before them are declared
-    /// now (the stand-in for the [`Self::tick`]s a quiet connection does not
-    /// get: a response lost before a keep-alive connection went idle would
-    /// otherwise wait until its request had timed out).
+    /// `last_seen`: once that is `ack_reorder_micros` ago, nothing it lacks
+    /// is still on its way, so everything pending is settled as
+    /// [`Self::flush`] does: holes before held bytes (the sender sent them
+    /// before what it sent after) and before acknowledgements are declared,
+    /// and a FIN seen ahead is reached. This stands in for the
+    /// [`Self::tick`]s a quiet connection does not get: a response lost, or
+    /// held behind a hole, before a keep-alive connection went idle would
+    /// otherwise wait until its request had timed out. Events are stamped
+    /// when the connection went quiet (what came had come by then: a
+    /// response's end, for its duration).
     pub fn declare_overdue(
         &mut self,
         now: Timestamp,
@@ -635,16 +641,9 @@ impl Reassembler {
         limits: &StreamLimits,
         out: &mut impl FnMut(StreamEvent<'_>),
     ) {
-        if now.micros_since(last_seen) < limits.ack_reorder_micros {
-            return;
+        if now.micros_since(last_seen) >= limits.ack_reorder_micros {
+            self.flush(last_seen, out);
         }
-        let Some(w) = self.pending.as_deref().and_then(|p| p.watch) else {
-            return;
-        };
-        // Stamped when the connection went quiet: what was acknowledged
-        // had arrived by then (a response's end, for its duration).
-        self.declare_up_to(w.acked, last_seen, out);
-        self.settle(limits);
     }
 
     /// The connection is being closed or expired, or the capture ended:

@@ -320,6 +320,11 @@ fn scenarios_emit_expected_events() {
         ("sweep_declares_acked_holes_of_a_quiet_connection", timed(16, 1_000),
             vec![Syn(ISN, b""), Seg(1001, b"a"), Ack(1004), Ack(1009), Sweep(999), Count(1), Sweep(1_000)],
             vec![d(1001, b"a"), g(1002, 7)]),
+        // Bytes held beyond a hole were sent after it: with no ACK in the
+        // capture, that is all there is to go by.
+        ("sweep_declares_holes_before_held_bytes_of_a_quiet_connection", timed(16, 1_000),
+            vec![Syn(ISN, b""), Seg(1001, b"a"), Seg(1005, b"e"), Fin(1006, b""), Sweep(999), Count(1), Sweep(1_000)],
+            vec![d(1001, b"a"), g(1002, 3), d(1005, b"e"), fin.clone()]),
         ("sweep_leaves_a_fin_ack_alone", timed(16, 1_000),
             vec![Syn(ISN, b""), Seg(1001, b"a"), Ack(1003), Sweep(5_000)],
             vec![d(1001, b"a")]),
