@@ -553,7 +553,15 @@ impl FlowTable {
         let [s0, s1] = streams;
         let (this, other) = if side == 0 { (s0, s1) } else { (s1, s0) };
 
-        if flags.ack() {
+        // An ACK from a side that has shown nothing of its own (no SYN, no
+        // data) about a direction that began with a SYN answers another
+        // incarnation of the connection (a challenge ACK to a SYN that met
+        // stale state): its number says nothing of this one.
+        let synced = ctx.syn_seen[side]
+            || !ctx.syn_seen[1 - side]
+            || !seg.payload.is_empty()
+            || this.next_seq().is_some();
+        if flags.ack() && synced {
             other.peer_ack(seg.ack, now, &cfg.stream_limits, &mut |ev| {
                 ctx.event(1 - side, ev)
             });
@@ -562,6 +570,13 @@ impl FlowTable {
                     ctx.event(1 - side, ev)
                 });
             }
+        }
+        if flags.rst() {
+            // The connection ends here. What the other direction sent first
+            // (held behind a hole, acknowledged, a FIN seen ahead) is read
+            // before the reset ends what waits, so a response the client
+            // had whole does not end "reset" for bytes the capture lost.
+            other.flush(now, &mut |ev| ctx.event(1 - side, ev));
         }
         this.segment(
             seg.seq,
@@ -1679,6 +1694,40 @@ mod tests {
         assert!(s.out[0].request.is_none());
         assert_eq!(s.out[0].status(), Some(200));
         assert!(s.out[0].capture_loss);
+    }
+
+    #[test]
+    fn a_reset_after_a_response_the_client_had_whole_is_not_a_failure() {
+        // The body's segment is lost in the capture; the client ACKs it,
+        // the server's FIN comes, the client resets (abortive close).
+        let mut s = Script::new();
+        s.handshake();
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+        let (head, body) = RESP.split_at(RESP.len() - 5);
+        s.seg(false, TcpFlags::ACK, head);
+        s.lost(false, TcpFlags::ACK | TcpFlags::PSH, body);
+        s.seg(true, TcpFlags::ACK, b"");
+        s.seg(false, TcpFlags::ACK | TcpFlags::FIN, b"");
+        s.seg(true, TcpFlags::ACK | TcpFlags::RST, b"");
+        assert_eq!(s.out.len(), 1, "{:?}", s.out);
+        assert_eq!(s.out[0].status(), Some(200));
+        assert_eq!(s.out[0].outcome, Outcome::Complete);
+        assert!(s.out[0].capture_loss);
+    }
+
+    #[test]
+    fn a_challenge_ack_to_a_syn_says_nothing_of_the_new_connection() {
+        // RFC 5961: a SYN that meets stale state gets an ACK of the old
+        // connection's numbers, and the client resets. Not 976 MB lost.
+        let mut s = Script::new();
+        s.seg(true, TcpFlags::SYN, b"");
+        // The old connection's client position: the ACK's number, and the
+        // RST's sequence number (RFC 5961's answer to a challenge ACK).
+        s.cseq = s.cseq.wrapping_add(976_271_786);
+        s.seg(false, TcpFlags::ACK, b"");
+        s.seg(true, TcpFlags::RST, b"");
+        s.finish();
+        assert_eq!(s.table.stats().stream.missing_bytes, 0);
     }
 
     #[test]

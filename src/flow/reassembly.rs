@@ -89,8 +89,8 @@
 //! A RST in the window ends the direction: what is buffered out of order is
 //! delivered first (the sender did send it, and a parser gets more from a
 //! truncated body than from none), with its holes declared as gaps (and a
-//! `Fin` if that reaches a FIN seen out of order); then `Reset`; the
-//! acknowledged tail is not declared. A RST before the
+//! `Fin` if that reaches a FIN seen out of order), and so is the
+//! acknowledged tail (the peer had it); then `Reset`. A RST before the
 //! stream start (a refused connection) still emits `Reset`. Payload in a RST
 //! is ignored.
 //!
@@ -466,7 +466,12 @@ impl Reassembler {
                     self.stats.get().garbage_segments += 1;
                     return;
                 }
-                Phase::Open => self.deliver_held_with_gaps(ts, out),
+                Phase::Open => {
+                    self.deliver_held_with_gaps(ts, out);
+                    if let Some(w) = self.pending.as_deref().and_then(|p| p.watch) {
+                        self.declare_up_to(w.acked, ts, out);
+                    }
+                }
                 Phase::Unstarted | Phase::Finished => {}
             }
             self.pending = None;
