@@ -623,8 +623,7 @@ impl FlowTable {
             debug_assert_eq!(conn.mem_bytes(), mem, "stale account");
             mem
         };
-        self.conns_bytes = (self.conns_bytes + mem).saturating_sub(conn.accounted);
-        conn.accounted = mem;
+        conn.account(mem, &mut self.conns_bytes);
         if earlier {
             self.flows.wake_by(entry, wake);
         }
@@ -803,9 +802,7 @@ impl FlowTable {
                 expired.push(*k);
             } else if c.deadline <= now {
                 c.overdue(*k, now, cfg, stats, events, spare, emit);
-                let mem = c.mem_bytes();
-                *conns_bytes = (*conns_bytes + mem).saturating_sub(c.accounted);
-                c.accounted = mem;
+                c.account(c.mem_bytes(), conns_bytes);
             }
             #[cfg(debug_assertions)]
             if let App::Http(h) = &c.app {
@@ -942,6 +939,13 @@ impl Connection {
     /// with the table, see [`ConnTable::bytes`]): every buffer.
     fn mem_bytes(&self) -> usize {
         CONNECTION_BYTES + self.streams_bytes() + self.app_bytes()
+    }
+
+    /// The connection now holds `mem` bytes: move the table's total from
+    /// what it last added to that.
+    fn account(&mut self, mem: usize, total: &mut usize) {
+        *total = (*total + mem).saturating_sub(self.accounted);
+        self.accounted = mem;
     }
 
     /// A sweep found a request of this connection overdue. What the peers

@@ -909,15 +909,9 @@ fn a_message_read_past_a_lost_first_byte_is_flagged() {
     let pair = Pair {
         method: "OPTIONS",
         target: "/api/v1/orders/1".into(),
-        req_framing: Framing::None,
-        req_body: Vec::new(),
-        expect_continue: false,
-        interim: Vec::new(),
-        status: 200,
-        resp_framing: Framing::Length,
         resp_body: b"{}".to_vec(),
-        style: 0,
         flush: true,
+        ..quiet_pair()
     };
     let c = Conn {
         pairs: vec![pair],
@@ -963,6 +957,25 @@ fn fixed_pair(
         resp_body: resp_body.to_vec(),
         style: 0,
         flush,
+    }
+}
+
+/// What the found cases below leave out of their pairs: no bodies, no
+/// interim responses, no `Expect: 100-continue`, a Content-Length response
+/// (method, target, status, style and flush are theirs).
+fn quiet_pair() -> Pair {
+    Pair {
+        method: "GET",
+        target: String::new(),
+        req_framing: Framing::None,
+        req_body: Vec::new(),
+        expect_continue: false,
+        interim: Vec::new(),
+        status: 200,
+        resp_framing: Framing::Length,
+        resp_body: Vec::new(),
+        style: 0,
+        flush: false,
     }
 }
 
@@ -1056,12 +1069,10 @@ fn a_direction_whose_first_bytes_were_lost_starts_out_of_sync() {
             req_framing: Framing::Length,
             req_body: b"GET /inside HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
             expect_continue: true,
-            interim: vec![],
             status: 200,
-            resp_framing: Framing::Length,
-            resp_body: Vec::new(),
             style: 924086016,
             flush: true,
+            ..quiet_pair()
         }],
         Tail::Close,
         0,
@@ -1084,14 +1095,10 @@ fn a_status_line_in_the_clients_bytes_is_body_text() {
             method: "GET",
             target: "/api/v1/orders/10?page=10".into(),
             req_framing: Framing::Chunked(741610616),
-            req_body: Vec::new(),
-            expect_continue: false,
-            interim: vec![],
             status: 200,
-            resp_framing: Framing::Length,
-            resp_body: Vec::new(),
             style: 2049430336,
             flush: true,
+            ..quiet_pair()
         }],
         Tail::Close,
         4290378049471093154,
@@ -1116,51 +1123,36 @@ fn a_response_in_doubt_whose_body_ran_on_leaves_later_answers_unknown() {
                 req_framing: Framing::Chunked(1853964306),
                 req_body: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
                 expect_continue: true,
-                interim: vec![],
                 status: 200,
-                resp_framing: Framing::Length,
-                resp_body: Vec::new(),
                 style: 1861752832,
                 flush: true,
+                ..quiet_pair()
             },
             Pair {
                 method: "GET",
                 target: "/api/v1/orders/100".into(),
-                req_framing: Framing::None,
-                req_body: Vec::new(),
-                expect_continue: false,
-                interim: vec![],
                 status: 200,
-                resp_framing: Framing::Length,
-                resp_body: Vec::new(),
                 style: 1689666176,
                 flush: true,
+                ..quiet_pair()
             },
             Pair {
                 method: "HEAD",
                 target: "/api/v1/orders/100?page=10".into(),
                 req_framing: Framing::Chunked(2257447871),
                 req_body: [&[0u8; 485][..], &b"b"[..]].concat(),
-                expect_continue: false,
-                interim: vec![],
                 status: 400,
-                resp_framing: Framing::Length,
-                resp_body: Vec::new(),
                 style: 458001152,
                 flush: false,
+                ..quiet_pair()
             },
             Pair {
                 method: "GET",
                 target: "/api/v1/orders/100".into(),
-                req_framing: Framing::None,
-                req_body: Vec::new(),
-                expect_continue: false,
-                interim: vec![],
                 status: 200,
-                resp_framing: Framing::Length,
-                resp_body: Vec::new(),
                 style: 3790119936,
                 flush: true,
+                ..quiet_pair()
             },
         ],
         Tail::Connect,
@@ -1183,13 +1175,10 @@ fn a_response_in_doubt_cut_short_ended_unknown() {
             target: "/api/v1/orders/0".into(),
             req_framing: Framing::Chunked(1697618370),
             req_body: [&b"5\r\nhello\r\n"[..], &[0u8; 155][..], &b"b"[..]].concat(),
-            expect_continue: false,
-            interim: vec![],
             status: 200,
-            resp_framing: Framing::Length,
-            resp_body: Vec::new(),
             style: 1002441600,
             flush: true,
+            ..quiet_pair()
         }],
         Tail::Close,
         1576959138927501322,
@@ -1209,58 +1198,41 @@ fn a_response_in_doubt_cut_short_ended_unknown() {
 /// pairings after them are in doubt.
 #[test]
 fn a_lost_request_after_the_one_paired_does_not_put_it_in_doubt() {
-    let c = Conn {
-        pairs: vec![
+    let mut c = lossy_conn(
+        vec![
             Pair {
                 method: "PUT",
                 target: "/api/v1/orders/100?page=10".into(),
-                req_framing: Framing::None,
-                req_body: Vec::new(),
-                expect_continue: false,
-                interim: vec![],
                 status: 200,
-                resp_framing: Framing::Length,
-                resp_body: Vec::new(),
                 style: 1209246336,
                 flush: false,
+                ..quiet_pair()
             },
             Pair {
                 method: "DELETE",
                 target: "/api/v1/orders/100?page=0".into(),
-                req_framing: Framing::None,
-                req_body: Vec::new(),
-                expect_continue: false,
-                interim: vec![],
                 status: 200,
-                resp_framing: Framing::Length,
-                resp_body: Vec::new(),
                 style: 52812416,
                 flush: false,
+                ..quiet_pair()
             },
             Pair {
                 method: "GET",
                 target: "/api/v1/orders/0?page=10".into(),
-                req_framing: Framing::None,
-                req_body: Vec::new(),
-                expect_continue: false,
-                interim: vec![],
                 status: 200,
-                resp_framing: Framing::Length,
-                resp_body: Vec::new(),
                 style: 2304379392,
                 flush: true,
+                ..quiet_pair()
             },
         ],
-        tail: Tail::Close,
-        damage: 5445031282897278246,
-        isn: (0, 0),
-        handshake: false,
-        half_close: false,
-        loss: Some(Loss {
+        Tail::Close,
+        5445031282897278246,
+        Loss {
             client: true,
             at: 121451400,
             len: 103,
-        }),
-    };
+        },
+    );
+    c.handshake = false;
     loss_leaves_nothing_false(&c).unwrap();
 }
