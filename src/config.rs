@@ -308,13 +308,13 @@ impl Config {
                     "must be between 256 and 1048576",
                 ));
             }
-            flow.parser_limits.max_head_bytes = n;
+            std::sync::Arc::make_mut(&mut flow.parser_limits).max_head_bytes = n;
         }
         if let Some(n) = f.http.body_prefix_bytes {
             if n > 64 * 1024 {
                 return Err(invalid("http.body-prefix-bytes", "must be at most 65536"));
             }
-            flow.parser_limits.body_prefix_bytes = n;
+            std::sync::Arc::make_mut(&mut flow.parser_limits).body_prefix_bytes = n;
         }
 
         let classify = f

@@ -122,7 +122,8 @@ pub fn run(data: &[u8]) {
             max_headers: 8,
             body_prefix_bytes: 16,
             resync_at_chunk_starts: true,
-        };
+        }
+        .into();
     }
     let mut table = FlowTable::new(cfg.clone());
     let mut outputs = Outputs::new(&ClassifyConfig::default());

@@ -35,6 +35,7 @@ use sniff::{Sniffer, Verdict};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use table::{ConnTable, ASLEEP};
 
 /// A connection's identity, the same for both directions.
@@ -169,7 +170,8 @@ impl Protocol {
 #[derive(Clone, Debug)]
 pub struct FlowConfig {
     pub stream_limits: StreamLimits,
-    pub parser_limits: ParserLimits,
+    /// Shared by every HTTP parser of the table (one copy, not one each).
+    pub parser_limits: Arc<ParserLimits>,
     pub transaction_timeout_micros: i64,
     /// A connection with no packet for this long is expired.
     pub idle_timeout_micros: i64,
@@ -189,7 +191,7 @@ impl Default for FlowConfig {
     fn default() -> Self {
         FlowConfig {
             stream_limits: StreamLimits::default(),
-            parser_limits: ParserLimits::default(),
+            parser_limits: Arc::default(),
             transaction_timeout_micros: 30_000_000,
             idle_timeout_micros: 300_000_000,
             handshake_timeout_micros: 30_000_000,
@@ -880,7 +882,7 @@ impl FlowTable {
                     .iter_mut()
                     .zip(h.session.parse_errors)
                 {
-                    *total += n;
+                    *total += u64::from(n);
                 }
                 for ex in h.session.drain(client_server(&key, client_is_lo)) {
                     emit(ex);
@@ -1239,14 +1241,15 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 let other_sync = !other.had_gap()
                     && ((other.is_from_start() && other.starts_with_letter())
                         || (other.seen == 0 && self.syn_seen[1 - side]));
-                let limits = self.cfg.parser_limits;
+                let limits = &self.cfg.parser_limits;
                 let (req_sync, resp_sync) = if is_request {
                     (true, other_sync)
                 } else {
                     (other_sync, true)
                 };
-                let mut req = MessageParser::new(Direction::ToServer, limits, req_sync);
-                let mut resp = MessageParser::new(Direction::ToClient, limits, resp_sync);
+                let mut req = MessageParser::new(Direction::ToServer, Arc::clone(limits), req_sync);
+                let mut resp =
+                    MessageParser::new(Direction::ToClient, Arc::clone(limits), resp_sync);
                 // Bytes of a direction lost before its first message (the
                 // other's before it sent anything, say): what they held is
                 // unknown, as after any gap.
@@ -1330,7 +1333,7 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
             .iter_mut()
             .zip(std::mem::take(&mut h.session.parse_errors))
         {
-            *total += n;
+            *total += u64::from(n);
         }
         let cmds = std::mem::take(&mut h.session.commands);
         if cmds.request_enter_tunnel && !h.req.in_tunnel() {

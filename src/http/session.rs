@@ -54,6 +54,7 @@ use super::{
 use crate::clock::Timestamp;
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::num::NonZeroU64;
 
 /// The addresses of an exchange not yet drained.
 const UNSET_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
@@ -182,7 +183,7 @@ pub struct HttpSession {
     /// The response being parsed (boxed: an idle connection has none).
     in_flight: Option<Box<InFlight>>,
     /// id of the request whose body is still being parsed.
-    open_request: Option<u64>,
+    open_request: Option<NonZeroU64>,
     /// An exchange answered while its request's body was still being
     /// parsed (an early response, or a request whose end waits behind a
     /// hole): written once the request ends, so its body size and any loss
@@ -224,7 +225,7 @@ pub struct HttpSession {
     pub commands: ParserCommands,
     /// Messages that could not be framed since the last take, per direction
     /// ([requests, responses]); the flow table moves them into its stats.
-    pub parse_errors: [u64; 2],
+    pub parse_errors: [u32; 2],
     /// Set once, when the connection's first request head is parsed (the
     /// flow layer labels the connection with it, and takes it).
     pub first_request: Option<Box<FirstRequest>>,
@@ -712,7 +713,7 @@ impl HttpSession {
             answer.capture_loss |= e.body_missing > 0;
         }
         match f.request {
-            Some(p) if self.open_request == Some(p.id) && !p.logged => {
+            Some(p) if self.open_request.map(NonZeroU64::get) == Some(p.id) && !p.logged => {
                 self.release_parked();
                 self.parked = Some(Box::new((p, answer)));
             }
@@ -750,7 +751,7 @@ impl HttpSession {
     }
 
     fn open_request_mut(&mut self) -> Option<&mut Pending> {
-        let id = self.open_request?;
+        let id = self.open_request?.get();
         if let Some(p) = self.pending.iter_mut().find(|p| p.id == id) {
             return Some(p);
         }
@@ -780,7 +781,7 @@ impl MessageSink for HttpSession {
         self.release_parked();
         self.requests_lost = false;
         let p = self.new_pending(Some(head), start);
-        self.open_request = Some(p.id);
+        self.open_request = NonZeroU64::new(p.id);
         self.push_pending(p);
     }
 
