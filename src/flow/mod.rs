@@ -345,8 +345,11 @@ struct Connection {
     /// Some(true): `lo` is the client.
     client_is_lo: Option<bool>,
     syn_seen: [bool; 2],
+    /// The side's SYN was lost to the capture, but its peer's SYN-ACK
+    /// acknowledged it: `isn` holds it all the same.
+    syn_acked: [bool; 2],
     /// Initial sequence number per side, from its first SYN (valid where
-    /// `syn_seen`).
+    /// `syn_seen` or `syn_acked`).
     isn: [u32; 2],
     ended: [bool; 2],
     app: App,
@@ -544,6 +547,19 @@ impl FlowTable {
                 // SYN comes from the client, SYN+ACK from the server.
                 conn.client_is_lo = Some(src_is_lo == syn_only);
             }
+        }
+        let peer = 1 - side;
+        if flags.syn()
+            && flags.ack()
+            && !conn.syn_seen[peer]
+            && !conn.syn_acked[peer]
+            && conn.streams[peer].next_seq().is_none()
+        {
+            // A SYN-ACK acknowledges exactly its peer's SYN: where the
+            // peer's stream begins, though the capture lost that SYN (its
+            // first request is then known to be one, malformed or not).
+            conn.isn[peer] = seg.ack.wrapping_sub(1);
+            conn.syn_acked[peer] = true;
         }
         if !seg.payload.is_empty() || seg.missing > 0 {
             conn.had_data = true;
@@ -992,6 +1008,8 @@ impl Connection {
             app,
             client_is_lo,
             syn_seen,
+            syn_acked,
+            isn,
             ended,
             ..
         } = self;
@@ -1001,6 +1019,8 @@ impl Connection {
             app,
             client_is_lo,
             syn_seen,
+            syn_acked,
+            isn,
             ended,
             key,
             events,
@@ -1059,6 +1079,7 @@ impl Connection {
             streams: [Reassembler::new(), Reassembler::new()],
             client_is_lo: None,
             syn_seen: [false; 2],
+            syn_acked: [false; 2],
             isn: [0; 2],
             ended: [false; 2],
             app: App::Fresh,
@@ -1086,6 +1107,8 @@ struct Ctx<'a, E: FnMut(Exchange)> {
     app: &'a mut App,
     client_is_lo: &'a mut Option<bool>,
     syn_seen: &'a mut [bool; 2],
+    syn_acked: &'a [bool; 2],
+    isn: &'a [u32; 2],
     ended: &'a mut [bool; 2],
     key: FlowKey,
     events: &'a mut Vec<FlowEvent>,
@@ -1222,7 +1245,11 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
             }
             App::Undecided(s) => s,
         };
-        let stream_start = self.syn_seen[side] && sniffers[side].seen == 0;
+        // Is this the stream's first byte? Known from its SYN, or from its
+        // peer's SYN-ACK.
+        let stream_start = sniffers[side].seen == 0
+            && (self.syn_seen[side]
+                || (self.syn_acked[side] && chunk.seq == self.isn[side].wrapping_add(1)));
         let from_client = self.client_is_lo.map(|lo| lo == (side == 0));
         match sniffers[side].push(chunk, stream_start, from_client) {
             Verdict::Http { seq, is_request } => {
@@ -1240,7 +1267,8 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                 // is skipped by looking for the next message start instead.
                 let other_sync = !other.had_gap()
                     && ((other.is_from_start() && other.starts_with_letter())
-                        || (other.seen == 0 && self.syn_seen[1 - side]));
+                        || (other.seen == 0
+                            && (self.syn_seen[1 - side] || self.syn_acked[1 - side])));
                 let limits = &self.cfg.parser_limits;
                 let (req_sync, resp_sync) = if is_request {
                     (true, other_sync)
@@ -1720,6 +1748,53 @@ mod tests {
         assert_eq!(s.out[0].status(), Some(200));
         assert_eq!(s.out[0].outcome, Outcome::Complete);
         assert!(s.out[0].capture_loss);
+    }
+
+    /// The client's SYN lost, the rest of the handshake captured.
+    fn synack_only() -> Script {
+        let mut s = Script::new();
+        s.lost(true, TcpFlags::SYN, b"");
+        s.seg(false, TcpFlags::SYN | TcpFlags::ACK, b"");
+        s.seg(true, TcpFlags::ACK, b"");
+        s
+    }
+
+    const BAD_REQ: &[u8] = b"CONNECT /HTTP/1.1\r\nHost: a.example\r\n\r\n";
+    const RESP_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn a_synack_tells_where_the_clients_stream_starts() {
+        // The SYN-ACK acknowledges the client's SYN: its first bytes are a
+        // request, however malformed, not bytes to skip as after a
+        // mid-stream pickup (which would log the 400 as a bad_request).
+        let mut s = synack_only();
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, BAD_REQ);
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP_400);
+        s.finish();
+        assert_eq!(s.out.len(), 1, "{:?}", s.out);
+        assert_eq!(s.out[0].outcome, Outcome::Malformed);
+        assert_eq!(s.out[0].status(), Some(400));
+        assert!(!s.out[0].capture_loss);
+    }
+
+    #[test]
+    fn a_synack_puts_a_silent_client_in_sync() {
+        // The server speaks first (a 408 to a preconnected socket): the
+        // client, silent so far, is read from its first byte on.
+        let mut s = synack_only();
+        s.seg(
+            false,
+            TcpFlags::ACK | TcpFlags::PSH,
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n",
+        );
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, BAD_REQ);
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP_400);
+        s.finish();
+        assert_eq!(s.out.len(), 2, "{:?}", s.out);
+        assert_eq!(s.out[0].status(), Some(408));
+        assert!(s.out[0].request.is_none());
+        assert_eq!(s.out[1].outcome, Outcome::Malformed);
+        assert_eq!(s.out[1].status(), Some(400));
     }
 
     #[test]
