@@ -1482,6 +1482,12 @@ mod tests {
             self.seg(false, TcpFlags::SYN | TcpFlags::ACK, b"");
             self.seg(true, TcpFlags::ACK, b"");
         }
+        /// The clock ticks at capture time `t` (a sweep when one is due).
+        fn sweep_at(&mut self, t: i64) {
+            let out = &mut self.out;
+            self.table
+                .tick(Timestamp::from_micros(t), &mut |e| out.push(e));
+        }
         fn finish(&mut self) {
             let out = &mut self.out;
             let t = Timestamp::from_micros(self.t + 1);
@@ -1503,18 +1509,13 @@ mod tests {
         s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
         let asked = s.t;
         let timeout = FlowConfig::default().transaction_timeout_micros;
-        let sweep_at = |s: &mut Script, t: i64| {
-            let out = &mut s.out;
-            s.table
-                .tick(Timestamp::from_micros(t), &mut |e| out.push(e));
-        };
-        sweep_at(&mut s, asked + timeout - 1_000_000);
+        s.sweep_at(asked + timeout - 1_000_000);
         assert!(s.out.is_empty(), "{:?}", s.out);
-        sweep_at(&mut s, asked + timeout + 1_000_000);
+        s.sweep_at(asked + timeout + 1_000_000);
         assert_eq!(s.out.len(), 1, "{:?}", s.out);
         assert_eq!(s.out[0].outcome, Outcome::TimedOut);
         assert_eq!(s.table.active_flows(), 1, "the connection stays");
-        sweep_at(&mut s, asked + timeout + 2_000_000);
+        s.sweep_at(asked + timeout + 2_000_000);
         assert_eq!(s.out.len(), 1, "logged once");
     }
 
@@ -1684,9 +1685,7 @@ mod tests {
         let timeout = FlowConfig::default().transaction_timeout_micros;
         let quiet = s.t;
         for t in (quiet..quiet + 2 * timeout).step_by(1_000_000) {
-            let out = &mut s.out;
-            s.table
-                .tick(Timestamp::from_micros(t), &mut |e| out.push(e));
+            s.sweep_at(t);
         }
         s.out
     }
@@ -1729,6 +1728,42 @@ mod tests {
         assert!(s.out[0].request.is_none());
         assert_eq!(s.out[0].status(), Some(200));
         assert!(s.out[0].capture_loss);
+    }
+
+    #[test]
+    fn holes_acknowledged_long_before_a_late_fin_are_not_a_timeout() {
+        // Two pieces of the body lost in the capture, the client's ACKs
+        // cover both. The first hole is declared at the client's next
+        // segment; the second was acknowledged as long ago, so the
+        // server's FIN 29 s later declares it too, and the sweep just past
+        // the request's deadline finds it answered.
+        let mut s = Script::new();
+        s.handshake();
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+        let asked = s.t;
+        s.seg(
+            false,
+            TcpFlags::ACK,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n",
+        );
+        s.lost(false, TcpFlags::ACK, b"11111");
+        s.seg(true, TcpFlags::ACK, b"");
+        s.seg(false, TcpFlags::ACK, b"22222");
+        s.lost(false, TcpFlags::ACK, b"33333");
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, b"44444");
+        s.seg(true, TcpFlags::ACK, b"");
+        s.t += 1_500_000;
+        s.seg(true, TcpFlags::ACK, b"");
+        let timeout = FlowConfig::default().transaction_timeout_micros;
+        s.t = asked + timeout - 500_000;
+        s.seg(false, TcpFlags::ACK | TcpFlags::FIN, b"");
+        s.seg(true, TcpFlags::ACK, b"");
+        s.sweep_at(asked + timeout + 200_000);
+        assert_eq!(s.out.len(), 1, "{:?}", s.out);
+        assert_eq!(s.out[0].outcome, Outcome::Complete);
+        assert_eq!(s.out[0].status(), Some(200));
+        assert!(s.out[0].capture_loss);
+        assert!(s.out[0].duration_micros().unwrap() < 2_000_000);
     }
 
     #[test]

@@ -52,7 +52,8 @@
 //!   tick came `ack_reorder_micros` of capture time after the count began. The gap
 //!   then covers the holes up to the acknowledgement that armed the count;
 //!   if later acknowledgements reach further, a fresh count starts for them
-//!   (so no hole is declared before it has had the full allowance). When
+//!   (so no hole is declared before it has had the full allowance), its
+//!   time counted from the furthest one. When
 //!   nothing is buffered, the acknowledged tail we never saw is declared the
 //!   same way, except a single byte: that is the peer acknowledging a FIN we
 //!   have not seen yet, not data.
@@ -350,8 +351,10 @@ struct AckWatch {
     acked: u32,
     /// Ticks left.
     countdown: u32,
-    /// When the count started (None: at the next tick).
-    armed_ts: Option<Timestamp>,
+    /// When the count started: when `armed_at` was acknowledged.
+    armed_ts: Timestamp,
+    /// When `acked` was reached.
+    acked_ts: Timestamp,
 }
 
 /// The part of a segment still to place: stream positions `[start, end)`,
@@ -569,13 +572,19 @@ impl Reassembler {
         }
         let p = self.pending.get_or_insert_with(Default::default);
         match &mut p.watch {
-            Some(w) => w.acked = seq_max(w.acked, ack),
+            Some(w) => {
+                if seq_lt(w.acked, ack) {
+                    w.acked = ack;
+                    w.acked_ts = ts;
+                }
+            }
             None => {
                 p.watch = Some(AckWatch {
                     armed_at: ack,
                     acked: ack,
                     countdown: limits.ack_reorder_allowance.saturating_add(1),
-                    armed_ts: Some(ts),
+                    armed_ts: ts,
+                    acked_ts: ts,
                 })
             }
         }
@@ -619,8 +628,7 @@ impl Reassembler {
             return;
         };
         w.countdown = w.countdown.saturating_sub(1);
-        let since = *w.armed_ts.get_or_insert(ts);
-        if w.countdown > 0 && ts.micros_since(since) < limits.ack_reorder_micros {
+        if w.countdown > 0 && ts.micros_since(w.armed_ts) < limits.ack_reorder_micros {
             return;
         }
         let limit = w.armed_at;
@@ -946,10 +954,12 @@ impl Reassembler {
                 p.watch = None;
             } else if seq_le(w.armed_at, self.next) || w.countdown == 0 {
                 // The hole that started the count is resolved, but the peer
-                // acknowledged further: those holes get their own allowance.
+                // acknowledged further: those holes get their own allowance,
+                // in time from when they were acknowledged (a connection
+                // that went quiet meanwhile has waited it out already).
                 w.armed_at = w.acked;
                 w.countdown = limits.ack_reorder_allowance.saturating_add(1);
-                w.armed_ts = None;
+                w.armed_ts = w.acked_ts;
             }
         }
         if p.held.is_empty() {

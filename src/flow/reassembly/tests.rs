@@ -234,6 +234,14 @@ fn scenarios_emit_expected_events() {
         ("quiet_connection_declares_an_acked_hole_by_time", timed(16, 1000),
             vec![Syn(ISN, b""), Seg(1001, b"abc"), Seg(1007, b"gh"), Ack(1009), Tick(1), Count(1), Wait(998), Tick(1)],
             vec![d(1001, b"abc"), g(1004, 3), d(1007, b"gh")]),
+        // Two holes: the first is declared once the ticks run out; the
+        // second, acknowledged just as long ago, at the next segment after
+        // a quiet spell, not a full allowance later (meanwhile a request
+        // whose response lies beyond it would time out).
+        ("a_rearmed_hole_counts_its_time_from_its_acknowledgement", timed(2, 1_000),
+            vec![Syn(ISN, b""), Seg(1001, b"a"), Seg(1003, b"c"), Seg(1005, b"e"),
+                 Ack(1003), Ack(1006), Tick(1), Count(3), Wait(5_000), Tick(1)],
+            vec![d(1001, b"a"), g(1002, 1), d(1003, b"c"), g(1004, 1), d(1005, b"e")]),
         ("data_acknowledging_past_a_hole_declares_it_at_once", limits(16),
             vec![Syn(ISN, b""), Seg(1001, b"abc"), Seg(1007, b"gh"), PeerData(1009), Count(3), Seg(1004, b"def")],
             vec![d(1001, b"abc"), g(1004, 3), d(1007, b"gh")]),
