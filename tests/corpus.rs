@@ -41,7 +41,8 @@ const KNOWN: &[Known] = &[
     ("suricata-http-gap-double.pcap", 3, &[(200, 3)],
      "3 status lines; two gaps in the response stream, each skipped by length"),
     ("suricata-http-rst-unacked-truncated.pcap", 1, &[(200, 1)],
-     "one 200 head, then the body is cut and the connection reset: status seen, exchange ends in connection_reset"),
+     "one 200 head, then a body still arriving 43 s after the request (the client acknowledges it at 40-50 s), \
+      the reset at 93 s: status seen, the exchange a timeout at the 30 s deadline"),
     ("suricata-mixed-tls-ocsp-http.pcap", 37, &[(200, 29), (301, 5), (404, 3)],
      "tshark with -o tcp.reassemble_out_of_order:TRUE gives exactly 29x200, 5x301, 3x404 too"),
     ("zeek-http-bro-org-browsing.pcap", 31, &[(200, 31)],
@@ -183,4 +184,23 @@ fn late_response_counts_with_a_longer_timeout() {
     let (records, _) = common::exchanges_of(&file, &["--transaction-timeout", "60"]);
     let (_, hist) = apitap_counts(&records);
     assert_eq!(hist, Hist::from([(200, 15), (302, 1), (401, 1)]));
+}
+
+/// A slow download whose capture lost bytes of its body: at the deadline
+/// the capture cannot tell a stalled response from one whose tail it lost,
+/// but the body goes on arriving for 13 s after it (the client acknowledges
+/// it), so the failure is the timeout, not an unknown put down to loss.
+#[test]
+fn a_response_still_arriving_after_its_deadline_is_a_timeout() {
+    let Some(dir) = common::corpus_dir() else {
+        eprintln!("corpus not found (set APITAP_CORPUS): skipped");
+        return;
+    };
+    let file = dir.join("suricata-http-rst-unacked-truncated.pcap");
+    let (records, _) = common::exchanges_of(&file, &[]);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["failure"], "timeout");
+    assert_eq!(r["capture_loss"], false);
 }
