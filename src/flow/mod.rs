@@ -1158,7 +1158,12 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
         let dir = self.direction(side);
         match ev {
             StreamEvent::Data(chunk) => self.data(side, &chunk),
-            StreamEvent::Gap { seq, len, ts } => match self.app {
+            StreamEvent::Gap {
+                seq,
+                len,
+                ts,
+                truncated,
+            } => match self.app {
                 App::Fresh => {
                     let mut sn = Box::<[Sniffer; 2]>::default();
                     sn[side].gap_at(seq.wrapping_add(len));
@@ -1178,7 +1183,12 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                     session.borrow_buffers(self.spare);
                     match dir {
                         Direction::ToServer => req.gap(seq, len, ts, session),
-                        Direction::ToClient => resp.gap(seq, len, ts, session),
+                        Direction::ToClient => {
+                            resp.gap(seq, len, ts, session);
+                            if !truncated {
+                                session.response_segments_lost();
+                            }
+                        }
                     }
                     self.after_parse();
                 }
@@ -1390,11 +1400,11 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
         // Whatever fed the session was followed by `after_parse`: only an
         // expiry leaves it something to pass on.
         let due = h.session.next_deadline().unwrap_or(NEVER);
-        if due > now {
+        if due > now && !h.session.holds_overdue() {
             return due;
         }
         h.session.borrow_buffers(self.spare);
-        h.session.expire(now);
+        h.session.expire(now, h.resp.last_seen());
         self.after_parse();
         self.next_deadline()
     }
@@ -1438,6 +1448,11 @@ mod tests {
             }
         }
         fn seg(&mut self, from_client: bool, flags: u8, payload: &[u8]) {
+            self.seg_cut(from_client, flags, payload, 0);
+        }
+        /// A segment the capture cut after `payload` (snaplen): `missing`
+        /// more bytes were on the wire.
+        fn seg_cut(&mut self, from_client: bool, flags: u8, payload: &[u8], missing: u32) {
             self.t += 100;
             let (src, dst, seq, ack) = if from_client {
                 (C, S, self.cseq, self.sseq)
@@ -1453,10 +1468,11 @@ mod tests {
                 flags: TcpFlags(flags),
                 window: 1000,
                 payload,
-                missing: 0,
+                missing,
             };
-            let adv =
-                payload.len() as u32 + u32::from(flags & (TcpFlags::SYN | TcpFlags::FIN) != 0);
+            let adv = payload.len() as u32
+                + missing
+                + u32::from(flags & (TcpFlags::SYN | TcpFlags::FIN) != 0);
             if from_client {
                 self.cseq = self.cseq.wrapping_add(adv);
             } else {
@@ -1764,6 +1780,83 @@ mod tests {
         assert_eq!(s.out[0].status(), Some(200));
         assert!(s.out[0].capture_loss);
         assert!(s.out[0].duration_micros().unwrap() < 2_000_000);
+    }
+
+    const HEAD_20: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n";
+
+    /// A request, then its response's head and half its body, the client
+    /// acknowledging that much; `lose`: the capture loses the body's first
+    /// piece (declared at the client's next ACK, 1.5 s on), `cut`: both
+    /// pieces are cut by snaplen instead. Then quiet until just past the
+    /// request's deadline, when a sweep runs. Returns the deadline.
+    fn half_a_body(s: &mut Script, lose: bool, cut: bool) -> i64 {
+        s.handshake();
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+        let deadline = s.t + FlowConfig::default().transaction_timeout_micros;
+        s.seg(false, TcpFlags::ACK, HEAD_20);
+        for piece in [b"11111", b"22222"] {
+            if lose && piece == b"11111" {
+                s.lost(false, TcpFlags::ACK, piece);
+            } else if cut {
+                s.seg_cut(false, TcpFlags::ACK, &piece[..1], 4);
+            } else {
+                s.seg(false, TcpFlags::ACK, piece);
+            }
+        }
+        s.seg(true, TcpFlags::ACK, b"");
+        s.t += 1_500_000;
+        s.seg(true, TcpFlags::ACK, b"");
+        s.sweep_at(deadline + 1_000_000);
+        deadline
+    }
+
+    #[test]
+    fn an_overdue_response_whose_end_the_capture_lost_is_unknown() {
+        // The rest of the body and the client's ACK of it are lost; the
+        // client's FIN, after the deadline, acknowledges it all. Nothing
+        // says whether it ended before the deadline: not a timeout.
+        let mut s = Script::new();
+        let deadline = half_a_body(&mut s, true, false);
+        assert!(s.out.is_empty(), "held, not logged: {:?}", s.out);
+        s.lost(false, TcpFlags::ACK | TcpFlags::PSH, b"3333344444");
+        s.t = deadline + 5_000_000;
+        s.seg(true, TcpFlags::ACK | TcpFlags::FIN, b"");
+        s.finish();
+        assert_eq!(s.out.len(), 1, "{:?}", s.out);
+        assert_eq!(s.out[0].outcome, Outcome::Unknown);
+        assert_eq!(s.out[0].status(), Some(200));
+        assert!(s.out[0].capture_loss);
+    }
+
+    #[test]
+    fn an_overdue_response_that_goes_on_after_its_deadline_timed_out() {
+        // The same loss, but more of the body comes after the deadline:
+        // the response was still on its way.
+        let mut s = Script::new();
+        let deadline = half_a_body(&mut s, true, false);
+        assert!(s.out.is_empty(), "{:?}", s.out);
+        s.t = deadline + 3_000_000;
+        s.seg(false, TcpFlags::ACK, b"33333");
+        assert_eq!(s.out.len(), 1, "{:?}", s.out);
+        assert_eq!(s.out[0].outcome, Outcome::TimedOut);
+        assert_eq!(s.out[0].status(), Some(200));
+        assert!(!s.out[0].capture_loss);
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, b"44444");
+        s.finish();
+        assert_eq!(s.out.len(), 1, "logged once: {:?}", s.out);
+    }
+
+    #[test]
+    fn a_stalled_response_times_out_at_its_deadline_without_loss_or_when_cut() {
+        // No segment lost (all seen, or only cut by snaplen): the capture
+        // shows the server stopped; the sweep past the deadline logs it.
+        for cut in [false, true] {
+            let mut s = Script::new();
+            half_a_body(&mut s, false, cut);
+            assert_eq!(s.out.len(), 1, "cut {cut}: {:?}", s.out);
+            assert_eq!(s.out[0].outcome, Outcome::TimedOut);
+            assert_eq!(s.out[0].status(), Some(200));
+        }
     }
 
     #[test]

@@ -132,10 +132,13 @@ pub struct Chunk<'a> {
 pub enum StreamEvent<'a> {
     Data(Chunk<'a>),
     /// `len` bytes starting at `seq` were lost; the stream goes on after them.
+    /// `truncated`: the capture cut them off segments it holds (snaplen),
+    /// so no segment of the stream was lost there, only its bytes.
     Gap {
         seq: u32,
         len: u32,
         ts: Timestamp,
+        truncated: bool,
     },
     /// The direction ended cleanly (FIN, in order).
     Fin {
@@ -393,6 +396,7 @@ fn emit_gap(
     seq: u32,
     len: u32,
     ts: Timestamp,
+    truncated: bool,
     out: &mut impl FnMut(StreamEvent<'_>),
 ) {
     if len == 0 {
@@ -401,7 +405,12 @@ fn emit_gap(
     let stats = stats.get();
     stats.gaps += 1;
     stats.missing_bytes += u64::from(len);
-    out(StreamEvent::Gap { seq, len, ts });
+    out(StreamEvent::Gap {
+        seq,
+        len,
+        ts,
+        truncated,
+    });
 }
 
 /// Counts what `inc` repeats of `h` over `[lo, hi)`: every captured incoming
@@ -680,7 +689,7 @@ impl Reassembler {
                 // there, acknowledgements are clamped to it).
                 debug_assert!(seq_le(self.next, f));
                 let len = f.wrapping_sub(self.next);
-                emit_gap(&mut self.stats, self.next, len, ts, out);
+                emit_gap(&mut self.stats, self.next, len, ts, false, out);
                 self.next = f;
                 self.finish(ts, out);
             }
@@ -769,7 +778,7 @@ impl Reassembler {
                 _ => inc.start,
             };
             let len = gap_end.wrapping_sub(self.next);
-            emit_gap(&mut self.stats, self.next, len, ts, out);
+            emit_gap(&mut self.stats, self.next, len, ts, false, out);
             self.next = gap_end;
             self.advance(None, ts, out);
         }
@@ -802,7 +811,7 @@ impl Reassembler {
                     }));
                 }
                 let de = h.data_end();
-                emit_gap(stats, de, h.end().wrapping_sub(de), h.ts, out);
+                emit_gap(stats, de, h.end().wrapping_sub(de), h.ts, true, out);
                 *next = h.end();
                 taken += 1;
                 taken_bytes += h.data.len();
@@ -829,6 +838,7 @@ impl Reassembler {
                 gap_start,
                 piece_end.wrapping_sub(gap_start),
                 inc.ts,
+                true,
                 out,
             );
             *next = piece_end;
@@ -870,6 +880,7 @@ impl Reassembler {
                 self.next,
                 gap_end.wrapping_sub(self.next),
                 ts,
+                false,
                 out,
             );
             self.next = gap_end;
@@ -886,6 +897,7 @@ impl Reassembler {
                 self.next,
                 seq.wrapping_sub(self.next),
                 ts,
+                false,
                 out,
             );
             self.next = seq;
@@ -1051,7 +1063,7 @@ impl From<StreamEvent<'_>> for OwnedEvent {
                 ts: c.ts,
                 data: c.data.to_vec(),
             },
-            StreamEvent::Gap { seq, len, ts } => OwnedEvent::Gap { seq, len, ts },
+            StreamEvent::Gap { seq, len, ts, .. } => OwnedEvent::Gap { seq, len, ts },
             StreamEvent::Fin { ts } => OwnedEvent::Fin { ts },
             StreamEvent::Reset { ts } => OwnedEvent::Reset { ts },
         }

@@ -45,6 +45,14 @@
 //! protocols (Upgrade, CONNECT) was logged without its answer for loss, the
 //! rest of the connection may be the tunnel's bytes: every later exchange is
 //! flagged, and unanswered ones are unknown.
+//!
+//! A response that began, lost segments to the capture (not bytes cut by
+//! snaplen) and shows nothing more by its request's deadline is held, not
+//! logged: its end and the ACKs that prove it may be lost too, and a slow
+//! response looks the same until more of it comes. More of it after the
+//! deadline makes it a timeout; an end the capture saw by the deadline, what
+//! it is; an end after the deadline through lost bytes (an ACK says they came,
+//! not when), unknown with `capture_loss`; no end, a timeout.
 
 use super::exchange::{Exchange, Outcome};
 use super::{
@@ -166,6 +174,13 @@ struct InFlight {
     request: Option<Pending>,
     interim: bool,
     capture_loss: bool,
+    /// Segments of it were lost to the capture (not bytes cut by snaplen):
+    /// its end, and the ACK that proves it came, may be lost too.
+    segments_lost: bool,
+    /// Its request's deadline passed with it unfinished and nothing of it
+    /// seen since: whether it timed out is decided when it ends, or when
+    /// more of it comes ([`HttpSession::expire`]).
+    overdue: bool,
 }
 
 impl InFlight {
@@ -379,12 +394,18 @@ impl HttpSession {
         self.pending.len()
     }
 
-    /// The earliest time at which [`HttpSession::expire`] has work to do.
+    /// The earliest time at which [`HttpSession::expire`] has work to do,
+    /// a response held overdue aside (see [`Self::holds_overdue`]).
     pub fn next_deadline(&self) -> Option<Timestamp> {
         let waiting = self
             .pending
             .iter()
-            .chain(self.in_flight.iter().filter_map(|f| f.request.as_ref()))
+            .chain(
+                self.in_flight
+                    .iter()
+                    .filter(|f| !f.overdue)
+                    .filter_map(|f| f.request.as_ref()),
+            )
             .filter(|p| p.waits())
             .map(|p| p.start.ts);
         let parked = self.parked_since();
@@ -394,10 +415,34 @@ impl HttpSession {
             .map(|t| t.saturating_add_micros(self.timeout_micros))
     }
 
+    /// A response is held overdue ([`Self::expire`]): no time decides it,
+    /// only what comes of it, so call `expire` whenever the response stream
+    /// moves.
+    pub fn holds_overdue(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| f.overdue)
+    }
+
+    /// Segments of the response stream were lost to the capture (a gap
+    /// the response parser skipped or lost sync over). Call after feeding
+    /// the gap to the parser.
+    pub fn response_segments_lost(&mut self) {
+        if let Some(f) = self.in_flight.as_mut() {
+            f.segments_lost = true;
+        }
+    }
+
     /// Log every request whose transaction timeout has passed by `now`
     /// (as unknown, with capture loss, when its answer may have been lost:
-    /// see the module doc).
-    pub fn expire(&mut self, now: Timestamp) {
+    /// see the module doc). `response_seen`: when the response stream's
+    /// last byte or gap came.
+    ///
+    /// A response that began but lost segments to the capture and has
+    /// shown nothing since its request's deadline is not logged yet: a
+    /// capture that lost its middle may have lost its end and the ACKs
+    /// that prove it came, and a slow response looks the same until more
+    /// of it comes. More of it after the deadline (a later call) makes it
+    /// a timeout; its end decides otherwise ([`Self::finish_response`]).
+    pub fn expire(&mut self, now: Timestamp, response_seen: Timestamp) {
         let timeout = self.timeout_micros;
         if self
             .parked_since()
@@ -413,9 +458,13 @@ impl HttpSession {
         if let Some(f) = self.in_flight.as_mut().filter(|f| !f.interim) {
             let head = f.head.clone();
             if let Some(p) = f.request.as_mut() {
-                if p.waits() && p.start.ts.saturating_add_micros(timeout) <= now {
-                    expired.push((p.clone(), Some(head), false));
-                    p.logged = true;
+                let deadline = p.start.ts.saturating_add_micros(timeout);
+                if p.waits() && deadline <= now {
+                    f.overdue = f.segments_lost && response_seen <= deadline;
+                    if !f.overdue {
+                        expired.push((p.clone(), Some(head), false));
+                        p.logged = true;
+                    }
                 }
             }
         }
@@ -453,7 +502,8 @@ impl HttpSession {
     /// An answered exchange whose request is still open stays: the client's
     /// stream, which may outlive the server's, ends it.
     pub fn close(&mut self, now: Timestamp) {
-        self.expire(now);
+        // What is still overdue is decided as its response is finished.
+        self.expire(now, Timestamp::ZERO);
         if let Some(f) = self.in_flight.take().map(|f| *f) {
             // A head without an end: the parser already reported the end if
             // it could; whatever remains is unknown.
@@ -705,6 +755,26 @@ impl HttpSession {
         } else {
             Answer::nothing(outcome, None, f.capture_loss)
         };
+        if let Some(p) = f.request.as_ref().filter(|_| f.overdue) {
+            // Its request's deadline passed with nothing of it seen since
+            // (see `expire`): ended in time, it is what it is; ended later
+            // through bytes the capture lost (the ACKs say it came, not
+            // when), unknown; anything else, the timeout it looked like.
+            let deadline = p.start.ts.saturating_add_micros(self.timeout_micros);
+            let ended = end.as_ref().filter(|e| e.complete);
+            if ended.is_none_or(|e| e.end.ts > deadline) {
+                let outcome = match ended {
+                    Some(e) if e.body_missing > 0 => Outcome::Unknown,
+                    _ => Outcome::TimedOut,
+                };
+                let answer = Answer {
+                    response: Some(f.head),
+                    ..Answer::nothing(outcome, Some(deadline), outcome == Outcome::Unknown)
+                };
+                self.emit(f.request.ok_or(f.start), answer);
+                return;
+            }
+        }
         answer.response = Some(f.head);
         if let Some(e) = end {
             answer.end_ts = Some(e.end.ts);
@@ -838,6 +908,8 @@ impl MessageSink for HttpSession {
             request,
             interim,
             capture_loss,
+            segments_lost: false,
+            overdue: false,
         }));
         kind
     }
@@ -1279,9 +1351,9 @@ mod tests {
         let mut s = session();
         s.request_head(req("POST", "/stream"), pos(1000, 5000, 0));
         answer(&mut s, 200, 5000, 1150, 8);
-        s.expire(Timestamp::from_micros(30_007_999));
+        s.expire(Timestamp::from_micros(30_007_999), Timestamp::ZERO);
         assert!(!s.has_output());
-        s.expire(Timestamp::from_micros(30_008_000));
+        s.expire(Timestamp::from_micros(30_008_000), Timestamp::ZERO);
         assert_eq!(
             summary(&mut s),
             vec![("/stream".into(), Some(200), Outcome::Complete, false)]
@@ -1299,7 +1371,7 @@ mod tests {
         let mut s = session();
         s.response_head(resp(200), pos(5000, 1000, 0));
         send(&mut s, "/late", 1000, 5000, 1);
-        s.expire(Timestamp::from_micros(30_001_000));
+        s.expire(Timestamp::from_micros(30_001_000), Timestamp::ZERO);
         assert_eq!(
             summary(&mut s),
             vec![("/late".into(), None, Outcome::Unknown, true)]
@@ -1332,9 +1404,9 @@ mod tests {
         let mut s = session();
         send(&mut s, "/slow", 1000, 5000, 0);
         assert_eq!(s.next_deadline(), Some(Timestamp::from_micros(30_000_000)));
-        s.expire(Timestamp::from_micros(29_999_999));
+        s.expire(Timestamp::from_micros(29_999_999), Timestamp::ZERO);
         assert!(!s.has_output());
-        s.expire(Timestamp::from_micros(30_000_000));
+        s.expire(Timestamp::from_micros(30_000_000), Timestamp::ZERO);
         assert_eq!(
             summary(&mut s),
             vec![("/slow".into(), None, Outcome::TimedOut, false)]

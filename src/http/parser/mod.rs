@@ -908,6 +908,11 @@ impl MessageParser {
         }
     }
 
+    /// When the last byte (or gap) of this direction came.
+    pub fn last_seen(&self) -> Timestamp {
+        self.last.ts
+    }
+
     /// `len` bytes from `seq` are lost. Inside a body whose framing covers
     /// them they are skipped by length (counted in `body_missing`); anywhere
     /// else the parser loses sync: a message in progress ends incomplete and
