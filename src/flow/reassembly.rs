@@ -698,12 +698,15 @@ impl Reassembler {
     }
 
     /// Heap bytes this direction holds out of order: the copied payload plus
-    /// the bookkeeping around it (for the global memory budget).
+    /// the bookkeeping around it, each allocation with the allocator's own
+    /// (for the global memory budget).
     pub fn buffered_bytes(&self) -> usize {
         self.pending.as_deref().map_or(0, |p| {
+            let allocations = 1 + usize::from(p.held.capacity() > 0) + p.held.len();
             std::mem::size_of::<Pending>()
                 + p.held.capacity() * std::mem::size_of::<Held>()
                 + p.held_bytes
+                + allocations * super::ALLOC_OVERHEAD
         })
     }
 
