@@ -132,8 +132,8 @@ pub struct Chunk<'a> {
 pub enum StreamEvent<'a> {
     Data(Chunk<'a>),
     /// `len` bytes starting at `seq` were lost; the stream goes on after them.
-    /// `truncated`: the capture cut them off segments it holds (snaplen),
-    /// so no segment of the stream was lost there, only its bytes.
+    /// `truncated`: snaplen cut them from segments the capture holds: no
+    /// segment of the stream was lost there, only its bytes.
     Gap {
         seq: u32,
         len: u32,

@@ -209,8 +209,8 @@ enum Body {
 /// it spans chunks, and is freed when the head is done.
 pub struct MessageParser {
     dir: Direction,
-    /// Shared by every parser of a flow table (a copy in each would be a
-    /// tenth of an HTTP connection's state).
+    /// Shared by every parser of a flow table (a copy in both parsers of a
+    /// connection was an eighth of its HTTP state).
     limits: Arc<ParserLimits>,
     /// This chunk's first byte was already tried as a resync candidate.
     chunk_start_tried: bool,
