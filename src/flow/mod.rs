@@ -966,10 +966,12 @@ impl Connection {
         self.accounted = mem;
     }
 
-    /// A sweep found a request of this connection overdue. What the peers
-    /// acknowledged before the connection went quiet and the capture never
-    /// showed is declared lost first, so that a request whose response was
-    /// lost is unknown, not timed out; then the overdue requests are logged.
+    /// A sweep found a request of this connection overdue. Once the
+    /// connection has been quiet long enough, what the capture never showed
+    /// (before the peers' acknowledgements, before bytes held out of order)
+    /// is declared lost first ([`Reassembler::declare_overdue`]), so that a
+    /// request whose response was lost is unknown, not timed out; then the
+    /// overdue requests are logged.
     #[allow(clippy::too_many_arguments)]
     fn overdue(
         &mut self,
@@ -1498,6 +1500,12 @@ mod tests {
             self.seg(false, TcpFlags::SYN | TcpFlags::ACK, b"");
             self.seg(true, TcpFlags::ACK, b"");
         }
+        /// A handshake and one request: returns when the request times out.
+        fn ask(&mut self) -> i64 {
+            self.handshake();
+            self.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+            self.t + FlowConfig::default().transaction_timeout_micros
+        }
         /// The clock ticks at capture time `t` (a sweep when one is due).
         fn sweep_at(&mut self, t: i64) {
             let out = &mut self.out;
@@ -1514,6 +1522,8 @@ mod tests {
     const REQ: &[u8] =
         b"GET /api/v1/orders/52 HTTP/1.1\r\nHost: 10.99.0.1\r\nUser-Agent: x\r\n\r\n";
     const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+    /// A response head whose body (20 bytes) the test sends in pieces.
+    const HEAD_20: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n";
 
     #[test]
     fn an_unanswered_request_times_out_at_the_first_sweep_past_its_deadline() {
@@ -1521,17 +1531,14 @@ mod tests {
         // one of the request that waits, set by the segment that brought
         // it, and gone once the request is logged.
         let mut s = Script::new();
-        s.handshake();
-        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
-        let asked = s.t;
-        let timeout = FlowConfig::default().transaction_timeout_micros;
-        s.sweep_at(asked + timeout - 1_000_000);
+        let deadline = s.ask();
+        s.sweep_at(deadline - 1_000_000);
         assert!(s.out.is_empty(), "{:?}", s.out);
-        s.sweep_at(asked + timeout + 1_000_000);
+        s.sweep_at(deadline + 1_000_000);
         assert_eq!(s.out.len(), 1, "{:?}", s.out);
         assert_eq!(s.out[0].outcome, Outcome::TimedOut);
         assert_eq!(s.table.active_flows(), 1, "the connection stays");
-        s.sweep_at(asked + timeout + 2_000_000);
+        s.sweep_at(deadline + 2_000_000);
         assert_eq!(s.out.len(), 1, "logged once");
     }
 
@@ -1754,14 +1761,8 @@ mod tests {
         // server's FIN 29 s later declares it too, and the sweep just past
         // the request's deadline finds it answered.
         let mut s = Script::new();
-        s.handshake();
-        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
-        let asked = s.t;
-        s.seg(
-            false,
-            TcpFlags::ACK,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n",
-        );
+        let deadline = s.ask();
+        s.seg(false, TcpFlags::ACK, HEAD_20);
         s.lost(false, TcpFlags::ACK, b"11111");
         s.seg(true, TcpFlags::ACK, b"");
         s.seg(false, TcpFlags::ACK, b"22222");
@@ -1770,11 +1771,10 @@ mod tests {
         s.seg(true, TcpFlags::ACK, b"");
         s.t += 1_500_000;
         s.seg(true, TcpFlags::ACK, b"");
-        let timeout = FlowConfig::default().transaction_timeout_micros;
-        s.t = asked + timeout - 500_000;
+        s.t = deadline - 500_000;
         s.seg(false, TcpFlags::ACK | TcpFlags::FIN, b"");
         s.seg(true, TcpFlags::ACK, b"");
-        s.sweep_at(asked + timeout + 200_000);
+        s.sweep_at(deadline + 200_000);
         assert_eq!(s.out.len(), 1, "{:?}", s.out);
         assert_eq!(s.out[0].outcome, Outcome::Complete);
         assert_eq!(s.out[0].status(), Some(200));
@@ -1782,17 +1782,13 @@ mod tests {
         assert!(s.out[0].duration_micros().unwrap() < 2_000_000);
     }
 
-    const HEAD_20: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n";
-
     /// A request, then its response's head and half its body, the client
     /// acknowledging that much; `lose`: the capture loses the body's first
     /// piece (declared at the client's next ACK, 1.5 s on), `cut`: both
     /// pieces are cut by snaplen instead. Then quiet until just past the
     /// request's deadline, when a sweep runs. Returns the deadline.
     fn half_a_body(s: &mut Script, lose: bool, cut: bool) -> i64 {
-        s.handshake();
-        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
-        let deadline = s.t + FlowConfig::default().transaction_timeout_micros;
+        let deadline = s.ask();
         s.seg(false, TcpFlags::ACK, HEAD_20);
         for piece in [b"11111", b"22222"] {
             if lose && piece == b"11111" {

@@ -478,12 +478,7 @@ impl Reassembler {
                     self.stats.get().garbage_segments += 1;
                     return;
                 }
-                Phase::Open => {
-                    self.deliver_held_with_gaps(ts, out);
-                    if let Some(w) = self.pending.as_deref().and_then(|p| p.watch) {
-                        self.declare_up_to(w.acked, ts, out);
-                    }
-                }
+                Phase::Open => self.deliver_what_was_sent(ts, out),
                 Phase::Unstarted | Phase::Finished => {}
             }
             self.pending = None;
@@ -675,15 +670,8 @@ impl Reassembler {
         if self.phase != Phase::Open {
             return;
         }
-        self.deliver_held_with_gaps(ts, out);
-        let (acked, fin_seq) = match self.pending.as_deref() {
-            Some(p) => (p.watch.map(|w| w.acked), p.fin_seq),
-            None => (None, None),
-        };
-        if let Some(acked) = acked {
-            self.declare_up_to(acked, ts, out);
-        }
-        if let Some(f) = fin_seq {
+        self.deliver_what_was_sent(ts, out);
+        if let Some(f) = self.pending.as_deref().and_then(|p| p.fin_seq) {
             if self.phase == Phase::Open {
                 // INVARIANT: `next` never passes a known FIN (data is cut
                 // there, acknowledgements are clamped to it).
@@ -888,6 +876,15 @@ impl Reassembler {
             );
             self.next = gap_end;
             self.advance(None, ts, out);
+        }
+    }
+
+    /// Deliver what the sender is known to have sent: every held run (the
+    /// holes before each declared as gaps), then the acknowledged tail.
+    fn deliver_what_was_sent(&mut self, ts: Timestamp, out: &mut impl FnMut(StreamEvent<'_>)) {
+        self.deliver_held_with_gaps(ts, out);
+        if let Some(w) = self.pending.as_deref().and_then(|p| p.watch) {
+            self.declare_up_to(w.acked, ts, out);
         }
     }
 

@@ -128,6 +128,11 @@ struct Pending {
 }
 
 impl Pending {
+    /// When it times out.
+    fn deadline(&self, timeout_micros: i64) -> Timestamp {
+        self.start.ts.saturating_add_micros(timeout_micros)
+    }
+
     /// Still owed a record: neither written as timed out nor a placeholder.
     fn waits(&self) -> bool {
         !self.logged && !self.placeholder
@@ -458,7 +463,7 @@ impl HttpSession {
         if let Some(f) = self.in_flight.as_mut().filter(|f| !f.interim) {
             let head = f.head.clone();
             if let Some(p) = f.request.as_mut() {
-                let deadline = p.start.ts.saturating_add_micros(timeout);
+                let deadline = p.deadline(timeout);
                 if p.waits() && deadline <= now {
                     f.overdue = f.segments_lost && response_seen <= deadline;
                     if !f.overdue {
@@ -471,13 +476,13 @@ impl HttpSession {
         let mut unproven = false;
         for p in self.pending.iter_mut() {
             unproven |= p.stands_for_lost();
-            if p.waits() && p.start.ts.saturating_add_micros(timeout) <= now {
+            if p.waits() && p.deadline(timeout) <= now {
                 expired.push((p.clone(), None, unproven));
                 p.logged = true;
             }
         }
         for (p, response, unproven) in expired {
-            let deadline = p.start.ts.saturating_add_micros(timeout);
+            let deadline = p.deadline(timeout);
             let answer = if response.is_none() && (unproven || self.answer_may_be_lost(&p)) {
                 Answer::nothing(Outcome::Unknown, Some(deadline), true)
             } else {
@@ -748,19 +753,12 @@ impl HttpSession {
                     .map_or(f.start.seq, |e| e.end.seq.wrapping_add(1)),
             );
         }
-        // Cut short, such a response more likely ran past its real end
-        // than was cut: how it ended is unknown, not a failure.
-        let mut answer = if in_doubt && end.as_ref().is_none_or(|e| !e.complete) {
-            Answer::nothing(Outcome::Unknown, None, true)
-        } else {
-            Answer::nothing(outcome, None, f.capture_loss)
-        };
         if let Some(p) = f.request.as_ref().filter(|_| f.overdue) {
             // Its request's deadline passed with nothing of it seen since
             // (see `expire`): ended in time, it is what it is; ended later
             // through bytes the capture lost (the ACKs say it came, not
             // when), unknown; anything else, the timeout it looked like.
-            let deadline = p.start.ts.saturating_add_micros(self.timeout_micros);
+            let deadline = p.deadline(self.timeout_micros);
             let ended = end.as_ref().filter(|e| e.complete);
             if ended.is_none_or(|e| e.end.ts > deadline) {
                 let outcome = match ended {
@@ -775,6 +773,13 @@ impl HttpSession {
                 return;
             }
         }
+        // Cut short, such a response more likely ran past its real end
+        // than was cut: how it ended is unknown, not a failure.
+        let mut answer = if in_doubt && end.as_ref().is_none_or(|e| !e.complete) {
+            Answer::nothing(Outcome::Unknown, None, true)
+        } else {
+            Answer::nothing(outcome, None, f.capture_loss)
+        };
         answer.response = Some(f.head);
         if let Some(e) = end {
             answer.end_ts = Some(e.end.ts);

@@ -1114,31 +1114,17 @@ proptest! {
 fn buffered_bytes_count_each_allocation_not_only_the_payload() {
     // A flood of one-byte segments ahead of a hole: the budget must see
     // what the allocator holds for each, not one byte each.
-    let limits = limits(u32::MAX);
-    let mut r = Reassembler::new();
-    let mut out = |_: StreamEvent<'_>| {};
-    let ts = Timestamp::from_micros(1);
-    r.segment(10, 0, ts, false, false, false, b"a", 0, &limits, &mut out);
+    let mut h = Harness::new(limits(u32::MAX));
+    h.step(Step::Seg(10, b"a"));
     let n: u32 = 100;
     for i in 0..n {
         // Every other byte, so none joins another: 100 allocations.
-        r.segment(
-            12 + 2 * i,
-            0,
-            ts,
-            false,
-            false,
-            false,
-            b"x",
-            0,
-            &limits,
-            &mut out,
-        );
+        h.step(Step::Seg(12 + 2 * i, b"x"));
     }
     let per_segment = 1 + crate::flow::ALLOC_OVERHEAD + std::mem::size_of::<Held>();
     assert!(
-        r.buffered_bytes() >= n as usize * per_segment,
+        h.r.buffered_bytes() >= n as usize * per_segment,
         "{} bytes for {n} held segments",
-        r.buffered_bytes()
+        h.r.buffered_bytes()
     );
 }
