@@ -1519,6 +1519,7 @@ mod tests {
                 method: Method::Get,
                 target: vec![b'/'; n],
                 version_minor: 1,
+                cut: false,
                 headers: Headers::default(),
             }),
             response: None,

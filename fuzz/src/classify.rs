@@ -254,6 +254,7 @@ fn exchange(record: &[u8], n: i64) -> Exchange {
             method: Method::parse(&String::from_utf8_lossy(method)),
             target: with_userinfo_canary(with_query_canary(target, flags & 0x80 != 0)),
             version_minor: 1,
+            cut: false,
             headers,
         }
     });

@@ -198,7 +198,12 @@ pub fn run(dir: Direction, data: &[u8]) {
         ts = ts.saturating_add_micros(100);
         sink.seen += bytes.len() as u64;
         if loss != 0 && rng.next_u32().is_multiple_of(loss) {
-            parser.gap(seq, bytes.len() as u32, ts, &mut sink);
+            // Half the time the capture's snaplen cut them, rather than lost them.
+            if rng.next_u32() & 1 == 0 {
+                parser.cut(seq, bytes.len() as u32, ts, &mut sink);
+            } else {
+                parser.gap(seq, bytes.len() as u32, ts, &mut sink);
+            }
         } else {
             let chunk = Chunk {
                 seq,

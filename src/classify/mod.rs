@@ -290,7 +290,9 @@ impl Classifier {
         });
         found.rule(FindingKind::WeakJwt, || jwts.weak);
         found.rule(FindingKind::IpLiteralHost, || {
-            req.and_then(|_| exposure::ip_literal_host(ex.host.as_deref(), host_is_ip))
+            // A head the capture cut may have had its Host after the cut.
+            req.filter(|r| !r.cut || ex.host.is_some())
+                .and_then(|_| exposure::ip_literal_host(ex.host.as_deref(), host_is_ip))
         });
         found.rule(FindingKind::PublicPlaintextEndpoint, || {
             exposure::public_plaintext_endpoint(cfg, ex)
@@ -340,8 +342,10 @@ impl Classifier {
         let path = req.and_then(|r| route::path_of(&r.target));
         Some(match status {
             401 | 403 if req.is_some() && expired_jwt => FailureCause::SessionExpired,
+            // A head the capture cut shows no absence; and the long heads
+            // a snaplen cuts are most often long for their credentials.
             401 => match req {
-                Some(r) if self.has_credentials(r) => FailureCause::AuthRejected,
+                Some(r) if r.cut || self.has_credentials(r) => FailureCause::AuthRejected,
                 _ => FailureCause::AuthMissing,
             },
             403 => FailureCause::Forbidden,

@@ -24,6 +24,7 @@ fn ex(request: Option<(&str, &[(&str, &str)])>, response: Option<Resp<'_>>) -> E
             method: Method::parse(m),
             target: t.as_bytes().to_vec(),
             version_minor: 1,
+            cut: false,
             headers,
         }
     });
@@ -69,6 +70,15 @@ fn ex(request: Option<(&str, &[(&str, &str)])>, response: Option<Resp<'_>>) -> E
 }
 
 const H: &[(&str, &str)] = &[("Host", "api.example.com")];
+
+/// `e` with its request head cut by the capture's snaplen after the fields
+/// it has.
+fn cut(mut e: Exchange) -> Exchange {
+    if let Some(r) = e.request.as_mut() {
+        r.cut = true;
+    }
+    e
+}
 
 fn classify_one(
     c: &mut Classifier,
@@ -167,6 +177,11 @@ fn failure_cause_table() {
             "401 bare",
             ex(Some(("GET /x", H)), Some((401, &[], e))),
             Some("auth_missing"),
+        ),
+        (
+            "401, the head cut before any credentials",
+            cut(ex(Some(("GET /x", H)), Some((401, &[], e)))),
+            Some("auth_rejected"),
         ),
         (
             "401 api key",
@@ -554,6 +569,19 @@ fn finding_kind_table() {
         (
             "no Host",
             ex(Some(("GET /x", &[])), Some((200, &[], ok))),
+            Some(K::IpLiteralHost),
+        ),
+        (
+            "look-alike: no Host in a head the capture cut",
+            cut(ex(Some(("GET /x", &[])), Some((200, &[], ok)))),
+            None,
+        ),
+        (
+            "Host IPv4 in a head the capture cut",
+            cut(ex(
+                Some(("GET /x", &[("Host", "10.0.0.9")])),
+                Some((200, &[], ok)),
+            )),
             Some(K::IpLiteralHost),
         ),
         (

@@ -1183,13 +1183,16 @@ impl<E: FnMut(Exchange)> Ctx<'_, E> {
                         req, resp, session, ..
                     } = &mut **h;
                     session.borrow_buffers(self.spare);
-                    match dir {
-                        Direction::ToServer => req.gap(seq, len, ts, session),
-                        Direction::ToClient => {
-                            resp.gap(seq, len, ts, session);
-                            if !truncated {
-                                session.response_segments_lost();
-                            }
+                    let parser = match dir {
+                        Direction::ToServer => req,
+                        Direction::ToClient => resp,
+                    };
+                    if truncated {
+                        parser.cut(seq, len, ts, session);
+                    } else {
+                        parser.gap(seq, len, ts, session);
+                        if dir == Direction::ToClient {
+                            session.response_segments_lost();
                         }
                     }
                     self.after_parse();

@@ -186,6 +186,10 @@ pub struct RequestHead {
     pub target: Vec<u8>,
     /// Minor version: 0 or 1.
     pub version_minor: u8,
+    /// The capture cut this head short (snaplen) after its start line:
+    /// `headers` are the fields whose lines ended before the cut, and a
+    /// field not among them may still have been sent.
+    pub cut: bool,
     pub headers: Headers,
 }
 

@@ -1090,6 +1090,7 @@ mod tests {
             method: Method::parse(method),
             target: target.as_bytes().to_vec(),
             version_minor: 1,
+            cut: false,
             headers: Headers::default(),
         }
     }

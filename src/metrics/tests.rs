@@ -19,6 +19,7 @@ fn ex(
             method: Method::Get,
             target: route.as_bytes().to_vec(),
             version_minor: 1,
+            cut: false,
             headers: Headers::default(),
         }),
         response: status.map(|s| ResponseHead {

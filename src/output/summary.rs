@@ -354,6 +354,7 @@ mod tests {
                 method: Method::Get,
                 target: target.as_bytes().to_vec(),
                 version_minor: 1,
+                cut: false,
                 headers: h,
             }),
             response: Some(ResponseHead {

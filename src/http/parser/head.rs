@@ -446,6 +446,7 @@ pub(super) fn parse_head(
                 method: Method::parse(method),
                 target: rl.target.to_vec(),
                 version_minor: rl.minor,
+                cut: false,
                 headers,
             };
             Ok(ParsedHead::Request(head, framing))

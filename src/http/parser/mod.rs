@@ -2,7 +2,8 @@
 //!
 //! Contract:
 //! - Input is the reassembled stream in order: [`MessageParser::feed`] with
-//!   each [`Chunk`], [`MessageParser::gap`] for bytes that will never arrive,
+//!   each [`Chunk`], [`MessageParser::gap`] for bytes that will never arrive
+//!   ([`MessageParser::cut`] for those the capture's snaplen cut),
 //!   [`MessageParser::end_of_stream`] at FIN/RST/capture end/expiry.
 //! - Output goes to a [`MessageSink`] in stream order: a head
 //!   (`request_head`/`response_head`), then exactly one of `message_end`
@@ -29,7 +30,7 @@ mod tests;
 
 use std::sync::Arc;
 
-use memchr::memchr;
+use memchr::{memchr, memrchr};
 
 pub use head::{sniff_request_start, sniff_response_start, Sniff};
 
@@ -130,6 +131,9 @@ pub struct ParserStats {
     pub bytes_skipped_resync: u64,
     /// Heads cut short by the end of the stream (nothing is reported).
     pub incomplete_heads_at_end: u64,
+    /// Heads the capture cut (snaplen) after their start line, reported
+    /// from what it kept (see [`MessageParser::cut`]).
+    pub heads_cut: u64,
     /// Bytes (and gap bytes) passed through in tunnel state.
     pub tunnel_bytes: u64,
 }
@@ -988,6 +992,68 @@ impl MessageParser {
             }
         }
         self.last = at(len - 1);
+    }
+
+    /// `len` bytes from `seq` were captured short (cut by the snaplen),
+    /// not lost on the way. A head they cut after its start line is
+    /// reported from what the capture kept: the start line and the fields
+    /// whose lines ended before the cut (a request's `cut` says so; an
+    /// interim response's is not reported). It ends there, incomplete, its
+    /// rest unknown (the cut may hold its body and further messages), and
+    /// the parser looks for the next start after the gap. Anything else is
+    /// a [`MessageParser::gap`].
+    pub fn cut(&mut self, seq: u32, len: u32, ts: Timestamp, sink: &mut impl MessageSink) {
+        if len == 0
+            || !matches!(
+                self.state,
+                State::Head {
+                    confirmed: true,
+                    ..
+                }
+            )
+        {
+            return self.gap(seq, len, ts, sink);
+        }
+        let Some(head) = self.kept_head() else {
+            return self.gap(seq, len, ts, sink);
+        };
+        let at = |off: u32| StreamPos {
+            seq: seq.wrapping_add(off),
+            ack: self.last.ack,
+            ts,
+        };
+        let (end, resumes) = (at(len - 1), at(len));
+        match head {
+            ParsedHead::Request(mut head, _) => {
+                head.cut = true;
+                sink.request_head(head, self.start);
+            }
+            ParsedHead::Response(head, _) => {
+                sink.response_head(head, self.start);
+            }
+        }
+        self.stats.heads += 1;
+        self.stats.get().heads_cut += 1;
+        // Out of sync first (the sink's order: what the gap cut, then the
+        // message it cut short ends), looking for a start after the gap.
+        self.lose_sync(resumes, sink);
+        let resync = self.state;
+        self.end_message(end, false, resync, sink);
+        self.last = end;
+    }
+
+    /// The head kept in `buf`, as far as it is in whole lines, if its start
+    /// line is among them and parses (an interim response's is left out:
+    /// what it leads to cannot be told without its fields).
+    fn kept_head(&mut self) -> Option<ParsedHead> {
+        let lf = memrchr(b'\n', &self.buf)?;
+        let mut head = self.buf[..=lf].to_vec();
+        // The empty line that would have ended it (after bare LFs too).
+        head.extend_from_slice(b"\r\n");
+        match parse_head(self.dir, &head, &self.limits, &mut self.stats).ok()? {
+            ParsedHead::Response(h, _) if h.status < 200 => None,
+            parsed => Some(parsed),
+        }
     }
 
     fn skip_body(&mut self, n: u64) {

@@ -95,6 +95,8 @@ impl MessageSink for Rec {
 enum In<'a> {
     Data(&'a [u8]),
     Gap(u32),
+    /// Bytes the capture's snaplen cut.
+    Cut(u32),
     Fin,
     Rst,
 }
@@ -131,6 +133,10 @@ fn drive(p: &mut MessageParser, rec: &mut Rec, inputs: &[In<'_>]) {
             }
             In::Gap(n) => {
                 p.gap(seq, *n, Timestamp::from_micros(i64::from(seq) * 10), rec);
+                seq = seq.wrapping_add(*n);
+            }
+            In::Cut(n) => {
+                p.cut(seq, *n, Timestamp::from_micros(i64::from(seq) * 10), rec);
                 seq = seq.wrapping_add(*n);
             }
             In::Fin => p.end_of_stream(Timestamp::from_micros(1), false, rec),
@@ -537,6 +543,92 @@ fn gaps_are_skipped_or_resynchronised() {
         };
         assert_eq!(got, want, "case {name}");
     }
+}
+
+#[test]
+fn a_head_the_snaplen_cut_is_reported_from_what_was_captured() {
+    use In::*;
+    const REQ: &[u8] = b"GET /a?x=1 HTTP/1.1\r\nHost: api\r\nCookie: s=";
+    const RESP: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Length: 5000\r\nDa";
+    const NEXT: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let (r, n) = (REQ.len(), RESP.len());
+    let cases: Vec<(&str, Direction, Vec<In<'_>>, Vec<Ev>)> = vec![
+        (
+            "request_cut_after_its_host",
+            Direction::ToServer,
+            vec![Data(REQ), Cut(100), Data(GET)],
+            vec![
+                req("GET", b"/a?x=1", 0),
+                end_missing(r + 99, 0, 0, b"", false),
+                resync(r + 100, true),
+                req("GET", b"/a", (r + 100) as u32),
+                end(r + 127, 0, b""),
+            ],
+        ),
+        (
+            "response_cut_after_its_status_line",
+            Direction::ToClient,
+            vec![Data(RESP), Cut(1400), Data(NEXT)],
+            vec![
+                resp(404, 0),
+                end_missing(n + 1399, 0, 0, b"", false),
+                resync(n + 1400, true),
+                resp(200, (n + 1400) as u32),
+                end(n + 1400 + NEXT.len() - 1, 0, b""),
+            ],
+        ),
+        (
+            "request_cut_in_its_start_line_is_a_gap",
+            Direction::ToServer,
+            vec![Data(b"GET /averylongpa"), Cut(100), Data(GET)],
+            vec![resync(116, true), req("GET", b"/a", 116), end(143, 0, b"")],
+        ),
+        (
+            "interim_response_cut_is_a_gap",
+            Direction::ToClient,
+            vec![
+                Data(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-"),
+                Cut(40),
+            ],
+            vec![],
+        ),
+    ];
+    for (name, dir, inputs, want) in cases {
+        let (got, stats) = run_with(dir, true, &[], &inputs);
+        assert_eq!(got, want, "case {name}");
+        let reported =
+            usize::from(name.ends_with("_after_its_host") || name.starts_with("response"));
+        assert_eq!(stats.heads_cut, reported as u64, "case {name}");
+    }
+    // The fields whose lines the capture kept, and nothing of the cut one;
+    // bare-LF heads too.
+    for (head, fields) in [
+        (REQ, &[("Host", "api")][..]),
+        (
+            b"GET /b HTTP/1.0\nHost: x\nAccept: */*\nUser-Ag",
+            &[("Host", "x"), ("Accept", "*/*")],
+        ),
+    ] {
+        let mut p = MessageParser::new(Direction::ToServer, ParserLimits::default(), true);
+        let mut rec = Rec::default();
+        drive(&mut p, &mut rec, &[Data(head), Cut(10)]);
+        let [got] = &rec.requests[..] else {
+            panic!("one request, got {:?}", rec.events);
+        };
+        assert!(got.cut);
+        let want: Vec<(&[u8], &[u8])> = fields
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+            .collect();
+        assert!(
+            got.headers.iter().eq(want.iter().copied()),
+            "{:?}",
+            got.headers
+        );
+    }
+    // Not cut: a gap there leaves nothing of the head.
+    let (got, _) = run_with(Direction::ToServer, true, &[], &[Data(REQ), Gap(100)]);
+    assert_eq!(got, vec![]);
 }
 
 #[test]
