@@ -216,14 +216,7 @@ fn a_response_still_arriving_after_its_deadline_is_a_timeout() {
 /// too when it is there.
 #[test]
 fn a_capture_cut_by_its_snaplen_keeps_the_heads_it_holds() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut bundled = vec![root.join("samples/http-mix-sample.pcap")];
-    for f in std::fs::read_dir(root.join("tests/captures")).expect("tests/captures") {
-        let f = f.expect("dir entry").path();
-        if f.extension().is_some_and(|e| e == "pcap") {
-            bundled.push(f);
-        }
-    }
+    let bundled = bundled_captures();
     let corpus: Vec<_> = common::corpus_dir()
         .map(|dir| {
             common::manifest(&dir)
@@ -334,4 +327,120 @@ fn cut_to_snaplen(from: &std::path::Path, to: &std::path::Path, snaplen: u32) ->
     }
     save.flush().expect("flush");
     true
+}
+
+/// Captures whose neighbouring packets the capture swapped now and then
+/// (one pair in ten; as two tap ports merged with a little skew show a
+/// response before its request), against the captures in order: the same
+/// exchanges, but for a few that a swap across a capture gap or a
+/// connection's start or end changes. The bundled captures always; the
+/// corpus's too when it is there. Measured with this shuffle: 2 of 3,534
+/// exchanges differ (1 of 1,153 bundled); 223 (49) when segments were read
+/// in capture order whatever they acknowledged.
+#[test]
+fn packets_a_little_out_of_order_across_directions_pair_as_in_order() {
+    let mut files = bundled_captures();
+    if let Some(dir) = common::corpus_dir() {
+        for r in common::manifest(&dir) {
+            files.push(dir.join(r["file"].as_str().expect("file")));
+        }
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let line = |e: &Value| {
+        let f = |k: &str| e[k].to_string();
+        [
+            "client",
+            "method",
+            "target",
+            "status",
+            "failure",
+            "capture_loss",
+            "request_bytes",
+            "response_bytes",
+        ]
+        .map(f)
+        .join(" ")
+    };
+    let (mut total, mut differ) = (0usize, Vec::new());
+    for (n, file) in files.iter().enumerate() {
+        let (in_order, swapped) = (
+            tmp.path().join(format!("{n}.pcap")),
+            tmp.path().join(format!("{n}-s.pcap")),
+        );
+        if !rewrite(file, &in_order, |_| {}) {
+            continue;
+        }
+        rewrite(file, &swapped, |packets| {
+            // A fixed sequence (a linear congruential generator): the same
+            // pairs swapped on every run.
+            let mut x: u32 = 1;
+            let mut i = 0;
+            while i + 1 < packets.len() {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                if (x >> 16).is_multiple_of(10) {
+                    packets.swap(i, i + 1);
+                    i += 2;
+                } else {
+                    i += 1;
+                }
+            }
+        });
+        let mut a: Vec<String> = common::exchanges_of(&in_order, &[])
+            .0
+            .iter()
+            .map(line)
+            .collect();
+        let (b, out) = common::exchanges_of(&swapped, &[]);
+        assert!(out.status.success(), "{}: {out:?}", file.display());
+        total += a.len();
+        for e in &b {
+            match a.iter().position(|l| *l == line(e)) {
+                Some(i) => {
+                    a.swap_remove(i);
+                }
+                None => differ.push(format!("{}: {e}", file.display())),
+            }
+        }
+    }
+    assert!(
+        differ.len() * 200 <= total,
+        "{} of {total} exchanges differ: {differ:#?}",
+        differ.len()
+    );
+}
+
+/// Write `from`'s packets to `to` (pcap), after `edit` had them all. False
+/// when libpcap cannot read `from` as one link type.
+fn rewrite(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    edit: impl FnOnce(&mut Vec<(pcap::PacketHeader, Vec<u8>)>),
+) -> bool {
+    let Ok(mut cap) = pcap::Capture::from_file(from) else {
+        return false;
+    };
+    let mut packets = Vec::new();
+    while let Ok(p) = cap.next_packet() {
+        packets.push((*p.header, p.data.to_vec()));
+    }
+    edit(&mut packets);
+    let mut save = cap.savefile(to).expect("savefile");
+    for (h, d) in &packets {
+        save.write(&pcap::Packet::new(h, d));
+    }
+    save.flush().expect("flush");
+    true
+}
+
+/// The captures in the repository: the sample and `tests/captures`.
+fn bundled_captures() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("samples/http-mix-sample.pcap")];
+    for f in std::fs::read_dir(root.join("tests/captures")).expect("tests/captures") {
+        let f = f.expect("dir entry").path();
+        if f.extension().is_some_and(|e| e == "pcap") {
+            files.push(f);
+        }
+    }
+    files
 }

@@ -20,6 +20,7 @@ mod index;
 #[cfg(test)]
 mod model_tests;
 pub mod reassembly;
+mod reorder;
 mod sniff;
 mod table;
 
@@ -240,6 +241,9 @@ pub struct FlowStats {
     pub sniff_skipped_bytes: u64,
     /// HTTP messages that could not be framed: [requests, responses].
     pub http_parse_errors: [u64; 2],
+    /// Segments held for the other direction's bytes they acknowledged
+    /// (see `reorder`).
+    pub segments_held: u64,
 }
 
 impl FlowStats {
@@ -259,6 +263,7 @@ impl FlowStats {
         self.sniff_skipped_bytes += o.sniff_skipped_bytes;
         self.http_parse_errors[0] += o.http_parse_errors[0];
         self.http_parse_errors[1] += o.http_parse_errors[1];
+        self.segments_held += o.segments_held;
     }
 }
 
@@ -355,6 +360,10 @@ struct Connection {
     app: App,
     last_seen: Timestamp,
     had_data: bool,
+    /// Per side: a segment of its held for the other direction (see
+    /// `reorder`) went on without it, and that direction has shown no data
+    /// since (it may not be captured at all): hold none of its.
+    hold_off: [bool; 2],
     /// What this connection last added to `FlowStats::memory_bytes`.
     accounted: usize,
     /// When the oldest request its HTTP session waits on times out, as of
@@ -385,6 +394,9 @@ pub struct FlowTable {
     spare: SpareBuffers,
     /// None: the caller sweeps (see [`FlowTable::with_caller_sweeps`]).
     sweeps: Option<SweepSchedule>,
+    /// Segments held for their connection's other direction (see `reorder`).
+    held: Vec<reorder::Held>,
+    held_bytes: usize,
 }
 
 const SWEEP_INTERVAL_MICROS: i64 = 1_000_000;
@@ -447,6 +459,8 @@ impl FlowTable {
             events: Vec::new(),
             spare: SpareBuffers::default(),
             sweeps: Some(SweepSchedule::default()),
+            held: Vec::new(),
+            held_bytes: 0,
         }
     }
 
@@ -485,6 +499,70 @@ impl FlowTable {
         seg: &TcpSegment<'_>,
         now: Timestamp,
         emit: &mut impl FnMut(Exchange),
+    ) {
+        if self.held.is_empty() {
+            return self.segment_now(seg, now, emit, true);
+        }
+        let key = FlowKey::new(seg.src, seg.dst).0;
+        let Some(i) = self.held.iter().position(|h| h.key == key) else {
+            return self.segment_now(seg, now, emit, true);
+        };
+        let h = &self.held[i];
+        let f = seg.flags;
+        if h.src != seg.src && h.filled_by(seg) {
+            // What it waited for: first.
+            let held = self.release(i);
+            self.segment_now(seg, now, emit, false);
+            self.segment_now(&held.segment(), now, emit, false);
+        } else if h.src != seg.src && seg.payload.is_empty() && !(f.syn() || f.fin() || f.rst()) {
+            // A bare ACK of the other side's: it may still come.
+            self.segment_now(seg, now, emit, false);
+        } else {
+            // Its own side's next segment, or the other side's going on
+            // past what it waited for: in the capture's order.
+            let held = self.release(i);
+            self.release_alone(&held, emit);
+            self.segment_now(seg, now, emit, true);
+        }
+    }
+
+    /// A held segment goes on without what it waited for, at its own time
+    /// (nothing of its connection came since); the connection holds no more.
+    fn release_alone(&mut self, held: &reorder::Held, emit: &mut impl FnMut(Exchange)) {
+        self.segment_now(&held.segment(), held.now, emit, false);
+        let side: Side = usize::from(!FlowKey::new(held.src, held.dst).1);
+        if let Some(c) = self.flows.get_mut(&held.key) {
+            c.hold_off[side] = true;
+        }
+    }
+
+    /// Take the held segment `i` out of the list and the memory account.
+    fn release(&mut self, i: usize) -> reorder::Held {
+        let held = self.held.swap_remove(i);
+        self.held_bytes -= held.bytes();
+        self.update_memory();
+        held
+    }
+
+    /// Every held segment, oldest first (a sweep, the end of the capture:
+    /// what they waited for did not come).
+    /// (Into a vector: one closure type, which the sweep it may run calls
+    /// this again with.)
+    fn release_all(&mut self, out: &mut Vec<Exchange>) {
+        while !self.held.is_empty() {
+            let held = self.release(0);
+            self.release_alone(&held, &mut |ex| out.push(ex));
+        }
+    }
+
+    /// [`FlowTable::segment`] without what is held; `may_hold`: this segment
+    /// may be held itself.
+    fn segment_now(
+        &mut self,
+        seg: &TcpSegment<'_>,
+        now: Timestamp,
+        emit: &mut impl FnMut(Exchange),
+        may_hold: bool,
     ) {
         self.maybe_sweep(now, emit);
         let (key, src_is_lo) = FlowKey::new(seg.src, seg.dst);
@@ -537,6 +615,7 @@ impl FlowTable {
         let stats = &mut self.stats;
         let events = &mut self.events;
         let spare = &mut self.spare;
+        let held = &mut self.held;
         conn.last_seen = now;
         if flags.syn() {
             if !conn.syn_seen[side] {
@@ -563,9 +642,11 @@ impl FlowTable {
         }
         if !seg.payload.is_empty() || seg.missing > 0 {
             conn.had_data = true;
+            conn.hold_off[peer] = false;
         }
 
         let kept_deadline = conn.deadline;
+        let hold_off = conn.hold_off[side];
         let streams_before = conn.streams_bytes();
         let (streams, mut ctx) = conn.split(key, cfg, stats, events, spare, emit);
         let [s0, s1] = streams;
@@ -579,6 +660,29 @@ impl FlowTable {
             || !ctx.syn_seen[1 - side]
             || !seg.payload.is_empty()
             || this.next_seq().is_some();
+        // Data that acknowledges bytes of the other direction not seen yet:
+        // the capture may show them next (see `reorder`).
+        if may_hold
+            && !seg.payload.is_empty()
+            && flags.ack()
+            && !flags.syn()
+            && !flags.fin()
+            && !flags.rst()
+            && synced
+            && !hold_off
+            && other
+                .next_seq()
+                .is_some_and(|n| reassembly::seq_lt(n, seg.ack))
+            && held.len() < reorder::MAX_HELD
+        {
+            let awaited = other.next_seq().unwrap_or(seg.ack);
+            let h = reorder::Held::of(key, seg, now, awaited);
+            self.held_bytes += h.bytes();
+            held.push(h);
+            stats.segments_held += 1;
+            self.update_memory();
+            return;
+        }
         if flags.ack() && synced {
             other.peer_ack(seg.ack, now, &cfg.stream_limits, &mut |ev| {
                 ctx.event(1 - side, ev)
@@ -663,6 +767,8 @@ impl FlowTable {
 
     /// End of capture: every connection ends, every open exchange is logged.
     pub fn finish_all(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
+        let mut out = Vec::new();
+        self.release_all(&mut out);
         // Deterministic order, the same as a sweep's: connections by last
         // activity, then addresses; exchanges by start, then addresses. Only
         // the keys are listed (their room is in each connection's account),
@@ -670,7 +776,6 @@ impl FlowTable {
         let mut order: Vec<(Timestamp, FlowKey)> =
             self.flows.iter().map(|(k, c)| (c.last_seen, *k)).collect();
         order.sort_unstable();
-        let mut out = Vec::new();
         for (_, key) in order {
             if let Some(c) = self.take(&key) {
                 self.finish(key, c, now, StreamEnd::CaptureEnded, &mut |ex| out.push(ex));
@@ -693,7 +798,8 @@ impl FlowTable {
     /// `memory_bytes` = the connections' accounts plus the table (its
     /// index and the entries that hold the connections themselves).
     fn update_memory(&mut self) {
-        self.stats.memory_bytes = self.conns_bytes + self.flows.bytes() + self.spare.heap_bytes();
+        self.stats.memory_bytes =
+            self.conns_bytes + self.flows.bytes() + self.spare.heap_bytes() + self.held_bytes;
     }
 
     /// Over the memory budget: end the connections idle longest until the
@@ -801,6 +907,7 @@ impl FlowTable {
     /// whatever the hash map's order, so runs are reproducible.
     pub fn sweep(&mut self, now: Timestamp, emit: &mut impl FnMut(Exchange)) {
         let mut out = Vec::new();
+        self.release_all(&mut out);
         self.sweep_into(now, &mut |ex| out.push(ex));
         out.sort_by_key(|ex| (ex.ts, ex.client, ex.server));
         out.into_iter().for_each(emit);
@@ -1087,6 +1194,7 @@ impl Connection {
             app: App::Fresh,
             last_seen: now,
             had_data: false,
+            hold_off: [false; 2],
             accounted: 0,
             wake: 0,
             deadline: NEVER,
@@ -1783,6 +1891,80 @@ mod tests {
         assert_eq!(s.out[0].status(), Some(200));
         assert!(s.out[0].capture_loss);
         assert!(s.out[0].duration_micros().unwrap() < 2_000_000);
+    }
+
+    #[test]
+    fn a_response_captured_before_its_request_is_paired_with_it() {
+        // Two taps merged with a little skew: the second response shows
+        // before the request it answers (it acknowledges the request's
+        // bytes). Held for that request, it pairs as if in order.
+        let mut s = Script::new();
+        s.ask();
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        s.seg(true, TcpFlags::ACK, b"");
+        let (q, r) = (s.cseq, s.sseq);
+        s.cseq = q.wrapping_add(REQ.len() as u32);
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        // Sent before that response came: it acknowledges up to it.
+        let r_end = s.sseq;
+        (s.cseq, s.sseq) = (q, r);
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+        s.sseq = r_end;
+        s.seg(true, TcpFlags::ACK, b"");
+        s.finish();
+        assert_eq!(s.out.len(), 2, "{:?}", s.out);
+        for ex in &s.out {
+            assert!(ex.request.is_some(), "{ex:?}");
+            assert_eq!(ex.status(), Some(200));
+            assert_eq!(ex.outcome, Outcome::Complete);
+            assert!(!ex.capture_loss, "{ex:?}");
+        }
+        assert_eq!(s.table.stats().segments_held, 1);
+    }
+
+    #[test]
+    fn a_response_whose_request_was_lost_goes_on_in_capture_order() {
+        // The request the response acknowledges never shows; the client's
+        // next request does (past it): the response is read first, as the
+        // capture has it, not after the next request.
+        let mut s = Script::new();
+        s.handshake();
+        s.lost(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        s.seg(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+        s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        s.finish();
+        assert_eq!(s.out.len(), 2, "{:?}", s.out);
+        assert!(
+            s.out[0].request.is_none() && s.out[0].capture_loss,
+            "{:?}",
+            s.out[0]
+        );
+        assert_eq!(s.out[0].status(), Some(200));
+        assert!(s.out[1].request.is_some(), "{:?}", s.out[1]);
+        assert_eq!(s.out[1].status(), Some(200));
+    }
+
+    #[test]
+    fn a_direction_never_captured_stops_the_holding() {
+        // Only the server's side is captured: its data always acknowledges
+        // client bytes the capture lacks. The first segment held goes on
+        // at the next one; after that, none is held (no copy per segment).
+        let mut s = Script::new();
+        s.seg(true, TcpFlags::SYN, b"");
+        s.seg(false, TcpFlags::SYN | TcpFlags::ACK, b"");
+        for _ in 0..5 {
+            s.lost(true, TcpFlags::ACK | TcpFlags::PSH, REQ);
+            s.seg(false, TcpFlags::ACK | TcpFlags::PSH, RESP);
+        }
+        s.finish();
+        assert_eq!(s.table.stats().segments_held, 1);
+        assert_eq!(s.out.len(), 5, "{:?}", s.out);
+        assert!(
+            s.out.iter().all(|ex| ex.status() == Some(200)),
+            "{:?}",
+            s.out
+        );
     }
 
     /// A request, then its response's head and half its body, the client

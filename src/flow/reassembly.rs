@@ -215,7 +215,7 @@ pub const SEQ_WINDOW: u32 = 1 << 30;
 
 /// `a` comes before `b` in sequence space (RFC 793 modular comparison).
 #[inline]
-fn seq_lt(a: u32, b: u32) -> bool {
+pub(super) fn seq_lt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 

@@ -176,6 +176,11 @@ impl<V> ConnTable<V> {
         Some(&self.entry(n).1)
     }
 
+    pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut V> {
+        let n = self.find(key)?;
+        Some(&mut self.entry_mut(n).1)
+    }
+
     /// The value of `key`; if absent, `make(len)` may give one to insert
     /// (`len`: connections held before it).
     #[cfg(test)]
