@@ -509,8 +509,9 @@ impl FlowTable {
         };
         let h = &self.held[i];
         let f = seg.flags;
-        if h.src != seg.src && h.filled_by(seg) {
-            // What it waited for: first.
+        if h.src != seg.src && h.filled_by(seg) && !f.rst() {
+            // What it waited for: first (but a reset, which would end the
+            // connection before it).
             let held = self.release(i);
             self.segment_now(seg, now, emit, false);
             self.segment_now(&held.segment(), now, emit, false);
@@ -538,16 +539,15 @@ impl FlowTable {
 
     /// Take the held segment `i` out of the list and the memory account.
     fn release(&mut self, i: usize) -> reorder::Held {
-        let held = self.held.swap_remove(i);
+        let held = self.held.remove(i);
         self.held_bytes -= held.bytes();
         self.update_memory();
         held
     }
 
     /// Every held segment, oldest first (a sweep, the end of the capture:
-    /// what they waited for did not come).
-    /// (Into a vector: one closure type, which the sweep it may run calls
-    /// this again with.)
+    /// what they waited for did not come). Into a vector: one closure type,
+    /// which the sweep it may run calls this again with.
     fn release_all(&mut self, out: &mut Vec<Exchange>) {
         while !self.held.is_empty() {
             let held = self.release(0);
