@@ -269,7 +269,15 @@ fn compare_cut_runs(files: &[std::path::PathBuf], snaplen: u32) -> (usize, usize
     for (n, file) in files.iter().enumerate() {
         let name = file.display();
         let cut_file = tmp.path().join(format!("{n}.pcap"));
-        if !cut_to_snaplen(file, &cut_file, snaplen) {
+        // At most `snaplen` bytes of each packet, as a capture with that
+        // snaplen holds them (the packet's length kept).
+        let cut_each = |packets: &mut Vec<(pcap::PacketHeader, Vec<u8>)>| {
+            for (h, d) in packets {
+                h.caplen = h.caplen.min(snaplen);
+                d.truncate(h.caplen as usize);
+            }
+        };
+        if !rewrite(file, &cut_file, cut_each) {
             continue;
         }
         let (whole, _) = common::exchanges_of(file, &[]);
@@ -300,33 +308,6 @@ fn compare_cut_runs(files: &[std::path::PathBuf], snaplen: u32) -> (usize, usize
         cut_status += cut.iter().filter(|e| !e["status"].is_null()).count();
     }
     (whole_status, cut_status)
-}
-
-/// Write `from`'s packets to `to` (pcap) with at most `snaplen` bytes each,
-/// as a capture with that snaplen would hold them. False when libpcap cannot
-/// read `from` as one link type (such files are skipped).
-fn cut_to_snaplen(from: &std::path::Path, to: &std::path::Path, snaplen: u32) -> bool {
-    let Ok(mut cap) = pcap::Capture::from_file(from) else {
-        return false;
-    };
-    let mut save = cap.savefile(to).expect("savefile");
-    loop {
-        match cap.next_packet() {
-            Ok(p) => {
-                let caplen = p.header.caplen.min(snaplen);
-                let header = pcap::PacketHeader {
-                    caplen,
-                    ..*p.header
-                };
-                save.write(&pcap::Packet::new(&header, &p.data[..caplen as usize]));
-            }
-            Err(pcap::Error::NoMorePackets) => break,
-            // A record libpcap cannot read ends what it gives, as in apitap.
-            Err(_) => break,
-        }
-    }
-    save.flush().expect("flush");
-    true
 }
 
 /// Captures whose neighbouring packets the capture swapped now and then
@@ -410,7 +391,8 @@ fn packets_a_little_out_of_order_across_directions_pair_as_in_order() {
 }
 
 /// Write `from`'s packets to `to` (pcap), after `edit` had them all. False
-/// when libpcap cannot read `from` as one link type.
+/// when libpcap cannot read `from` as one link type (such files are
+/// skipped); a record libpcap cannot read ends what it gives, as in apitap.
 fn rewrite(
     from: &std::path::Path,
     to: &std::path::Path,

@@ -508,14 +508,14 @@ impl FlowTable {
             return self.segment_now(seg, now, emit, true);
         };
         let h = &self.held[i];
-        let f = seg.flags;
-        if h.src != seg.src && h.filled_by(seg) && !f.rst() {
+        let (f, from_peer) = (seg.flags, h.head.src != seg.src);
+        if from_peer && h.filled_by(seg) && !f.rst() {
             // What it waited for: first (but a reset, which would end the
             // connection before it).
             let held = self.release(i);
             self.segment_now(seg, now, emit, false);
             self.segment_now(&held.segment(), now, emit, false);
-        } else if h.src != seg.src && seg.payload.is_empty() && !(f.syn() || f.fin() || f.rst()) {
+        } else if from_peer && seg.payload.is_empty() && !(f.syn() || f.fin() || f.rst()) {
             // A bare ACK of the other side's: it may still come.
             self.segment_now(seg, now, emit, false);
         } else {
@@ -531,7 +531,7 @@ impl FlowTable {
     /// (nothing of its connection came since); the connection holds no more.
     fn release_alone(&mut self, held: &reorder::Held, emit: &mut impl FnMut(Exchange)) {
         self.segment_now(&held.segment(), held.now, emit, false);
-        let side: Side = usize::from(!FlowKey::new(held.src, held.dst).1);
+        let side: Side = usize::from(!FlowKey::new(held.head.src, held.head.dst).1);
         if let Some(c) = self.flows.get_mut(&held.key) {
             c.hold_off[side] = true;
         }
@@ -662,20 +662,19 @@ impl FlowTable {
             || this.next_seq().is_some();
         // Data that acknowledges bytes of the other direction not seen yet:
         // the capture may show them next (see `reorder`).
-        if may_hold
+        let awaited = if may_hold
             && !seg.payload.is_empty()
             && flags.ack()
-            && !flags.syn()
-            && !flags.fin()
-            && !flags.rst()
+            && !(flags.syn() || flags.fin() || flags.rst())
             && synced
             && !hold_off
-            && other
-                .next_seq()
-                .is_some_and(|n| reassembly::seq_lt(n, seg.ack))
             && held.len() < reorder::MAX_HELD
         {
-            let awaited = other.next_seq().unwrap_or(seg.ack);
+            other.next_seq().filter(|&n| reassembly::seq_lt(n, seg.ack))
+        } else {
+            None
+        };
+        if let Some(awaited) = awaited {
             let h = reorder::Held::of(key, seg, now, awaited);
             self.held_bytes += h.bytes();
             held.push(h);

@@ -18,8 +18,7 @@
 
 use super::FlowKey;
 use crate::clock::Timestamp;
-use crate::decode::{TcpFlags, TcpSegment};
-use std::net::SocketAddr;
+use crate::decode::TcpSegment;
 
 /// Most segments held at once, over all connections.
 pub const MAX_HELD: usize = 64;
@@ -31,15 +30,9 @@ pub struct Held {
     pub now: Timestamp,
     /// The first byte of the other direction it acknowledged unseen.
     awaited: u32,
-    ts: Timestamp,
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    seq: u32,
-    ack: u32,
-    flags: TcpFlags,
-    window: u16,
+    /// The segment but its payload (empty here), which `payload` holds.
+    pub head: TcpSegment<'static>,
     payload: Vec<u8>,
-    missing: u32,
 }
 
 impl Held {
@@ -48,29 +41,18 @@ impl Held {
             key,
             now,
             awaited,
-            ts: seg.ts,
-            src: seg.src,
-            dst: seg.dst,
-            seq: seg.seq,
-            ack: seg.ack,
-            flags: seg.flags,
-            window: seg.window,
+            head: TcpSegment {
+                payload: &[],
+                ..*seg
+            },
             payload: seg.payload.to_vec(),
-            missing: seg.missing,
         }
     }
 
     pub fn segment(&self) -> TcpSegment<'_> {
         TcpSegment {
-            ts: self.ts,
-            src: self.src,
-            dst: self.dst,
-            seq: self.seq,
-            ack: self.ack,
-            flags: self.flags,
-            window: self.window,
             payload: &self.payload,
-            missing: self.missing,
+            ..self.head
         }
     }
 
