@@ -23,7 +23,8 @@ Signals: SIGHUP re-reads the configuration file (routes, credential names, \
 limits, severities, log level) without closing the capture and reopens the \
 exchange and findings logs; a file that does not load is logged and the \
 running configuration stays. SIGTERM or SIGINT stop the capture, flush every \
-open exchange and exit 0.
+open exchange and exit 0. A live capture that fails (its interface was \
+deleted) is flushed and written the same way, then apitap exits 1.
 
 Files: /etc/apitap/apitap.toml (the packaged configuration), \
 /etc/default/apitap (extra flags for the systemd unit), /var/log/apitap/ \

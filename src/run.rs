@@ -467,7 +467,21 @@ fn run_source(
     let mut events = 0u64;
     // Dropped before anything else here locks the sinks.
     let mut held = None;
-    while let Some(ev) = source.next_event()? {
+    // A capture that fails (the interface went away) ends the loop like
+    // the end of a file: what was seen is flushed and written, then the
+    // error is returned (exit 1, and a service manager restarts apitap,
+    // which needs the privileges it dropped to open a capture again).
+    let mut failure = None;
+    loop {
+        let ev = match source.next_event() {
+            Ok(Some(ev)) => ev,
+            Ok(None) => break,
+            Err(e) => {
+                shared.set_ready(false);
+                failure = Some(e);
+                break;
+            }
+        };
         let tick = match ev {
             SourceEvent::Packet(pkt) => {
                 pipeline.packet(&pkt, &sinks, &mut held);
@@ -556,6 +570,12 @@ fn run_source(
             if_dropped = st.if_dropped,
             "the kernel or interface dropped packets: some exchanges are missing"
         );
+    }
+    if let Some(e) = failure {
+        if let Some(server) = server {
+            server.shutdown();
+        }
+        return Err(e.into());
     }
     if let Some(server) = server {
         // Read mode: the final metrics stay up until interrupted.

@@ -42,7 +42,10 @@
 //!   decodes what its handle delivers; outputs go to the merging thread as
 //!   they come (live traffic has no index to merge by). The caller's loop
 //!   is driven by a [`Ticker`] that yields clock ticks and sums the
-//!   handles' counters.
+//!   handles' counters; if any handle's capture fails, the Ticker yields
+//!   that error (the worker has flushed its flows; [`Sharded::finish`]
+//!   stops the others), so no share of the traffic goes unseen while the
+//!   process looks healthy.
 //! - Bounds: each worker's table gets `1/N` of `max_flows` and of the
 //!   memory budget less a sixteenth (at least 1 MiB) kept for outputs in
 //!   flight: exchanges the workers produced that the merging thread has not
@@ -666,11 +669,13 @@ struct LiveWorkers {
     counters: Vec<Arc<LaneCounters>>,
 }
 
-/// A live worker's packet counters, read by the [`Ticker`].
+/// What a live worker tells the [`Ticker`]: its packet counters, and why
+/// its capture failed if it did.
 #[derive(Debug, Default)]
 struct LaneCounters {
     packets: AtomicU64,
     bytes: AtomicU64,
+    failure: Mutex<Option<CaptureError>>,
 }
 
 impl LaneCounters {
@@ -1367,7 +1372,8 @@ fn work_live(
             }
             Ok(None) => (true, false),
             Err(e) => {
-                tracing::error!(worker = id, "{e}");
+                // The caller's loop ends on it (through the Ticker).
+                lock(&counters.failure).get_or_insert(e);
                 (true, false)
             }
         };
@@ -1413,6 +1419,11 @@ impl PacketSource for Ticker {
         loop {
             if self.stop.is_stopped() {
                 return Ok(None);
+            }
+            // One handle failing (the interface went away) leaves a share
+            // of the flows unseen: the whole capture ends with its error.
+            if let Some(e) = self.counters.iter().find_map(|c| lock(&c.failure).take()) {
+                return Err(e);
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -133,6 +133,11 @@ fn signal(child: &Child, sig: &str) {
 /// stderr.
 fn interrupt(apitap: &mut KillOnDrop) -> (std::process::ExitStatus, String) {
     signal(&apitap.0, "-INT");
+    wait_exit(apitap, "on SIGINT")
+}
+
+/// Wait (at most 10 s) for apitap to exit: its status and stderr.
+fn wait_exit(apitap: &mut KillOnDrop, why: &str) -> (std::process::ExitStatus, String) {
     let start = Instant::now();
     let status = loop {
         if let Some(s) = apitap.0.try_wait().unwrap() {
@@ -140,7 +145,7 @@ fn interrupt(apitap: &mut KillOnDrop) -> (std::process::ExitStatus, String) {
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "apitap did not stop on SIGINT"
+            "apitap did not stop {why}"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -358,4 +363,96 @@ fn live_drops_are_exported_while_capturing() {
         stderr.contains("dropped packets"),
         "the final warning: {stderr}"
     );
+}
+
+/// The capture's interface is deleted under apitap (a container's veth
+/// going away): with one worker and with two (a handle each, either may
+/// fail first), apitap must not stay up blind and healthy. It writes what
+/// it saw, the request still waiting for its answer included, and exits 1
+/// naming the interface, so that a service manager restarts it.
+#[test]
+fn a_capture_whose_interface_goes_away_writes_what_it_saw_and_exits_1() {
+    for (tag, workers) in [('f', "1"), ('g', "2")] {
+        let Some((ns, veth)) = Netns::create(tag) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("exchanges.ndjson");
+        let metrics = dir.path().join("metrics.prom");
+        std::fs::write(dir.path().join("hello.txt"), b"hello\n").unwrap();
+        let _server = ns.http_server(dir.path());
+        // A server that accepts on 8081 and never answers.
+        let _silent = KillOnDrop(
+            ns.exec(
+                &ns.server,
+                &[
+                    "python3",
+                    "-c",
+                    "import socket,time\n\
+                     s=socket.socket(); s.bind(('10.204.0.1',8081)); s.listen()\n\
+                     c=s.accept(); time.sleep(60)",
+                ],
+            )
+            .spawn()
+            .expect("python3"),
+        );
+        let mut apitap = ns.apitap(&[
+            "-i",
+            &veth,
+            "-f",
+            "tcp port 8080 or tcp port 8081",
+            "--exchanges",
+            log.to_str().unwrap(),
+            "--metrics-out",
+            metrics.to_str().unwrap(),
+            "--workers",
+            workers,
+        ]);
+        ns.wait_for_server("/hello.txt");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(ns.fetch("/hello.txt").status().unwrap().success());
+        let _waiting = KillOnDrop(
+            ns.exec(
+                &ns.client,
+                &["curl", "-s", "-m", "30", "http://10.204.0.1:8081/pending"],
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("curl"),
+        );
+        std::thread::sleep(Duration::from_millis(800));
+
+        let deleted = ns
+            .exec(&ns.server, &["ip", "link", "del", &veth])
+            .status()
+            .unwrap();
+        assert!(deleted.success());
+        let (status, stderr) = wait_exit(&mut apitap, "when its interface went away");
+        assert_eq!(status.code(), Some(1), "workers {workers}: {stderr}");
+        assert!(
+            stderr.contains(&format!("capture on {veth} failed")),
+            "workers {workers}: {stderr}"
+        );
+        let records: Vec<Value> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let find = |target: &str| {
+            records
+                .iter()
+                .rfind(|r| r["target"] == target)
+                .unwrap_or_else(|| panic!("workers {workers}: no {target} in {records:?}"))
+        };
+        assert_eq!(find("/hello.txt")["status"], 200);
+        // Flushed at the end: it never had an answer.
+        assert!(find("/pending")["status"].is_null());
+        let text = std::fs::read_to_string(&metrics).expect("the final metrics are written");
+        let count: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert!(count >= 2.0, "workers {workers}: {count}");
+    }
 }
