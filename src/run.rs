@@ -508,7 +508,7 @@ fn run_source(
         if (tick || events.is_multiple_of(256)) && last_publish.elapsed() >= PUBLISH_EVERY {
             held = None;
             let mut sinks = lock(&sinks);
-            publish(&mut sinks.metrics, &pipeline, &source);
+            publish(&mut sinks, &pipeline, &source);
             let st = source.stats();
             Progress::set(&progress.packets, st.packets);
             Progress::set(&progress.dropped, st.dropped + st.if_dropped);
@@ -524,7 +524,7 @@ fn run_source(
     drop(held);
     pipeline.finish(&sinks);
     let mut sinks = lock(&sinks);
-    publish(&mut sinks.metrics, &pipeline, &source);
+    publish(&mut sinks, &pipeline, &source);
     if let Some(p) = &cfg.metrics_out {
         let err = |source| RunError::Output {
             what: "the metrics",
@@ -609,17 +609,11 @@ fn apply_reload(
     };
     pipeline.set_classifier(p.classifier);
     sinks.legacy_tls = p.cfg.classify.severities.get(FindingKind::LegacyTls);
-    // Log files: reopen (logrotate moved them). The exchange log is rebuilt
-    // so that it redacts the new credential names.
+    // Log files: reopen (logrotate moved them); the exchange log redacts
+    // the new credential names from now on.
     service.log_generation.fetch_add(1, Ordering::Relaxed);
-    if let (Some(old), Some(out)) = (&mut sinks.log, &outs.exchanges) {
-        if let Err(e) = old.finish() {
-            tracing::warn!("the exchange log failed before the reload: {e}");
-        }
-        *old = ExchangeLog::new(
-            Box::new(out.clone()),
-            p.cfg.classify.credential_params.clone(),
-        );
+    if let Some(log) = &mut sinks.log {
+        log.set_credential_params(p.cfg.classify.credential_params.clone());
     }
     outs.flush();
     running.classify = p.cfg.classify.clone();
@@ -633,8 +627,13 @@ fn apply_reload(
     service.notifier.ready("configuration reloaded; capturing");
 }
 
-fn publish(metrics: &mut Metrics, pipeline: &Engine, source: &impl PacketSource) {
+fn publish(sinks: &mut Sinks, pipeline: &Engine, source: &impl PacketSource) {
     let stats = pipeline.stats();
+    let metrics = &mut sinks.metrics;
     metrics.pipeline(&stats, &source.stats());
+    metrics.log_lines_lost(
+        sinks.log.as_ref().map_or(0, |l| l.lost),
+        sinks.findings.as_ref().map_or(0, |l| l.lost),
+    );
     metrics.publish(stats.last_ts.unwrap_or_default());
 }

@@ -129,6 +129,8 @@ pub struct CaptureCounters {
     pub missing_bytes: AtomicU64,
     pub parse_errors_request: AtomicU64,
     pub parse_errors_response: AtomicU64,
+    pub log_lost_exchanges: AtomicU64,
+    pub log_lost_findings: AtomicU64,
     drops: DropReaders,
 }
 
@@ -187,7 +189,7 @@ struct CaptureCollector {
     descs: Vec<Desc>,
 }
 
-const CAPTURE_FAMILIES: [(&str, &str, MetricType); 7] = [
+const CAPTURE_FAMILIES: [(&str, &str, MetricType); 8] = [
     (
         "apitap_capture_packets_total",
         "Frames the capture source delivered.",
@@ -225,6 +227,12 @@ const CAPTURE_FAMILIES: [(&str, &str, MetricType); 7] = [
         "Bytes that could not be framed as HTTP/1.x, by direction.",
         MetricType::COUNTER,
     ),
+    (
+        "apitap_log_lines_lost_total",
+        "Lines of the exchange or findings log that could not be written (a full disk, \
+         a closed pipe), by log.",
+        MetricType::COUNTER,
+    ),
 ];
 
 impl CaptureCollector {
@@ -232,10 +240,10 @@ impl CaptureCollector {
         let descs = CAPTURE_FAMILIES
             .iter()
             .map(|(name, help, _)| {
-                let var = if *name == "apitap_http_parse_errors_total" {
-                    vec!["direction".to_string()]
-                } else {
-                    vec![]
+                let var = match *name {
+                    "apitap_http_parse_errors_total" => vec!["direction".to_string()],
+                    "apitap_log_lines_lost_total" => vec!["log".to_string()],
+                    _ => vec![],
                 };
                 Desc::new(name.to_string(), help.to_string(), var, HashMap::new())
                     .expect("static metric description is valid")
@@ -309,6 +317,18 @@ impl Collector for CaptureCollector {
                     "apitap_tcp_missing_bytes_total" => {
                         vec![sample(vec![], kind, get(&c.missing_bytes))]
                     }
+                    "apitap_log_lines_lost_total" => vec![
+                        sample(
+                            vec![label_pair("log", "exchanges")],
+                            kind,
+                            get(&c.log_lost_exchanges),
+                        ),
+                        sample(
+                            vec![label_pair("log", "findings")],
+                            kind,
+                            get(&c.log_lost_findings),
+                        ),
+                    ],
                     _ => vec![
                         sample(
                             vec![label_pair("direction", "request")],
@@ -1047,6 +1067,12 @@ impl Metrics {
     pub fn http_parse_errors(&mut self, requests: u64, responses: u64) {
         CaptureCounters::raise(&self.capture.parse_errors_request, requests);
         CaptureCounters::raise(&self.capture.parse_errors_response, responses);
+    }
+
+    /// Log lines that could not be written so far, per log (cumulative).
+    pub fn log_lines_lost(&mut self, exchanges: u64, findings: u64) {
+        CaptureCounters::raise(&self.capture.log_lost_exchanges, exchanges);
+        CaptureCounters::raise(&self.capture.log_lost_findings, findings);
     }
 
     /// Push buffered updates into the shared registry, then (at most once

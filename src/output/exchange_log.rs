@@ -67,8 +67,12 @@ pub struct ExchangeLog {
     credential_params: Vec<String>,
     /// The line being built; reused across exchanges.
     line: Vec<u8>,
-    /// The first write error; later writes are skipped.
+    /// The first write error (reported by [`ExchangeLog::finish`]).
     error: Option<io::Error>,
+    /// Lines that could not be written (a full disk, a closed pipe): each
+    /// is lost whole, and the next exchange is tried again, so a live log
+    /// goes on once the disk has room.
+    pub lost: u64,
     timestamps: TimestampTexts,
     clients: SocketAddrTexts,
     servers: SocketAddrTexts,
@@ -81,6 +85,7 @@ impl ExchangeLog {
             credential_params,
             line: Vec::with_capacity(1024),
             error: None,
+            lost: 0,
             timestamps: TimestampTexts::default(),
             clients: SocketAddrTexts::default(),
             servers: SocketAddrTexts::default(),
@@ -149,21 +154,27 @@ impl ExchangeLog {
         written
     }
 
-    /// Flush, reporting the first error any write met.
+    /// Redact these query parameters from now on (a reload).
+    pub fn set_credential_params(&mut self, names: Vec<String>) {
+        self.credential_params = names;
+    }
+
+    /// Flush (what was written before an error too), reporting the first
+    /// error any write met.
     pub fn finish(&mut self) -> io::Result<()> {
-        if let Some(e) = self.error.take() {
-            return Err(e);
+        let flushed = self.out.flush();
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => flushed,
         }
-        self.out.flush()
     }
 }
 
 impl ExchangeSink for ExchangeLog {
     fn exchange(&mut self, ex: &Exchange) {
-        if self.error.is_none() {
-            if let Err(e) = self.write(ex) {
-                self.error = Some(e);
-            }
+        if let Err(e) = self.write(ex) {
+            self.lost += 1;
+            self.error.get_or_insert(e);
         }
     }
 }
@@ -180,6 +191,8 @@ mod tests {
     use crate::http::Method;
     use crate::pipeline::Pipeline;
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     /// The record this module used to serialise with serde (the format the
     /// golden logs were made with): `write` must give the same bytes.
@@ -322,5 +335,67 @@ mod tests {
             }
         }
         assert_eq!(checked, sample.len() * 8);
+    }
+
+    /// A file on a disk that is full until `room` is raised again: each
+    /// write takes what fits, then fails with ENOSPC.
+    #[derive(Clone, Default)]
+    struct Disk {
+        room: Arc<AtomicUsize>,
+        data: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Disk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.room.load(Ordering::Relaxed));
+            if n == 0 && !buf.is_empty() {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.room.fetch_sub(n, Ordering::Relaxed);
+            self.data.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A full disk loses lines, counted, and never tears one: once there is
+    /// room again the log goes on (live mode: no restart needed), every line
+    /// that reached the file is whole, and written + lost = exchanges. The
+    /// first error is still what `finish` reports.
+    #[test]
+    fn a_full_disk_loses_whole_lines_counted_and_the_log_goes_on() {
+        let disk = Disk::default();
+        disk.room.store(10_000, Ordering::Relaxed);
+        let out = io::BufWriter::with_capacity(4096, disk.clone());
+        let mut log = ExchangeLog::new(Box::new(out), Vec::new());
+        let sample = sample_exchanges();
+        let (full, freed) = (sample.len() / 3, 2 * sample.len() / 3);
+        for (i, ex) in sample.iter().enumerate() {
+            if i == freed {
+                disk.room.store(usize::MAX / 2, Ordering::Relaxed);
+            }
+            log.exchange(ex);
+            if i == full {
+                assert!(log.lost > 0, "10,000 bytes hold fewer than {full} lines");
+            }
+        }
+        let lost = log.lost;
+        assert!(matches!(log.finish(), Err(e) if e.raw_os_error() == Some(libc::ENOSPC)));
+        drop(log);
+        let data = disk.data.lock().unwrap();
+        let text = std::str::from_utf8(&data).unwrap();
+        assert!(text.ends_with('\n'));
+        let lines: Vec<&str> = text.lines().collect();
+        for l in &lines {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        }
+        assert_eq!(lines.len() as u64 + lost, sample.len() as u64);
+        // The lines after the disk had room again are there.
+        let last = sample.last().unwrap();
+        let last_line: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+        assert_eq!(last_line["client"], last.client.to_string());
+        assert!(lines.len() > sample.len() - freed);
     }
 }

@@ -80,7 +80,13 @@ pub struct FindingsLog {
     /// Lines written, occurrences folded.
     pub written: u64,
     pub folded: u64,
+    /// Lines that could not be written (a full disk, a closed pipe): each
+    /// is lost whole (a record is built in `line`, then written at once)
+    /// and the next is tried again.
+    pub lost: u64,
+    /// The first write error (reported by [`FindingsLog::finish`]).
     error: Option<io::Error>,
+    line: Vec<u8>,
 }
 
 impl FindingsLog {
@@ -108,7 +114,9 @@ impl FindingsLog {
             evicted: 0,
             written: 0,
             folded: 0,
+            lost: 0,
             error: None,
+            line: Vec::new(),
         }
     }
 
@@ -123,9 +131,6 @@ impl FindingsLog {
     }
 
     fn emit(&mut self, f: &Finding, folded: Option<u64>) {
-        if self.error.is_some() {
-            return;
-        }
         let rec = Record {
             ts: f.ts.to_string(),
             kind: f.kind.as_str(),
@@ -137,12 +142,19 @@ impl FindingsLog {
             evidence: &f.evidence,
             folded,
         };
-        let r = serde_json::to_writer(&mut self.out, &rec)
+        self.line.clear();
+        let r = serde_json::to_writer(&mut self.line, &rec)
             .map_err(io::Error::from)
-            .and_then(|_| self.out.write_all(b"\n"));
+            .and_then(|_| {
+                self.line.push(b'\n');
+                self.out.write_all(&self.line)
+            });
         match r {
             Ok(()) => self.written += 1,
-            Err(e) => self.error = Some(e),
+            Err(e) => {
+                self.lost += 1;
+                self.error.get_or_insert(e);
+            }
         }
     }
 
@@ -242,10 +254,11 @@ impl FindingsLog {
                 self.flush_entry(&mut e);
             }
         }
-        if let Some(e) = self.error.take() {
-            return Err(e);
+        let flushed = self.out.flush();
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => flushed,
         }
-        self.out.flush()
     }
 }
 
@@ -291,6 +304,57 @@ mod tests {
     }
 
     const MIN: i64 = 60;
+
+    /// A disk with `room` bytes left (raised again later): each write takes
+    /// what fits, then fails with ENOSPC.
+    #[derive(Clone, Default)]
+    struct Disk {
+        room: Arc<std::sync::atomic::AtomicUsize>,
+        buf: Buf,
+    }
+    impl Write for Disk {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            use std::sync::atomic::Ordering::Relaxed;
+            let n = b.len().min(self.room.load(Relaxed));
+            if n == 0 && !b.is_empty() {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.room.fetch_sub(n, Relaxed);
+            self.buf.write(&b[..n])
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A full disk loses findings whole and counted (a record never lands
+    /// half written, even through a small buffer); once there is room the
+    /// log goes on; `finish` reports the first error.
+    #[test]
+    fn a_full_disk_loses_whole_lines_counted_and_the_log_goes_on() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let disk = Disk::default();
+        disk.room.store(1000, Relaxed);
+        let out = io::BufWriter::with_capacity(256, disk.clone());
+        let mut log = FindingsLog::new(Box::new(out), 0);
+        let k = FindingKind::CleartextCredentials;
+        for i in 0..60 {
+            if i == 40 {
+                disk.room.store(usize::MAX / 2, Relaxed);
+            }
+            log.write(&f(i, k, "10.0.0.5:1000", &format!("/r{i}")));
+        }
+        assert!(log.lost > 0);
+        assert!(matches!(log.finish(), Err(e) if e.raw_os_error() == Some(libc::ENOSPC)));
+        let (written, lost) = (log.written, log.lost);
+        drop(log);
+        // Every line parses (Buf::lines panics otherwise).
+        let lines = disk.buf.lines();
+        assert_eq!(lines.len() as u64, written);
+        assert_eq!(written + lost, 60);
+        assert_eq!(lines.last().unwrap()["route"], "/r59");
+        assert!(lines.iter().any(|l| l["route"] == "/r40"));
+    }
 
     #[test]
     fn repeats_fold_per_interval() {
