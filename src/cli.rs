@@ -59,7 +59,7 @@ pub struct Cli {
     #[arg(short = 'r', long = "read", value_name = "FILE")]
     pub read: Option<String>,
 
-    /// Capture filter (BPF). Default: tcp.
+    /// Capture filter (BPF), live or on a file read with -r. Default: tcp.
     #[arg(short = 'f', long = "filter", value_name = "BPF")]
     pub filter: Option<String>,
 

@@ -116,6 +116,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// The capture filter when none is given.
+pub const DEFAULT_FILTER: &str = "tcp";
+
 /// Where packets come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
@@ -352,7 +355,7 @@ impl Config {
                 .filter
                 .clone()
                 .or(f.filter)
-                .unwrap_or_else(|| "tcp".into()),
+                .unwrap_or_else(|| DEFAULT_FILTER.into()),
             exchanges: cli.exchanges.clone().or(f.exchanges),
             findings: cli.findings.clone().or(f.findings),
             metrics_out: cli.metrics_out.clone().or(f.metrics_out),

@@ -14,6 +14,7 @@
 //! log level, and the log files are reopened. A broken one is logged and
 //! the running configuration stays. `RELOADING=1` and `READY=1` frame it.
 
+use crate::capture::bpf::FileFilter;
 use crate::capture::live::{LiveOptions, LiveSource};
 use crate::capture::replay::{ReplaySource, StopFlag};
 use crate::capture::{CaptureError, PacketSource, SourceEvent};
@@ -396,6 +397,13 @@ fn run_source(
     service: &Service,
 ) -> Result<(), RunError> {
     let live = matches!(cfg.input, Input::Interface(_));
+    // `-f` with `-r` filters the file as libpcap filters a live capture
+    // (and tcpdump -r a file). The default, tcp, is not run: only TCP is
+    // read anyway, and what is not TCP is counted in the capture health.
+    let mut filter = match cfg.filter.as_str() {
+        f if !live && f != crate::config::DEFAULT_FILTER => Some(FileFilter::new(f)?),
+        _ => None,
+    };
     let mut outs = LogOutputs::default();
     let log = match &cfg.exchanges {
         Some(p) => {
@@ -484,7 +492,9 @@ fn run_source(
         };
         let tick = match ev {
             SourceEvent::Packet(pkt) => {
-                pipeline.packet(&pkt, &sinks, &mut held);
+                if filter.as_mut().is_none_or(|f| f.matches(&pkt)) {
+                    pipeline.packet(&pkt, &sinks, &mut held);
+                }
                 false
             }
             SourceEvent::Tick(t) => {
@@ -521,6 +531,14 @@ fn run_source(
         }
     }
     service.notifier.stopping();
+    if let Some(f) = &filter {
+        tracing::info!(
+            filter = %cfg.filter,
+            kept = f.kept,
+            left_out = f.rejected,
+            "capture filter applied to the file"
+        );
+    }
     drop(held);
     pipeline.finish(&sinks);
     let mut sinks = lock(&sinks);

@@ -226,3 +226,39 @@ fn an_unreadable_pcapng_block_is_skipped_and_reported() {
     assert!(ours.lines().count() > 100);
     assert_eq!(ours, theirs, "the same exchanges as the sample's");
 }
+
+/// `-f` with `-r` filters the file as tcpdump -r does: with only the
+/// requests' direction kept, every request is logged and none answered
+/// (and no failure is made of that); with one client port, that
+/// connection's exchanges only. A filter libpcap cannot parse is one line
+/// naming it (exit 1, as live).
+#[test]
+fn a_capture_filter_applies_to_a_file() {
+    let exchanges = |filter: &str| -> Vec<serde_json::Value> {
+        let (code, out, err) = run(&["-r", &sample(), "-f", filter, "--exchanges", "-"]);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let all = exchanges("tcp");
+    let requests = exchanges("dst port 80");
+    assert_eq!(requests.len(), all.len());
+    assert!(requests
+        .iter()
+        .all(|r| r["status"].is_null() && r["failure"].is_null() && r["method"].is_string()));
+    let client = all[0]["client"].as_str().unwrap().to_string();
+    let port = client.rsplit(':').next().unwrap();
+    let one = exchanges(&format!("tcp port {port}"));
+    let want: Vec<_> = all.iter().filter(|r| r["client"] == client).collect();
+    assert!(!want.is_empty());
+    assert_eq!(one.iter().collect::<Vec<_>>(), want);
+
+    let (code, _, err) = run(&["-r", &sample(), "-f", "tcp prot 80"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("invalid capture filter \"tcp prot 80\""),
+        "{err}"
+    );
+}

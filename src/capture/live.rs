@@ -626,7 +626,7 @@ fn open_error(iface: &str, e: &pcap::Error) -> String {
     format!("cannot capture on {iface}: {}", one_line(text))
 }
 
-fn filter_error(filter: &str, e: &pcap::Error) -> String {
+pub(super) fn filter_error(filter: &str, e: &pcap::Error) -> String {
     let reason = match e {
         pcap::Error::InvalidInputString => "contains a NUL byte".to_string(),
         other => pcap_text(other),

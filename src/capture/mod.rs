@@ -11,6 +11,7 @@
 //! from any thread at any time (a scrape) without touching the handle the
 //! capture thread is using.
 
+pub mod bpf;
 pub mod file;
 pub mod live;
 pub mod mapped;
