@@ -550,21 +550,22 @@ fn run_source(
             source,
         };
         let mut w = open_output(p).map_err(err)?;
-        w.write_all(sinks.metrics.render().as_bytes())
-            .map_err(err)?;
-        w.flush().map_err(err)?;
+        let written = w
+            .write_all(sinks.metrics.render().as_bytes())
+            .and_then(|()| w.flush());
+        reader_gone(p, written).map_err(err)?;
     }
-    if let Some(l) = &mut sinks.log {
-        l.finish().map_err(|source| RunError::Output {
+    if let (Some(l), Some(p)) = (&mut sinks.log, &cfg.exchanges) {
+        reader_gone(p, l.finish()).map_err(|source| RunError::Output {
             what: "the exchange log",
-            path: cfg.exchanges.clone().unwrap_or_default(),
+            path: p.clone(),
             source,
         })?;
     }
-    if let Some(l) = &mut sinks.findings {
-        l.finish().map_err(|source| RunError::Output {
+    if let (Some(l), Some(p)) = (&mut sinks.findings, &cfg.findings) {
+        reader_gone(p, l.finish()).map_err(|source| RunError::Output {
             what: "the findings log",
-            path: cfg.findings.clone().unwrap_or_default(),
+            path: p.clone(),
             source,
         })?;
     }
@@ -643,6 +644,16 @@ fn apply_reload(
         "configuration reloaded"
     );
     service.notifier.ready("configuration reloaded; capturing");
+}
+
+/// A reader of standard output that went away (`apitap -r FILE --exchanges
+/// - | head`) is not an error: it read what it wanted, as from any Unix
+/// filter. (The rest of the file is still read: other outputs may want it.)
+fn reader_gone(path: &str, r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if path == "-" && e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
 }
 
 fn publish(sinks: &mut Sinks, pipeline: &Engine, source: &impl PacketSource) {

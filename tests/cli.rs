@@ -262,3 +262,38 @@ fn a_capture_filter_applies_to_a_file() {
         "{err}"
     );
 }
+
+/// `--exchanges - | head`: the reader closing the pipe early is not an
+/// error (exit 0, nothing on stderr), and the rest of the file is still
+/// read for the other outputs (the final metrics count every exchange).
+#[test]
+fn a_reader_that_closes_stdout_early_is_not_an_error() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("m.prom");
+    let mut child = common::apitap()
+        .args(["-r", &sample(), "--exchanges", "-", "--metrics-out"])
+        .arg(&metrics)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("{\"ts\":"), "{first}");
+    // The reader is dropped here: apitap's next writes meet a closed pipe
+    // (the sample's log is several times a pipe's buffer).
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let count: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(count, 525.0);
+}
