@@ -646,8 +646,8 @@ fn apply_reload(
     service.notifier.ready("configuration reloaded; capturing");
 }
 
-/// A reader of standard output that went away (`apitap -r FILE --exchanges
-/// - | head`) is not an error: it read what it wanted, as from any Unix
+/// A reader of standard output that went away (`--exchanges -` piped into
+/// `head`) is not an error: it read what it wanted, as from any Unix
 /// filter. (The rest of the file is still read: other outputs may want it.)
 fn reader_gone(path: &str, r: std::io::Result<()>) -> std::io::Result<()> {
     match r {
