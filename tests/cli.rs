@@ -290,10 +290,6 @@ fn a_reader_that_closes_stdout_early_is_not_an_error() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.is_empty(), "{err}");
     let text = std::fs::read_to_string(&metrics).unwrap();
-    let count: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
+    let count = common::exchanges_counted(&text);
     assert_eq!(count, 525.0);
 }

@@ -254,11 +254,7 @@ fn live_capture_on_a_veth_matches_the_client() {
     assert!(records.iter().all(|r| r["server"] == "10.204.0.1:8080"
         && r["client"].as_str().unwrap().starts_with("10.204.0.2:")));
     let text = std::fs::read_to_string(&metrics).unwrap();
-    let count: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
+    let count = common::exchanges_counted(&text);
     assert_eq!(
         count as usize,
         records.len(),
@@ -448,11 +444,7 @@ fn a_capture_whose_interface_goes_away_writes_what_it_saw_and_exits_1() {
         // Flushed at the end: it never had an answer.
         assert!(find("/pending")["status"].is_null());
         let text = std::fs::read_to_string(&metrics).expect("the final metrics are written");
-        let count: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum();
+        let count = common::exchanges_counted(&text);
         assert!(count >= 2.0, "workers {workers}: {count}");
     }
 }

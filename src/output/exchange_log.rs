@@ -189,10 +189,10 @@ mod tests {
     use crate::decode::DecoderConfig;
     use crate::flow::FlowConfig;
     use crate::http::Method;
+    use crate::output::Disk;
     use crate::pipeline::Pipeline;
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::atomic::Ordering;
 
     /// The record this module used to serialise with serde (the format the
     /// golden logs were made with): `write` must give the same bytes.
@@ -335,29 +335,6 @@ mod tests {
             }
         }
         assert_eq!(checked, sample.len() * 8);
-    }
-
-    /// A file on a disk that is full until `room` is raised again: each
-    /// write takes what fits, then fails with ENOSPC.
-    #[derive(Clone, Default)]
-    struct Disk {
-        room: Arc<AtomicUsize>,
-        data: Arc<Mutex<Vec<u8>>>,
-    }
-
-    impl Write for Disk {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.room.load(Ordering::Relaxed));
-            if n == 0 && !buf.is_empty() {
-                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-            }
-            self.room.fetch_sub(n, Ordering::Relaxed);
-            self.data.lock().unwrap().extend_from_slice(&buf[..n]);
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
     }
 
     /// A full disk loses lines, counted, and never tears one: once there is

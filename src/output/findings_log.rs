@@ -305,35 +305,13 @@ mod tests {
 
     const MIN: i64 = 60;
 
-    /// A disk with `room` bytes left (raised again later): each write takes
-    /// what fits, then fails with ENOSPC.
-    #[derive(Clone, Default)]
-    struct Disk {
-        room: Arc<std::sync::atomic::AtomicUsize>,
-        buf: Buf,
-    }
-    impl Write for Disk {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            use std::sync::atomic::Ordering::Relaxed;
-            let n = b.len().min(self.room.load(Relaxed));
-            if n == 0 && !b.is_empty() {
-                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-            }
-            self.room.fetch_sub(n, Relaxed);
-            self.buf.write(&b[..n])
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// A full disk loses findings whole and counted (a record never lands
     /// half written, even through a small buffer); once there is room the
     /// log goes on; `finish` reports the first error.
     #[test]
     fn a_full_disk_loses_whole_lines_counted_and_the_log_goes_on() {
         use std::sync::atomic::Ordering::Relaxed;
-        let disk = Disk::default();
+        let disk = crate::output::Disk::default();
         disk.room.store(1000, Relaxed);
         let out = io::BufWriter::with_capacity(256, disk.clone());
         let mut log = FindingsLog::new(Box::new(out), 0);
@@ -349,7 +327,7 @@ mod tests {
         let (written, lost) = (log.written, log.lost);
         drop(log);
         // Every line parses (Buf::lines panics otherwise).
-        let lines = disk.buf.lines();
+        let lines = Buf(disk.data.clone()).lines();
         assert_eq!(lines.len() as u64, written);
         assert_eq!(written + lost, 60);
         assert_eq!(lines.last().unwrap()["route"], "/r59");

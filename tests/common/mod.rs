@@ -95,3 +95,13 @@ pub fn http_server(dir: &Path, port: u16) -> KillOnDrop {
             .expect("python3 starts"),
     )
 }
+
+/// Exchanges a text exposition counted: the sum of every
+/// `http_server_request_duration_seconds_count` series.
+pub fn exchanges_counted(exposition: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
