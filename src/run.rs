@@ -60,6 +60,9 @@ pub enum RunError {
     Metrics(#[from] crate::metrics::ServerError),
     #[error("{0}")]
     Setup(String),
+    /// A thread of apitap panicked (a bug; the panic hook printed where).
+    #[error("internal error in thread {0}: exchanges it held are missing; please report it")]
+    Internal(String),
 }
 
 /// Everything that receives exchanges in this run: what goes where (which
@@ -475,10 +478,11 @@ fn run_source(
     let mut events = 0u64;
     // Dropped before anything else here locks the sinks.
     let mut held = None;
-    // A capture that fails (the interface went away) ends the loop like
-    // the end of a file: what was seen is flushed and written, then the
-    // error is returned (exit 1, and a service manager restarts apitap,
-    // which needs the privileges it dropped to open a capture again).
+    // A capture that fails (the interface went away) or a worker thread
+    // that panicked ends the loop like the end of a file: what was seen is
+    // flushed and written, then the error is returned (exit 1, and a
+    // service manager restarts apitap, which needs the privileges it
+    // dropped to open a capture again).
     let mut failure = None;
     loop {
         let ev = match source.next_event() {
@@ -486,7 +490,7 @@ fn run_source(
             Ok(None) => break,
             Err(e) => {
                 shared.set_ready(false);
-                failure = Some(e);
+                failure = Some(e.into());
                 break;
             }
         };
@@ -505,6 +509,13 @@ fn run_source(
         };
         events = events.wrapping_add(1);
         Progress::set(&progress.events, events);
+        if tick || events.is_multiple_of(256) {
+            if let Some(thread) = pipeline.failed() {
+                shared.set_ready(false);
+                failure = Some(RunError::Internal(thread));
+                break;
+            }
+        }
         if service.reload.flag.load(Ordering::Relaxed) {
             held = None;
             apply_reload(
@@ -541,6 +552,9 @@ fn run_source(
     }
     drop(held);
     pipeline.finish(&sinks);
+    if failure.is_none() {
+        failure = pipeline.failed().map(RunError::Internal);
+    }
     let mut sinks = lock(&sinks);
     publish(&mut sinks, &pipeline, &source);
     if let Some(p) = &cfg.metrics_out {
@@ -594,7 +608,7 @@ fn run_source(
         if let Some(server) = server {
             server.shutdown();
         }
-        return Err(e.into());
+        return Err(e);
     }
     if let Some(server) = server {
         // Read mode: the final metrics stay up until interrupted.
@@ -665,4 +679,65 @@ fn publish(sinks: &mut Sinks, pipeline: &Engine, source: &impl PacketSource) {
         sinks.findings.as_ref().map_or(0, |l| l.lost),
     );
     metrics.publish(stats.last_ts.unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn a_worker_that_panics_ends_the_run_with_an_error_after_writing_the_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("metrics.prom");
+        let cli = Cli::try_parse_from([
+            "apitap",
+            "-r",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/samples/http-mix-sample.pcap"),
+            "--workers",
+            "2",
+            "--metrics-out",
+            out.to_str().unwrap(),
+        ])
+        .unwrap();
+        let cfg = Config::load(&cli).unwrap();
+        let Input::File(path) = &cfg.input else {
+            unreachable!()
+        };
+        let stop = StopFlag::default();
+        let source = ReplaySource::open(path, None, false, stop.clone()).unwrap();
+        let mut engine = new_engine(&cfg, source.backing()).unwrap();
+        let Engine::Many(sharded) = &mut engine else {
+            unreachable!("two workers")
+        };
+        sharded.crash(1);
+        while sharded.failed().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let service = Service {
+            notifier: Notifier::from_env(),
+            progress: Arc::new(Progress::default()),
+            reload: ReloadSlot::default(),
+            log_generation: Arc::new(AtomicU64::new(0)),
+        };
+        let err = run_source(&cfg, source, engine, &stop, &service).unwrap_err();
+        assert!(
+            matches!(&err, RunError::Internal(t) if t == "apitap-worker-1"),
+            "{err}"
+        );
+        // The loop ended at its first check (every 256 packets), not at
+        // the end of the sample (6,733 packets); what the other worker saw
+        // was written.
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            text.contains("apitap_capture_packets_total{interface=\"file\"} 256\n"),
+            "{text}"
+        );
+        let seen = text
+            .lines()
+            .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum::<f64>();
+        assert!(seen > 0.0, "{seen}");
+    }
 }

@@ -46,6 +46,12 @@
 //!   that error (the worker has flushed its flows; [`Sharded::finish`]
 //!   stops the others), so no share of the traffic goes unseen while the
 //!   process looks healthy.
+//! - A thread that panics (a bug) records its name as it unwinds
+//!   ([`PanicWatch`]); [`Sharded::failed`] tells the caller's loop, which
+//!   ends as at the end of the input (what the other threads hold is
+//!   flushed and written) and reports it: a monitor that lost a worker or
+//!   the merge must not look healthy. The channels close as the failed
+//!   thread's ends drop, so nothing waits for it.
 //! - Bounds: each worker's table gets `1/N` of `max_flows` and of the
 //!   memory budget less a sixteenth (at least 1 MiB) kept for outputs in
 //!   flight: exchanges the workers produced that the merging thread has not
@@ -156,6 +162,9 @@ enum Item {
         idx: u64,
         now: Timestamp,
     },
+    /// Panic (tests: a bug in a worker).
+    #[cfg(test)]
+    Crash,
 }
 
 impl Item {
@@ -163,6 +172,8 @@ impl Item {
         match *self {
             Item::Seg(s) => s.idx,
             Item::Sweep { idx, .. } => idx,
+            #[cfg(test)]
+            Item::Crash => 0,
         }
     }
 }
@@ -425,6 +436,24 @@ struct MergeShared {
     dead_dropped: AtomicU64,
     /// Per worker: the `upto` of the last batch it is done with.
     done: Vec<AtomicU64>,
+    /// The name of the first thread that panicked ([`PanicWatch`]).
+    failed: Mutex<Option<String>>,
+}
+
+/// Held by each thread of a [`Sharded`] for its whole run: if the thread
+/// unwinds from a panic, records its name in [`MergeShared::failed`].
+struct PanicWatch<'a>(&'a MergeShared);
+
+impl Drop for PanicWatch<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("a worker thread")
+                .to_string();
+            lock(&self.0.failed).get_or_insert(name);
+        }
+    }
 }
 
 impl MergeShared {
@@ -755,6 +784,8 @@ impl Sharded {
             .name("apitap-merge".into())
             .spawn(move || {
                 if let Ok(sink) = sink_rx.recv() {
+                    let shared = merger.shared.clone();
+                    let _watch = PanicWatch(&shared);
                     merger.run(&sink);
                 }
             })?;
@@ -1005,16 +1036,27 @@ impl Sharded {
         // Each worker drops its reply sender when it exits (the reader kept
         // none), so the merging thread ends once every worker has answered
         // `Finish`, after releasing everything.
+        // A thread that panicked is reported by `failed`.
         if let Some(t) = self.merger.take() {
-            if t.join().is_err() {
-                tracing::error!("the merging thread failed; exchanges are missing");
-            }
+            let _ = t.join();
         }
-        for (id, t) in take(&mut self.threads).into_iter().enumerate() {
-            if t.join().is_err() {
-                tracing::error!(worker = id, "a worker thread failed; its flows are missing");
-            }
+        for t in take(&mut self.threads) {
+            let _ = t.join();
         }
+    }
+
+    /// The name of a thread that panicked (a bug), if one did: the outputs
+    /// of the flows it held (a worker) or everything not yet released (the
+    /// merging thread) are missing.
+    pub fn failed(&self) -> Option<String> {
+        lock(&self.shared.failed).clone()
+    }
+
+    /// Make worker `lane` panic at its next batch (tests).
+    #[cfg(test)]
+    pub(crate) fn crash(&mut self, lane: usize) {
+        self.lanes[lane].batch.items.push(Item::Crash);
+        self.send(lane);
     }
 
     pub fn stats(&self) -> PipelineStats {
@@ -1108,7 +1150,8 @@ impl Sharded {
         }
         if let Some(tx) = &lane.tx {
             if tx.send(ToWorker::Batch(batch)).is_err() {
-                tracing::error!(worker = i, "a worker thread stopped; its flows are lost");
+                // It panicked, or the merging thread did (see `failed`).
+                tracing::debug!(worker = i, "a worker thread stopped");
                 lane.tx = None;
             }
         }
@@ -1200,6 +1243,7 @@ fn work(
     tx: SyncSender<Reply>,
     shared: &MergeShared,
 ) {
+    let _watch = PanicWatch(shared);
     let mut shard = Shard::new(id, cfg);
     let mut dying = Dying::default();
     let map: &[u8] = backing.as_ref().map_or(&[], |b| (**b).as_ref());
@@ -1233,6 +1277,8 @@ fn work(
                     shard.segment(&s.segment(map, &batch.bytes), s.idx, s.now);
                     s.idx
                 }
+                #[cfg(test)]
+                Item::Crash => panic!("a bug in worker {id}"),
             };
             // A long batch of outputs (an eviction round) goes ahead in
             // chunks, so what waits in the bounded reply channel is bounded
@@ -1330,6 +1376,15 @@ impl Engine {
             Engine::Many(s) => s.set_classifier(classifier),
         }
     }
+
+    /// See [`Sharded::failed`] (one pipeline runs on the caller's thread:
+    /// its panic is the caller's).
+    pub fn failed(&self) -> Option<String> {
+        match self {
+            Engine::One(_) => None,
+            Engine::Many(s) => s.failed(),
+        }
+    }
 }
 
 /// A live worker: reads its own handle until stopped, decoding and
@@ -1344,6 +1399,7 @@ fn work_live(
     tx: SyncSender<Reply>,
     shared: &MergeShared,
 ) {
+    let _watch = PanicWatch(shared);
     let mut decoder = Decoder::new(decoder);
     let mut flows = FlowTable::new(cfg);
     let mut clock = Clock::default();
@@ -1516,6 +1572,87 @@ mod tests {
         // What is still on its way back is within its cap.
         let dead = sharded.shared.dead.load(Ordering::Relaxed);
         assert!(dead <= sharded.shared.dead_cap);
+    }
+
+    /// One GET and its 200 on each of `conns` connections (ports from
+    /// 10,000), requests first, as Ethernet frames.
+    fn one_exchange_each(conns: u16) -> Vec<RawPacket<'static>> {
+        let req: &[u8] = b"GET /users/1 HTTP/1.1\r\nHost: api\r\n\r\n";
+        let resp: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let qlen = req.len() as u32;
+        let frames = (0..conns)
+            .map(|c| frame(10_000 + c, 80, true, 1, 1, req))
+            .chain((0..conns).map(|c| frame(80, 10_000 + c, false, 1, 1 + qlen, resp)));
+        frames
+            .enumerate()
+            .map(|(i, f)| {
+                let f: &'static [u8] = Vec::leak(f);
+                RawPacket {
+                    ts: Timestamp::from_secs_micros(1_000, i as i64),
+                    link: LinkType::ETHERNET,
+                    data: f,
+                    wire_len: f.len() as u32,
+                }
+            })
+            .collect()
+    }
+
+    fn two_workers() -> Sharded {
+        let classifier = Classifier::new(ClassifyConfig::default()).unwrap();
+        Sharded::new(
+            DecoderConfig::default(),
+            FlowConfig::default(),
+            classifier,
+            2,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_worker_that_panics_is_reported_and_the_others_outputs_still_come() {
+        const CONNS: u16 = 200;
+        let mut sharded = two_workers();
+        assert_eq!(sharded.failed(), None);
+        let seen = Arc::new(AtomicU64::new(0));
+        let count = seen.clone();
+        let sink = Arc::new(Mutex::new(move |ex: &Exchange| {
+            assert_eq!(ex.status(), Some(200));
+            count.fetch_add(1, Ordering::Relaxed);
+        }));
+        sharded.crash(1);
+        for pkt in one_exchange_each(CONNS) {
+            sharded.packet(&pkt, &sink);
+        }
+        // Returns: nothing waits for the worker that is gone.
+        sharded.finish(&sink);
+        assert_eq!(sharded.failed().as_deref(), Some("apitap-worker-1"));
+        // Worker 0's connections (about half) are all there.
+        let seen = seen.load(Ordering::Relaxed);
+        assert!(seen > 0 && seen < u64::from(CONNS), "{seen}");
+        let on_lane_0 = (0..CONNS)
+            .filter(|c| {
+                let client = SocketAddr::from(([10, 0, 0, 1], 10_000 + c));
+                let server = SocketAddr::from(([10, 0, 0, 2], 80));
+                FlowKey::symmetric_hash_of(&client, &server).is_multiple_of(2)
+            })
+            .count();
+        assert_eq!(seen, on_lane_0 as u64);
+    }
+
+    #[test]
+    fn a_merging_thread_that_panics_is_reported_and_nothing_waits_for_it() {
+        let mut sharded = two_workers();
+        let sink = Arc::new(Mutex::new(|_: &Exchange| panic!("a bug in the sink")));
+        // Enough that the workers' replies and the reader's batches fill
+        // their bounded channels if nothing noticed the merge is gone.
+        for _ in 0..20 {
+            for pkt in one_exchange_each(300) {
+                sharded.packet(&pkt, &sink);
+            }
+        }
+        sharded.finish(&sink);
+        assert_eq!(sharded.failed().as_deref(), Some("apitap-merge"));
     }
 
     #[test]
