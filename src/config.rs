@@ -26,6 +26,40 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
+/// A number of bytes in the file: an integer, or a string with a unit as
+/// `bytesize` reads it: `"512 MiB"`, `"64KiB"`, `"1.5 GiB"` (KiB, MiB,
+/// GiB: powers of 1024), `"1 GB"`, `"64k"` (kB, MB, GB: of 1000). More
+/// than a `usize` holds saturates, which every limit then refuses or reads
+/// as no limit, as it does the integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub usize);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Size;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of bytes, or a size with a unit (\"512 MiB\", \"1 GB\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(usize::try_from(n).unwrap_or(usize::MAX)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Size, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+                    .and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Size, E> {
+                s.parse::<bytesize::ByteSize>()
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(s), &self))
+                    .and_then(|b| self.visit_u64(b.as_u64()))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -61,7 +95,7 @@ struct FileConfig {
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 struct CaptureSection {
     snaplen: Option<i32>,
-    buffer_size: Option<i32>,
+    buffer_size: Option<Size>,
     promiscuous: Option<bool>,
     immediate: Option<bool>,
 }
@@ -98,16 +132,16 @@ struct FlowSection {
     idle_timeout: Option<f64>,
     handshake_timeout: Option<f64>,
     max_flows: Option<usize>,
-    memory_budget: Option<usize>,
-    max_out_of_order_bytes: Option<usize>,
+    memory_budget: Option<Size>,
+    max_out_of_order_bytes: Option<Size>,
     max_out_of_order_segments: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 struct HttpSection {
-    max_head_bytes: Option<usize>,
-    body_prefix_bytes: Option<usize>,
+    max_head_bytes: Option<Size>,
+    body_prefix_bytes: Option<Size>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +211,31 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
+/// The file's text as [`FileConfig`]; an error is one line that names the
+/// line and, for a value that does not fit, its key as a dotted path
+/// (`line 2: flow.memory-budget: invalid value: integer `-5`, expected
+/// usize`).
+fn parse_file(text: &str) -> Result<FileConfig, String> {
+    let describe = |e: &toml::de::Error, key: Option<String>| {
+        let line = e
+            .span()
+            .map(|s| {
+                format!(
+                    "line {}: ",
+                    text[..s.start.min(text.len())].matches('\n').count() + 1
+                )
+            })
+            .unwrap_or_default();
+        match key {
+            Some(k) if k != "." => format!("{line}{k}: {}", e.message()),
+            _ => format!("{line}{}", e.message()),
+        }
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| describe(&e, None))?;
+    serde_path_to_error::deserialize(de)
+        .map_err(|e| describe(e.inner(), Some(e.path().to_string())))
+}
+
 impl Config {
     /// Merge the config file (if any) and the flags, and validate.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
@@ -186,12 +245,9 @@ impl Config {
                     path: path.clone(),
                     source,
                 })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                parse_file(&text).map_err(|message| ConfigError::Parse {
                     path: path.clone(),
-                    message: e.message().to_string()
-                        + &e.span()
-                            .map(|s| format!(" (at byte {})", s.start))
-                            .unwrap_or_default(),
+                    message,
                 })?
             }
             None => FileConfig::default(),
@@ -285,7 +341,7 @@ impl Config {
         if let Some(t) = f.flow.handshake_timeout {
             flow.handshake_timeout_micros = secs_to_micros("flow.handshake-timeout", t)?;
         }
-        if let Some(n) = f.flow.memory_budget {
+        if let Some(Size(n)) = f.flow.memory_budget {
             if n < 1 << 20 {
                 return Err(invalid(
                     "flow.memory-budget",
@@ -297,14 +353,14 @@ impl Config {
         if let Some(n) = f.flow.max_flows {
             flow.max_flows = positive("flow.max-flows", n)?;
         }
-        if let Some(n) = f.flow.max_out_of_order_bytes {
+        if let Some(Size(n)) = f.flow.max_out_of_order_bytes {
             flow.stream_limits.max_buffered_bytes = positive("flow.max-out-of-order-bytes", n)?;
         }
         if let Some(n) = f.flow.max_out_of_order_segments {
             flow.stream_limits.max_buffered_segments =
                 positive("flow.max-out-of-order-segments", n)?;
         }
-        if let Some(n) = f.http.max_head_bytes {
+        if let Some(Size(n)) = f.http.max_head_bytes {
             if !(256..=1 << 20).contains(&n) {
                 return Err(invalid(
                     "http.max-head-bytes",
@@ -313,7 +369,7 @@ impl Config {
             }
             std::sync::Arc::make_mut(&mut flow.parser_limits).max_head_bytes = n;
         }
-        if let Some(n) = f.http.body_prefix_bytes {
+        if let Some(Size(n)) = f.http.body_prefix_bytes {
             if n > 64 * 1024 {
                 return Err(invalid("http.body-prefix-bytes", "must be at most 65536"));
             }
@@ -332,14 +388,16 @@ impl Config {
             }
             capture.snaplen = n;
         }
-        if let Some(n) = f.capture.buffer_size {
-            if !(1 << 20..=1 << 30).contains(&n) {
-                return Err(invalid(
-                    "capture.buffer-size",
-                    "must be between 1 MiB and 1 GiB (bytes)",
-                ));
+        if let Some(Size(n)) = f.capture.buffer_size {
+            match i32::try_from(n) {
+                Ok(n) if (1 << 20..=1 << 30).contains(&n) => capture.buffer_size = n,
+                _ => {
+                    return Err(invalid(
+                        "capture.buffer-size",
+                        "must be between 1 MiB and 1 GiB",
+                    ))
+                }
             }
-            capture.buffer_size = n;
         }
         if let Some(b) = f.capture.promiscuous {
             capture.promiscuous = b;
@@ -432,7 +490,7 @@ mod tests {
     }
 
     fn load_str(cli: &Cli, toml_text: &str) -> Result<Config, String> {
-        let f: FileConfig = toml::from_str(toml_text).map_err(|e| e.message().to_string())?;
+        let f = parse_file(toml_text)?;
         Config::from_parts(cli, f).map_err(|e| e.to_string())
     }
 
@@ -456,6 +514,61 @@ mod tests {
             let err = load_str(&cli_read(), text).unwrap_err();
             assert!(err.contains(key), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn file_errors_name_the_line_and_the_dotted_key() {
+        let cases = [
+            ("[flow]\nmemory-budget = -5", "line 2: flow.memory-budget: "),
+            (
+                "\n[flow]\nmemory-budgt = 5",
+                "line 3: flow.memory-budgt: unknown field",
+            ),
+            (
+                "flow = { max-flows = \"many\" }",
+                "line 1: flow.max-flows: ",
+            ),
+            (
+                "[classify]\nroute-patterns = [\"/a\", 1]",
+                "line 2: classify.route-patterns[1]: ",
+            ),
+            ("workers = 1.5", "line 1: workers: "),
+            ("[flow\n", "line 1: "),
+        ];
+        for (text, want) in cases {
+            let err = load_str(&cli_read(), text).unwrap_err();
+            assert!(err.starts_with(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes_take_units_or_plain_bytes() {
+        let load = |text: &str| load_str(&cli_read(), text);
+        let budget = |text: &str| load(text).map(|c| c.flow.memory_budget_bytes);
+        assert_eq!(budget("[flow]\nmemory-budget = \"512 MiB\""), Ok(512 << 20));
+        assert_eq!(budget("[flow]\nmemory-budget = \"2GiB\""), Ok(2 << 30));
+        assert_eq!(budget("[flow]\nmemory-budget = \"64 MB\""), Ok(64_000_000));
+        assert_eq!(budget("[flow]\nmemory-budget = 3000000"), Ok(3_000_000));
+        // The range checks see the bytes.
+        let small = budget("[flow]\nmemory-budget = \"1000 KiB\"").unwrap_err();
+        assert!(small.contains("at least 1048576"), "{small}");
+        for bad in ["\"lots\"", "\"5 parsecs\"", "-1", "1.5", "true"] {
+            let err = budget(&format!("[flow]\nmemory-budget = {bad}")).unwrap_err();
+            assert!(err.contains("a size with a unit"), "{bad}: {err}");
+        }
+        let c = load(concat!(
+            "[capture]\nbuffer-size = \"4 MiB\"\n",
+            "[http]\nmax-head-bytes = \"16KiB\"\nbody-prefix-bytes = \"1 KiB\"\n",
+            "[classify]\nmax-target-bytes = \"8 KiB\"\nbody-decode-bytes = 4096\n",
+        ))
+        .unwrap();
+        assert_eq!(c.capture.buffer_size, 4 << 20);
+        assert_eq!(c.flow.parser_limits.max_head_bytes, 16 << 10);
+        assert_eq!(c.flow.parser_limits.body_prefix_bytes, 1 << 10);
+        assert_eq!(c.classify.max_target_bytes, 8 << 10);
+        assert_eq!(c.classify.body_decode_bytes, 4096);
+        let big = load("[capture]\nbuffer-size = \"4 GiB\"").unwrap_err();
+        assert!(big.starts_with("capture.buffer-size"), "{big}");
     }
 
     #[test]

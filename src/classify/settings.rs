@@ -10,6 +10,7 @@ use super::addr::Cidr;
 use super::body::{DEFAULT_DECODE_LIMIT, DEFAULT_VERBOSE_MARKERS};
 use super::findings::{FindingKind, Severities, Severity};
 use super::redact::DEFAULT_CREDENTIAL_PARAMS;
+use crate::config::Size;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -120,8 +121,8 @@ pub struct ClassifySection {
     pub internal_networks: Option<Vec<String>>,
     /// Added to the built-in markers.
     pub verbose_error_markers: Option<Vec<String>>,
-    pub body_decode_bytes: Option<usize>,
-    pub max_target_bytes: Option<usize>,
+    pub body_decode_bytes: Option<Size>,
+    pub max_target_bytes: Option<Size>,
     /// kind → `high`, `medium`, `low` or `off`.
     pub severities: Option<BTreeMap<String, String>>,
     /// Seconds; 0 writes every repeat.
@@ -217,10 +218,10 @@ impl ClassifySection {
                 c.verbose_error_markers.push(m);
             }
         }
-        if let Some(v) = self.body_decode_bytes {
+        if let Some(Size(v)) = self.body_decode_bytes {
             c.body_decode_bytes = in_range("classify.body-decode-bytes", v, 64, 1 << 20)?;
         }
-        if let Some(v) = self.max_target_bytes {
+        if let Some(Size(v)) = self.max_target_bytes {
             c.max_target_bytes = in_range("classify.max-target-bytes", v, 16, 1 << 20)?;
         }
         if let Some(m) = self.severities {
