@@ -12,6 +12,7 @@ use metrics_support::*;
 use std::collections::BTreeMap;
 
 const HIST: &str = "http_server_request_duration_seconds";
+const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The rule `Metrics::exchange` documents for the histogram.
 fn observed(ex: &Exchange) -> bool {
@@ -158,6 +159,57 @@ fn replay_scrape_matches_exchanges_and_passes_promtool() {
             .filter(|s| s.name.starts_with("http_") || s.name.starts_with("apitap_api"))
             .count()
     );
+    server.shutdown();
+}
+
+#[test]
+fn scrapes_are_gzipped_when_the_scraper_takes_gzip() {
+    use std::io::Read;
+    let mut metrics = Metrics::new(MetricsConfig::default(), "file");
+    let server = serve("127.0.0.1:0", metrics.shared(), None).expect("server starts");
+    let addr = server.local_addr();
+    replay(&sample(), &mut metrics, 2_000, |_| {});
+    let (status, head, plain) = request(addr, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    assert_eq!(header(&head, "content-encoding"), "");
+    assert_eq!(header(&head, "vary"), "Accept-Encoding");
+    // What Prometheus sends.
+    let (status, head, zipped) = request(addr, "GET", "/metrics", "Accept-Encoding: gzip\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(header(&head, "content-encoding"), "gzip");
+    assert_eq!(header(&head, "content-type"), TEXT);
+    assert_eq!(header(&head, "content-length"), zipped.len().to_string());
+    let plain_len = plain.len();
+    assert!(
+        zipped.len() * 5 < plain_len,
+        "{} of {}",
+        zipped.len(),
+        plain.len()
+    );
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&zipped[..])
+        .read_to_end(&mut unzipped)
+        .expect("gzip");
+    // The same exposition (but the process's own gauges, which move).
+    let apitap_lines = |b: Vec<u8>| {
+        let text = String::from_utf8(b).unwrap();
+        text.lines()
+            .filter(|l| !l.contains("process_"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (unzipped, plain) = (apitap_lines(unzipped), apitap_lines(plain));
+    assert!(
+        unzipped.len() > 1000 && unzipped == plain,
+        "gunzipped scrape differs"
+    );
+    // Refused gzip, and HEAD (the length of what GET would send, no body).
+    let (_, head, body) = request(addr, "GET", "/metrics", "Accept-Encoding: gzip;q=0, br\r\n");
+    assert_eq!(header(&head, "content-encoding"), "");
+    assert!(String::from_utf8(body).unwrap().contains(HIST));
+    let (status, head, body) = request(addr, "HEAD", "/metrics", "Accept-Encoding: gzip\r\n");
+    assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(header(&head, "content-encoding"), "gzip");
     server.shutdown();
 }
 

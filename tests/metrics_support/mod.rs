@@ -78,27 +78,45 @@ pub fn replay_timed(
 
 /// GET `path` over HTTP/1.1; (status, content-type, body).
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let (status, head, body) = request(addr, "GET", path, "");
+    let body = String::from_utf8(body).expect("UTF-8 body");
+    (status, header(&head, "content-type"), body)
+}
+
+/// The value of header `name` in a response head ("" if absent).
+pub fn header(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// `method path` with extra request header lines (each ending `\r\n`):
+/// (status, response head, body bytes as sent).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).expect("server accepts");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("response read");
-    let text = String::from_utf8(raw).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head and body");
+    let head = String::from_utf8(raw[..end].to_vec()).expect("UTF-8 head");
     let status = head[9..12].parse().expect("status code");
-    let ctype = head
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, ctype, body.to_string())
+    (status, head, raw[end + 4..].to_vec())
 }
 
 /// One sample line: name, labels, value.
