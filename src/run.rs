@@ -321,7 +321,7 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 fn open_log(
     path: &str,
     what: &'static str,
-    live: bool,
+    input: Follow,
     generation: &Arc<AtomicU64>,
 ) -> Result<(Box<dyn Write + Send>, Option<SharedWriter>), RunError> {
     let err = |source| RunError::Output {
@@ -329,10 +329,10 @@ fn open_log(
         path: path.to_string(),
         source,
     };
-    if !live {
+    if input == Follow::Whole {
         return Ok((open_output(path).map_err(err)?, None));
     }
-    let inner: Box<dyn Write + Send> = if path == "-" {
+    let inner: Box<dyn Write + Send> = if path == "-" || input == Follow::Pipe {
         open_output(path).map_err(err)?
     } else {
         Box::new(ReopenFile::open(path, generation.clone()).map_err(err)?)
@@ -341,7 +341,20 @@ fn open_log(
     Ok((Box::new(shared.clone()), Some(shared)))
 }
 
-/// Live mode's log writers, flushed by the loop.
+/// How the input is read, for the logs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    /// A file: each log written as a whole (flushed when its buffer fills).
+    Whole,
+    /// A file read as it is written (stdin, a FIFO): each log created as
+    /// for a file, flushed by the loop as live.
+    Pipe,
+    /// Live capture: log files reopened on SIGHUP (logrotate), flushed by
+    /// the loop.
+    Live,
+}
+
+/// The log writers the loop flushes (live capture, piped input).
 #[derive(Default)]
 struct LogOutputs {
     exchanges: Option<SharedWriter>,
@@ -400,6 +413,11 @@ fn run_source(
     service: &Service,
 ) -> Result<(), RunError> {
     let live = matches!(cfg.input, Input::Interface(_));
+    let follow = match (live, source.streamed()) {
+        (true, _) => Follow::Live,
+        (false, true) => Follow::Pipe,
+        (false, false) => Follow::Whole,
+    };
     // `-f` with `-r` filters the file as libpcap filters a live capture
     // (and tcpdump -r a file). The default, tcp, is not run: only TCP is
     // read anyway, and what is not TCP is counted in the capture health.
@@ -410,7 +428,7 @@ fn run_source(
     let mut outs = LogOutputs::default();
     let log = match &cfg.exchanges {
         Some(p) => {
-            let (out, shared) = open_log(p, "the exchange log", live, &service.log_generation)?;
+            let (out, shared) = open_log(p, "the exchange log", follow, &service.log_generation)?;
             outs.exchanges = shared;
             Some(ExchangeLog::new(
                 out,
@@ -421,7 +439,7 @@ fn run_source(
     };
     let findings = match &cfg.findings {
         Some(p) => {
-            let (out, shared) = open_log(p, "the findings log", live, &service.log_generation)?;
+            let (out, shared) = open_log(p, "the findings log", follow, &service.log_generation)?;
             outs.findings = shared;
             Some(FindingsLog::with_capacity(
                 out,

@@ -293,3 +293,57 @@ fn a_reader_that_closes_stdout_early_is_not_an_error() {
     let count = common::exchanges_counted(&text);
     assert_eq!(count, 525.0);
 }
+
+#[test]
+fn a_piped_capture_is_logged_as_it_comes_and_stops_on_sigterm_while_the_writer_is_quiet() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let bytes = std::fs::read(sample()).unwrap();
+    for workers in ["1", "2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("x.ndjson");
+        let mut child = common::apitap()
+            .args(["-r", "-", "--workers", workers, "--exchanges"])
+            .arg(&log)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // As `tcpdump -w - | apitap -r -` on a network that goes quiet:
+        // the whole sample, then the pipe stays open.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&bytes).unwrap();
+        stdin.flush().unwrap();
+        let lines = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let since = Instant::now();
+        while lines() < 525 && since.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Every exchange is written while the pipe is open (before: the
+        // last ~130 waited in the log's buffer or a worker's batch until
+        // the writer closed it).
+        assert_eq!(lines(), 525, "workers {workers}");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let since = Instant::now();
+        while child.try_wait().unwrap().is_none() && since.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Seen at once, though no byte came (before: not until the writer
+        // wrote or closed the pipe).
+        let status = child.try_wait().unwrap();
+        drop(stdin);
+        let status = status.unwrap_or_else(|| child.wait().unwrap());
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "workers {workers}"
+        );
+        assert_eq!(status.code(), Some(0), "workers {workers}");
+        assert_eq!(lines(), 525);
+    }
+}

@@ -29,6 +29,11 @@
 //!   (libpcap's bound) is corruption. pcapng: a block over 64 MiB is.
 //! - Timestamps are converted to microseconds (truncating finer resolutions);
 //!   a Simple Packet Block, which has none, gets the previous packet's.
+//! - A pipe, FIFO or terminal (`tcpdump -w - | apitap -r -`) is waited on at
+//!   most [`IDLE_WAIT`] at a time: when no bytes came by then, `next_event`
+//!   returns a [`SourceEvent::Tick`] at the last packet's time, so the
+//!   caller can hand on what it holds and see a stop request while the
+//!   writer is quiet (a blocking read would hold both until its next write).
 
 use super::{CaptureError, LinkType, PacketSource, RawPacket, SourceEvent, SourceStats};
 use crate::clock::Timestamp;
@@ -36,6 +41,9 @@ use pcap_parser::pcapng::Block;
 use pcap_parser::traits::PcapReaderIterator;
 use pcap_parser::{LegacyPcapReader, PcapBlockOwned, PcapError, PcapNGReader};
 use std::io::{Cursor, Read};
+
+/// The longest a read of a pipe waits before `next_event` says so.
+pub const IDLE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Initial buffer size: big reads are what make this reader fast.
 const INITIAL_BUFFER: usize = 1 << 20;
@@ -118,6 +126,8 @@ pub struct FileSource {
     orphans: u64,
     truncation: Option<String>,
     finished: bool,
+    /// The input when it is not a regular file: polled before each read.
+    waiter: Option<std::os::fd::OwnedFd>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -133,8 +143,10 @@ impl std::fmt::Debug for FileSource {
 impl FileSource {
     /// Opens `path` (`-` = stdin) and checks its magic number.
     pub fn open(path: &str) -> Result<FileSource, CaptureError> {
+        use std::os::fd::AsFd;
         if path == "-" {
-            return Self::from_reader(path, Box::new(std::io::stdin()));
+            let waiter = waiter(std::io::stdin().as_fd());
+            return Ok(Self::from_reader(path, Box::new(std::io::stdin()))?.waiting_on(waiter));
         }
         let file = std::fs::File::open(path).map_err(|source| CaptureError::Open {
             path: path.to_string(),
@@ -146,7 +158,32 @@ impl FileSource {
                 source: std::io::Error::other("is a directory"),
             });
         }
-        Self::from_reader(path, Box::new(file))
+        let waiter = waiter(file.as_fd());
+        Ok(Self::from_reader(path, Box::new(file))?.waiting_on(waiter))
+    }
+
+    /// Poll `fd` (the reader's input) before each read; see [`IDLE_WAIT`].
+    pub fn waiting_on(mut self, fd: Option<std::os::fd::OwnedFd>) -> Self {
+        self.waiter = fd;
+        self
+    }
+
+    /// Whether a read would not block (bytes, the end, or an error to
+    /// report), waiting at most [`IDLE_WAIT`]. A signal cuts the wait short
+    /// and counts as not ready, so the caller looks at its stop flag.
+    fn input_ready(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let Some(fd) = &self.waiter else {
+            return true;
+        };
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        let wait = PollTimeout::try_from(IDLE_WAIT).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, wait) {
+            Ok(n) => n > 0,
+            Err(nix::errno::Errno::EINTR) => false,
+            Err(_) => true,
+        }
     }
 
     /// A source over any reader; `label` names it in errors.
@@ -246,6 +283,7 @@ impl FileSource {
             orphans: 0,
             truncation: None,
             finished: false,
+            waiter: None,
         })
     }
 
@@ -585,6 +623,9 @@ impl PacketSource for FileSource {
                         }
                         _ => {}
                     }
+                    if !self.input_ready() {
+                        return Ok(Some(SourceEvent::Tick(self.last_ts)));
+                    }
                     if self.reader.refill().is_err() {
                         self.finished = true;
                         return Err(CaptureError::Read {
@@ -608,6 +649,10 @@ impl PacketSource for FileSource {
     fn truncation(&self) -> Option<&str> {
         self.truncation.as_deref()
     }
+
+    fn streamed(&self) -> bool {
+        self.waiter.is_some()
+    }
 }
 
 fn read_u32(b: &[u8], big_endian: bool) -> u32 {
@@ -617,6 +662,14 @@ fn read_u32(b: &[u8], big_endian: bool) -> u32 {
     } else {
         u32::from_le_bytes(a)
     }
+}
+
+/// A copy of `fd` to poll, when it is not a regular file (a pipe, FIFO,
+/// terminal or socket, whose reads can block).
+fn waiter(fd: std::os::fd::BorrowedFd<'_>) -> Option<std::os::fd::OwnedFd> {
+    let dup = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+    let regular = dup.metadata().ok()?.is_file();
+    (!regular).then(|| dup.into())
 }
 
 /// Reads until `buf` holds `want` bytes or the input ends.

@@ -164,4 +164,9 @@ pub trait PacketSource {
     fn backing(&self) -> Option<(Backing, mapped::Hold)> {
         None
     }
+    /// Whether this is a file read as it is written (a pipe or FIFO):
+    /// its outputs are flushed as they come, as a live capture's are.
+    fn streamed(&self) -> bool {
+        false
+    }
 }

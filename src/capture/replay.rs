@@ -36,6 +36,12 @@ enum Input {
     Stream(FileSource),
 }
 
+enum Next {
+    Packet(Timestamp),
+    Idle,
+    End,
+}
+
 impl Input {
     fn open(path: &str, pager_thread: bool) -> Result<Input, CaptureError> {
         if path != "-" {
@@ -49,13 +55,15 @@ impl Input {
         Ok(Input::Stream(FileSource::open(path)?))
     }
 
-    /// Advance; the timestamp of the packet now current, if any.
-    fn advance(&mut self) -> Result<Option<Timestamp>, CaptureError> {
+    /// Advance: a packet is now current, or a pipe had nothing to read
+    /// for a while ([`super::file::IDLE_WAIT`]), or the input ended.
+    fn advance(&mut self) -> Result<Next, CaptureError> {
         Ok(match self {
-            Input::Mapped(m) => m.next_packet().map(|p| p.ts),
+            Input::Mapped(m) => m.next_packet().map_or(Next::End, |p| Next::Packet(p.ts)),
             Input::Stream(f) => match f.next_event()? {
-                Some(SourceEvent::Packet(p)) => Some(p.ts),
-                Some(SourceEvent::Tick(_)) | None => None,
+                Some(SourceEvent::Packet(p)) => Next::Packet(p.ts),
+                Some(SourceEvent::Tick(_)) => Next::Idle,
+                None => Next::End,
             },
         })
     }
@@ -175,22 +183,34 @@ impl PacketSource for ReplaySource {
             }
             // Peek the timestamp first: pacing needs `&mut self`, the packet
             // borrows the file.
-            let Some(ts) = self.file.advance()? else {
-                self.passes += 1;
-                if !self.looping || self.file.truncation().is_some() || self.last.is_none() {
-                    return Ok(None);
+            let ts = match self.file.advance()? {
+                Next::Packet(ts) => ts,
+                // The caller hands on what it holds (at the last packet's
+                // time: a file's clock is its packets') and looks at its
+                // stop flag; before any packet there is nothing to hold.
+                Next::Idle => match self.last {
+                    Some(t) => {
+                        return Ok(Some(SourceEvent::Tick(t.saturating_add_micros(self.shift))))
+                    }
+                    None => continue,
+                },
+                Next::End => {
+                    self.passes += 1;
+                    if !self.looping || self.file.truncation().is_some() || self.last.is_none() {
+                        return Ok(None);
+                    }
+                    let span = self
+                        .last
+                        .unwrap_or_default()
+                        .micros_since(self.first.unwrap_or_default());
+                    self.shift += span + 1_000;
+                    let stats = self.file.stats();
+                    self.done.packets += stats.packets;
+                    self.done.bytes += stats.bytes;
+                    self.done.corrupt_blocks += stats.corrupt_blocks;
+                    self.file = Input::open(&self.path, self.pager_thread)?;
+                    continue;
                 }
-                let span = self
-                    .last
-                    .unwrap_or_default()
-                    .micros_since(self.first.unwrap_or_default());
-                self.shift += span + 1_000;
-                let stats = self.file.stats();
-                self.done.packets += stats.packets;
-                self.done.bytes += stats.bytes;
-                self.done.corrupt_blocks += stats.corrupt_blocks;
-                self.file = Input::open(&self.path, self.pager_thread)?;
-                continue;
             };
             if self.passes == 0 {
                 self.first.get_or_insert(ts);
@@ -223,6 +243,10 @@ impl PacketSource for ReplaySource {
 
     fn truncation(&self) -> Option<&str> {
         self.file.truncation()
+    }
+
+    fn streamed(&self) -> bool {
+        matches!(&self.file, Input::Stream(f) if f.streamed())
     }
 
     /// The mapped file, unless looping (each pass maps the file anew).
