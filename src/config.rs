@@ -213,17 +213,16 @@ pub fn cores() -> usize {
 
 /// The file's text as [`FileConfig`]; an error is one line that names the
 /// line and, for a value that does not fit, its key as a dotted path
-/// (`line 2: flow.memory-budget: invalid value: integer `-5`, expected
+/// (`line 2: flow.max-flows: invalid type: string "many", expected
 /// usize`).
 fn parse_file(text: &str) -> Result<FileConfig, String> {
     let describe = |e: &toml::de::Error, key: Option<String>| {
         let line = e
             .span()
             .map(|s| {
-                format!(
-                    "line {}: ",
-                    text[..s.start.min(text.len())].matches('\n').count() + 1
-                )
+                let before = &text.as_bytes()[..s.start.min(text.len())];
+                let newlines = before.iter().filter(|&&b| b == b'\n').count();
+                format!("line {}: ", newlines + 1)
             })
             .unwrap_or_default();
         match key {

@@ -8,8 +8,8 @@
 //! - `/metrics` renders on tokio's blocking pool from a [`SharedMetrics`]
 //!   (text format 0.0.4), gzipped when the request's `Accept-Encoding`
 //!   takes gzip (as Prometheus's does; as client_golang's handler, at the
-//!   fastest level: a scrape is several hundred KiB of text that shrinks
-//!   about tenfold). A slow client holds only its own connection; at
+//!   fastest level: a scrape is hundreds of KiB of text, which shrinks
+//!   about 25-fold). A slow client holds only its own connection; at
 //!   most [`MAX_CONNECTIONS`] are served at once (more are closed at once),
 //!   a request head must arrive within [`HEADER_TIMEOUT`], and no connection
 //!   lives longer than [`CONNECTION_LIFETIME`].
