@@ -113,6 +113,46 @@ fn packaged_config_file_loads_and_logs_under_logs_directory() {
 }
 
 #[test]
+fn the_packaged_configs_commented_sizes_are_the_defaults() {
+    // Uncommented, the sizes the packaged file shows load (units and all)
+    // and change nothing: they are the defaults it says they are.
+    let text = std::fs::read_to_string(root().join("packaging/apitap.toml")).unwrap();
+    let sizes = ["# memory-budget = ", "# buffer-size = "];
+    let mut uncommented = 0;
+    let text: String = text
+        .lines()
+        .map(|l| match sizes.iter().find(|p| l.starts_with(*p)) {
+            Some(_) => {
+                uncommented += 1;
+                format!("{}\n", &l[2..])
+            }
+            None => format!("{l}\n"),
+        })
+        .collect();
+    assert_eq!(uncommented, sizes.len());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apitap.toml");
+    std::fs::write(&path, text).unwrap();
+    let load = |config_file| {
+        let cli = apitap::cli::Cli {
+            config_file,
+            ..Default::default()
+        };
+        apitap::config::Config::load(&cli).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (with, packaged) = (
+        load(Some(path)),
+        load(Some(root().join("packaging/apitap.toml"))),
+    );
+    assert_eq!(
+        with.flow.memory_budget_bytes,
+        packaged.flow.memory_budget_bytes
+    );
+    assert_eq!(with.capture.buffer_size, packaged.capture.buffer_size);
+    assert_eq!(with.flow.memory_budget_bytes, 512 << 20);
+}
+
+#[test]
 fn packaged_man_page_and_completions_are_generated_from_the_flags() {
     for (what, file) in [
         ("man", "packaging/man/apitap.8"),
