@@ -384,9 +384,10 @@ async fn respond(
             let gzip = accepts_gzip(req.headers());
             let render = move || {
                 let text = shared.render();
-                gzip.then(|| gzipped(text.as_bytes()))
-                    .flatten()
-                    .map_or_else(|| (Bytes::from(text), false), |z| (Bytes::from(z), true))
+                match gzip.then(|| gzipped(text.as_bytes())).flatten() {
+                    Some(z) => (Bytes::from(z), true),
+                    None => (Bytes::from(text), false),
+                }
             };
             match tokio::task::spawn_blocking(render).await {
                 Ok((body, zipped)) => {
