@@ -41,6 +41,7 @@ use crate::pipeline::{ExchangeSink, Pipeline};
 use crate::workers::{lock, Engine, Sharded};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -404,6 +405,11 @@ fn new_engine(
     })
 }
 
+/// The name [`RunError::Internal`] gives the thread running the capture loop.
+fn this_thread() -> String {
+    std::thread::current().name().unwrap_or("main").to_owned()
+}
+
 /// The capture loop, the same for files and interfaces.
 fn run_source(
     cfg: &Config,
@@ -496,13 +502,14 @@ fn run_source(
     let mut events = 0u64;
     // Dropped before anything else here locks the sinks.
     let mut held = None;
-    // A capture that fails (the interface went away) or a worker thread
-    // that panicked ends the loop like the end of a file: what was seen is
+    // A capture that fails (the interface went away) or a thread that
+    // panicked (a worker's, or this one: decoding, or the one pipeline of
+    // `--workers 1`) ends the loop like the end of a file: what was seen is
     // flushed and written, then the error is returned (exit 1, and a
     // service manager restarts apitap, which needs the privileges it
     // dropped to open a capture again).
     let mut failure = None;
-    loop {
+    let ran = panic::catch_unwind(AssertUnwindSafe(|| loop {
         let ev = match source.next_event() {
             Ok(Some(ev)) => ev,
             Ok(None) => break,
@@ -558,6 +565,10 @@ fn run_source(
             outs.flush();
             last_publish = Instant::now();
         }
+    }));
+    if ran.is_err() {
+        shared.set_ready(false);
+        failure = Some(RunError::Internal(this_thread()));
     }
     service.notifier.stopping();
     if let Some(f) = &filter {
@@ -569,9 +580,15 @@ fn run_source(
         );
     }
     drop(held);
-    pipeline.finish(&sinks);
+    // After a panic here the pipeline may be half-way through a packet:
+    // flushing it is still worth trying, and a second panic only costs
+    // the flush.
+    let finished = panic::catch_unwind(AssertUnwindSafe(|| pipeline.finish(&sinks)));
     if failure.is_none() {
-        failure = pipeline.failed().map(RunError::Internal);
+        failure = match finished {
+            Ok(()) => pipeline.failed().map(RunError::Internal),
+            Err(_) => Some(RunError::Internal(this_thread())),
+        };
     }
     let mut sinks = lock(&sinks);
     publish(&mut sinks, &pipeline, &source);
@@ -702,28 +719,117 @@ fn publish(sinks: &mut Sinks, pipeline: &Engine, source: &impl PacketSource) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::SourceStats;
     use clap::Parser;
+
+    fn service() -> Service {
+        Service {
+            notifier: Notifier::from_env(),
+            progress: Arc::new(Progress::default()),
+            reload: ReloadSlot::default(),
+            log_generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The configuration of `apitap -r SAMPLE ARGS...` and the sample's source.
+    fn sample(args: &[&str]) -> (Config, ReplaySource, StopFlag) {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/http-mix-sample.pcap");
+        let cli = Cli::try_parse_from(["apitap", "-r", path].iter().chain(args)).unwrap();
+        let cfg = Config::load(&cli).unwrap();
+        let stop = StopFlag::default();
+        let source = ReplaySource::open(path, None, false, stop.clone()).unwrap();
+        (cfg, source, stop)
+    }
+
+    /// The sample, cut after `packets` packets: its end, or a panic (a
+    /// bug on the capture thread) when it would read the next one.
+    struct Cut {
+        inner: ReplaySource,
+        packets: u64,
+        panics: bool,
+    }
+
+    impl PacketSource for Cut {
+        fn next_event(&mut self) -> Result<Option<SourceEvent<'_>>, CaptureError> {
+            if self.inner.stats().packets == self.packets {
+                assert!(!self.panics, "a bug on the capture thread");
+                return Ok(None);
+            }
+            self.inner.next_event()
+        }
+        fn interface(&self) -> &str {
+            self.inner.interface()
+        }
+        fn stats(&self) -> SourceStats {
+            self.inner.stats()
+        }
+    }
+
+    /// `(result, exchange log, metrics)` of the sample cut after 1,000
+    /// packets.
+    fn cut_run(workers: &str, panics: bool) -> (Result<(), RunError>, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, out) = (dir.path().join("ex.ndjson"), dir.path().join("m.prom"));
+        let (cfg, inner, stop) = sample(&[
+            "--workers",
+            workers,
+            "--exchanges",
+            log.to_str().unwrap(),
+            "--metrics-out",
+            out.to_str().unwrap(),
+        ]);
+        // Not the mapped file: the cut source does not hand it on.
+        let engine = new_engine(&cfg, None).unwrap();
+        let source = Cut {
+            inner,
+            packets: 1_000,
+            panics,
+        };
+        let result = run_source(&cfg, source, engine, &stop, &service());
+        let read = |p| std::fs::read_to_string(p).unwrap();
+        (result, read(&log), read(&out))
+    }
+
+    #[test]
+    fn a_panic_on_the_capture_thread_ends_the_run_with_an_error_after_flushing_and_writing() {
+        for workers in ["1", "2"] {
+            let (ended, ended_log, ended_metrics) = cut_run(workers, false);
+            ended.unwrap();
+            let (failed, log, metrics) = cut_run(workers, true);
+            let name = std::thread::current().name().unwrap().to_owned();
+            assert!(
+                matches!(&failed, Err(RunError::Internal(t)) if *t == name),
+                "{workers}: {failed:?}"
+            );
+            // Every exchange up to the panic, open ones flushed as at the
+            // end of a file: the same log and metrics as a capture that
+            // ended there (but for the build and process lines).
+            assert!(ended_log.lines().count() > 50, "{ended_log}");
+            assert_eq!(log, ended_log, "{workers}");
+            let comparable = |m: &str| {
+                m.lines()
+                    .filter(|l| !l.contains("process_") && !l.contains("build_info"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                comparable(&metrics),
+                comparable(&ended_metrics),
+                "{workers}"
+            );
+            assert!(
+                metrics.contains("apitap_capture_packets_total{interface=\"file\"} 1000\n"),
+                "{metrics}"
+            );
+        }
+    }
 
     #[test]
     fn a_worker_that_panics_ends_the_run_with_an_error_after_writing_the_outputs() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("metrics.prom");
-        let cli = Cli::try_parse_from([
-            "apitap",
-            "-r",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/samples/http-mix-sample.pcap"),
-            "--workers",
-            "2",
-            "--metrics-out",
-            out.to_str().unwrap(),
-        ])
-        .unwrap();
-        let cfg = Config::load(&cli).unwrap();
-        let Input::File(path) = &cfg.input else {
-            unreachable!()
-        };
-        let stop = StopFlag::default();
-        let source = ReplaySource::open(path, None, false, stop.clone()).unwrap();
+        let (cfg, source, stop) =
+            sample(&["--workers", "2", "--metrics-out", out.to_str().unwrap()]);
         let mut engine = new_engine(&cfg, source.backing()).unwrap();
         let Engine::Many(sharded) = &mut engine else {
             unreachable!("two workers")
@@ -732,13 +838,7 @@ mod tests {
         while sharded.failed().is_none() {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let service = Service {
-            notifier: Notifier::from_env(),
-            progress: Arc::new(Progress::default()),
-            reload: ReloadSlot::default(),
-            log_generation: Arc::new(AtomicU64::new(0)),
-        };
-        let err = run_source(&cfg, source, engine, &stop, &service).unwrap_err();
+        let err = run_source(&cfg, source, engine, &stop, &service()).unwrap_err();
         assert!(
             matches!(&err, RunError::Internal(t) if t == "apitap-worker-1"),
             "{err}"
