@@ -605,6 +605,9 @@ fn run_source(
         reader_gone(p, written).map_err(err)?;
     }
     if let (Some(l), Some(p)) = (&mut sinks.log, &cfg.exchanges) {
+        if follow == Follow::Live {
+            went_on("the exchange log", l.take_error(), l.lost);
+        }
         reader_gone(p, l.finish()).map_err(|source| RunError::Output {
             what: "the exchange log",
             path: p.clone(),
@@ -612,6 +615,9 @@ fn run_source(
         })?;
     }
     if let (Some(l), Some(p)) = (&mut sinks.findings, &cfg.findings) {
+        if follow == Follow::Live {
+            went_on("the findings log", l.take_error(), l.lost);
+        }
         reader_gone(p, l.finish()).map_err(|source| RunError::Output {
             what: "the findings log",
             path: p.clone(),
@@ -698,6 +704,21 @@ fn apply_reload(
 /// A reader of standard output that went away (`--exchanges -` piped into
 /// `head`) is not an error: it read what it wanted, as from any Unix
 /// filter. (The rest of the file is still read: other outputs may want it.)
+/// A live capture's log that met write errors (a full disk) lost whole
+/// lines, warned about and counted in `apitap_log_lines_lost_total` as it
+/// went, and went on: at the stop only the final flush can fail the exit,
+/// so a disk that was full for a while last week does not leave the
+/// service failed. (A file's run reports the first error: its log is
+/// incomplete.)
+fn went_on(what: &str, error: Option<std::io::Error>, lost: u64) {
+    if let Some(e) = error {
+        tracing::warn!(
+            lost,
+            "{what} lost lines to write errors during the run (the first: {e}); counted in apitap_log_lines_lost_total"
+        );
+    }
+}
+
 fn reader_gone(path: &str, r: std::io::Result<()>) -> std::io::Result<()> {
     match r {
         Err(e) if path == "-" && e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

@@ -105,6 +105,29 @@ impl Netns {
         )
     }
 
+    /// `apitap -i VETH -f "tcp port 8080"` writing the exchange log to
+    /// `log` and the final metrics to `metrics`, then `extra`.
+    fn capture(
+        &self,
+        veth: &str,
+        log: &std::path::Path,
+        metrics: &std::path::Path,
+        extra: &[&str],
+    ) -> KillOnDrop {
+        let mut args = vec![
+            "-i",
+            veth,
+            "-f",
+            "tcp port 8080",
+            "--exchanges",
+            log.to_str().unwrap(),
+            "--metrics-out",
+            metrics.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.apitap(&args)
+    }
+
     /// The client's `curl` of `path` on the server, the body discarded.
     fn fetch(&self, path: &str) -> Command {
         let url = format!("http://10.204.0.1:8080{path}");
@@ -189,21 +212,13 @@ fn live_capture_on_a_veth_matches_the_client() {
 
     let _server = ns.http_server(dir.path());
     std::fs::write(dir.path().join("hello.txt"), b"hello from the server\n").unwrap();
-    let mut apitap = ns.apitap(&[
-        "-i",
+    let mut apitap = ns.capture(
         &veth,
-        "-f",
-        "tcp port 8080",
-        "--exchanges",
-        log.to_str().unwrap(),
-        "--metrics-out",
-        metrics.to_str().unwrap(),
-        "--web.listen-address",
-        "127.0.0.1:0",
+        &log,
+        &metrics,
         // Two handles in a PACKET_FANOUT group, whatever the core count.
-        "--workers",
-        "2",
-    ]);
+        &["--web.listen-address", "127.0.0.1:0", "--workers", "2"],
+    );
     // The server must answer before traffic counts.
     ns.wait_for_server("/hello.txt");
     std::thread::sleep(Duration::from_millis(500));
@@ -447,4 +462,123 @@ fn a_capture_whose_interface_goes_away_writes_what_it_saw_and_exits_1() {
         let count = common::exchanges_counted(&text);
         assert!(count >= 2.0, "workers {workers}: {count}");
     }
+}
+
+/// Unmounts a file system when dropped (lazily: nothing may be left behind).
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The exchange log lives on a small file system that fills up while
+/// apitap captures (a full /var/log), then gets room again. Lines are lost
+/// whole and counted while it is full, the log goes on once there is room,
+/// and the stop exits 0: the run lost lines it counted and warned about,
+/// it did not fail (exit 1 would leave the unit failed for a disk that was
+/// full last week). The final warning says what was lost.
+#[test]
+fn a_live_log_whose_disk_was_full_for_a_while_goes_on_and_the_stop_exits_0() {
+    let Some((ns, veth)) = Netns::create('h') else {
+        return;
+    };
+    let web = tempfile::tempdir().unwrap();
+    std::fs::write(web.path().join("hello.txt"), b"hello\n").unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "apitap-test"])
+        .arg(disk.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs");
+        return;
+    }
+    let _mounted = Mounted(disk.path().to_owned());
+    let log = disk.path().join("exchanges.ndjson");
+    let metrics = web.path().join("metrics.prom");
+    let _server = ns.http_server(web.path());
+    let mut apitap = ns.capture(
+        &veth,
+        &log,
+        &metrics,
+        &["--web.listen-address", "127.0.0.1:10190", "--workers", "1"],
+    );
+    ns.wait_for_server("/hello.txt");
+    let lost = || -> f64 {
+        let out = ns
+            .exec(
+                &ns.server,
+                &["curl", "-sf", "http://127.0.0.1:10190/metrics"],
+            )
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("apitap_log_lines_lost_total{log=\"exchanges\"} "))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    wait_for("the metrics", || {
+        ns.exec(
+            &ns.server,
+            &[
+                "curl",
+                "-sf",
+                "-o",
+                "/dev/null",
+                "http://127.0.0.1:10190/metrics",
+            ],
+        )
+        .status()
+        .is_ok_and(|s| s.success())
+    });
+    assert_eq!(lost(), 0.0);
+
+    // Fill the disk, then make more log than the log's 64 KiB buffer
+    // holds: 80 requests with 2 KB targets.
+    let fill = disk.path().join("fill");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&fill).unwrap();
+        while f.write_all(&[0; 4096]).is_ok() {}
+    }
+    let pad = "p".repeat(2000);
+    let url = format!("http://10.204.0.1:8080/hello.txt?full=[1-80]&pad={pad}");
+    let fetched = ns
+        .exec(&ns.client, &["curl", "-s", &url])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(fetched.success());
+    wait_for("lines counted lost", || lost() > 0.0);
+
+    // Room again: the log goes on.
+    std::fs::remove_file(&fill).unwrap();
+    assert!(ns.fetch("/hello.txt?after=1").status().unwrap().success());
+    wait_for("the log to go on", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("after=1"))
+    });
+
+    let (status, stderr) = interrupt(&mut apitap);
+    assert!(status.success(), "apitap exit: {status:?}\n{stderr}");
+    assert!(
+        stderr.contains("the exchange log lost lines to write errors"),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in text.lines() {
+        let _: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    let last = std::fs::read_to_string(&metrics).unwrap();
+    let counted = last
+        .lines()
+        .find_map(|l| l.strip_prefix("apitap_log_lines_lost_total{log=\"exchanges\"} "))
+        .map(|v| v.trim().parse::<f64>().unwrap())
+        .unwrap();
+    // What the log holds and what it lost add up to what was seen (the
+    // server's check, 80 full-disk requests and the last).
+    let seen = common::exchanges_counted(&last);
+    assert_eq!(text.lines().count() as f64 + counted, seen, "{text}");
 }

@@ -159,6 +159,13 @@ impl ExchangeLog {
         self.credential_params = names;
     }
 
+    /// The first write error met so far, forgotten: [`ExchangeLog::finish`] then
+    /// reports only what is still to come (a live run's log that met a full
+    /// disk and went on; its lines lost are counted in `lost`).
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        self.error.take()
+    }
+
     /// Flush (what was written before an error too), reporting the first
     /// error any write met.
     pub fn finish(&mut self) -> io::Result<()> {

@@ -246,6 +246,13 @@ impl FindingsLog {
         self.order.retain(|k| table.contains_key(k));
     }
 
+    /// The first write error met so far, forgotten: [`FindingsLog::finish`] then
+    /// reports only what is still to come (a live run's log that met a full
+    /// disk and went on; its lines lost are counted in `lost`).
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        self.error.take()
+    }
+
     /// Write every pending summary line, flush, and report the first error
     /// any write met.
     pub fn finish(&mut self) -> io::Result<()> {
