@@ -55,7 +55,8 @@ pub struct Cli {
     #[arg(short = 'i', long = "interface", value_name = "IFACE")]
     pub interface: Option<String>,
 
-    /// Read a pcap or pcapng file (`-` = stdin) as fast as possible, then exit.
+    /// Read a pcap or pcapng file (`-` = stdin; gzip or zstd compressed too) as fast as
+    /// possible, then exit.
     #[arg(short = 'r', long = "read", value_name = "FILE")]
     pub read: Option<String>,
 

@@ -51,6 +51,16 @@ fn runtime_errors_exit_1_with_one_line() {
     let (code, _, err) = run(&["-r", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")]);
     assert_eq!(code, 1);
     assert!(err.contains("not a pcap or pcapng"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let xz = dir.path().join("capture.pcap.xz");
+    std::fs::write(&xz, b"\xfd7zXZ\x00\x00\x04\xe6\xd6\xb4\x46").unwrap();
+    let (code, _, err) = run(&["-r", xz.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("xz-compressed") && err.contains("xzcat"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -66,6 +76,45 @@ fn truncated_file_is_processed_then_reported() {
         "exchanges before the cut are logged"
     );
     assert!(err.contains("middle of a record"), "{err}");
+}
+
+/// `tcpdump -z gzip` rotations, archives: `-r` reads gzip and zstd
+/// captures, from a file or stdin, as the plain file (same log, same
+/// metrics); a cut archive is reported as a cut file is.
+#[test]
+fn a_compressed_capture_reads_as_the_plain_one() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = std::fs::read(sample()).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&plain).unwrap();
+    let packed = [
+        ("sample.pcap.gz", gz.finish().unwrap()),
+        ("sample.pcap.zst", zstd::encode_all(&plain[..], 3).unwrap()),
+    ];
+    let (code, want, err) = run(&["-r", &sample(), "--exchanges", "-"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(want.lines().count(), 525);
+    for (name, bytes) in packed {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let (code, got, err) = run(&["-r", path.to_str().unwrap(), "--exchanges", "-"]);
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(got == want, "{name}: {} lines", got.lines().count());
+        let piped = common::apitap()
+            .args(["-r", "-", "--exchanges", "-"])
+            .stdin(std::fs::File::open(&path).unwrap())
+            .output()
+            .unwrap();
+        assert!(piped.status.success(), "{name}");
+        assert!(piped.stdout == want.as_bytes(), "{name} piped");
+        let cut = dir.path().join(format!("cut-{name}"));
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let (code, got, err) = run(&["-r", cut.to_str().unwrap(), "--exchanges", "-"]);
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(got.lines().count() > 100, "{name}: the first half is read");
+        assert!(err.contains("stream is cut short or corrupt"), "{err}");
+    }
 }
 
 #[test]

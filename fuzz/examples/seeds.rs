@@ -21,6 +21,7 @@ use apitap_fuzz::{classify, decode, flow, http, reassembly, tls};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -75,7 +76,15 @@ fn main() {
         // capture: the file's first bytes, as they are (cut mid-record
         // when longer: a truncated file is a case too).
         if let Ok(bytes) = std::fs::read(&file) {
-            out.put("capture", &bytes[..bytes.len().min(CAPTURE_SEED_BYTES)]);
+            let seed = &bytes[..bytes.len().min(CAPTURE_SEED_BYTES)];
+            out.put("capture", seed);
+            // And gzipped, as `tcpdump -z gzip` leaves it.
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            if gz.write_all(seed).is_ok() {
+                if let Ok(packed) = gz.finish() {
+                    out.put("capture", &packed);
+                }
+            }
         }
         if let Err(e) = one_file(Path::new(&file), &mut out) {
             eprintln!("seeds: skipping {file}: {e}");

@@ -1,5 +1,5 @@
 complete -c apitap -s i -l interface -d 'Capture live from IFACE (libpcap; `any` works)' -r
-complete -c apitap -s r -l read -d 'Read a pcap or pcapng file (`-` = stdin) as fast as possible, then exit' -r
+complete -c apitap -s r -l read -d 'Read a pcap or pcapng file (`-` = stdin; gzip or zstd compressed too) as fast as possible, then exit' -r
 complete -c apitap -s f -l filter -d 'Capture filter (BPF), live or on a file read with -r. Default: tcp' -r
 complete -c apitap -l config.file -d 'TOML configuration file; dotted flags are tables (`[web] listen-address`)' -r -F
 complete -c apitap -l web.listen-address -d 'Serve /metrics, /-/healthy, /-/ready and a landing page at ADDR' -r

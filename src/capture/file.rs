@@ -8,6 +8,10 @@
 //!
 //! - Not a capture file (unknown magic, too short) → [`CaptureError::NotACapture`];
 //!   missing or unreadable → [`CaptureError::Open`].
+//! - A gzip or zstd stream (one layer) is decompressed as it is read; when
+//!   the stream breaks off (cut short, corrupt) the file ends there as a cut
+//!   file does, and the note gives the decompressor's reason. xz, bzip2 and
+//!   lz4 → [`CaptureError::Compressed`], naming the command to pipe through.
 //! - A file that ends in the middle of a record, or holds a record whose
 //!   length cannot be right (bigger than the cap, or disagreeing with its own
 //!   framing), stops the source: `next_event` returns `Ok(None)` and
@@ -41,6 +45,7 @@ use pcap_parser::pcapng::Block;
 use pcap_parser::traits::PcapReaderIterator;
 use pcap_parser::{LegacyPcapReader, PcapBlockOwned, PcapError, PcapNGReader};
 use std::io::{Cursor, Read};
+use std::sync::{Arc, OnceLock};
 
 /// The longest a read of a pipe waits before `next_event` says so.
 pub const IDLE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
@@ -128,6 +133,8 @@ pub struct FileSource {
     finished: bool,
     /// The input when it is not a regular file: polled before each read.
     waiter: Option<std::os::fd::OwnedFd>,
+    /// Why a compressed input's stream broke off, once it has ([`Decompressed`]).
+    broken: Option<Arc<OnceLock<String>>>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -189,7 +196,18 @@ impl FileSource {
     /// A source over any reader; `label` names it in errors.
     pub fn from_reader(
         label: &str,
+        input: Box<dyn Read + Send>,
+    ) -> Result<FileSource, CaptureError> {
+        Self::from_input(label, input, true)
+    }
+
+    /// `from_reader`; a gzip or zstd stream is decompressed when
+    /// `decompress` (once: a compressed file inside is not a capture, and
+    /// a stream that decompresses to itself must not recurse).
+    fn from_input(
+        label: &str,
         mut input: Box<dyn Read + Send>,
+        decompress: bool,
     ) -> Result<FileSource, CaptureError> {
         let not_a_capture = || CaptureError::NotACapture {
             path: label.to_string(),
@@ -205,6 +223,31 @@ impl FileSource {
         fill_to(&mut input, &mut prefix, 12).map_err(read_err)?;
         if prefix.len() < 4 {
             return Err(not_a_capture());
+        }
+        if let Some(c) = Compression::of(&prefix) {
+            let whole = Cursor::new(prefix).chain(input);
+            let plain: Box<dyn Read + Send> = match c {
+                _ if !decompress => return Err(not_a_capture()),
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(whole)),
+                Compression::Zstd => Box::new(zstd::Decoder::new(whole).map_err(read_err)?),
+                other => {
+                    return Err(CaptureError::Compressed {
+                        path: label.to_string(),
+                        how: other.name(),
+                        tool: other.tool(),
+                    })
+                }
+            };
+            tracing::debug!(compression = c.name(), "decompressing the capture file");
+            let broken = Arc::new(OnceLock::new());
+            let plain = Decompressed {
+                inner: plain,
+                how: c,
+                broken: broken.clone(),
+            };
+            let mut source = Self::from_input(label, Box::new(plain), false)?;
+            source.broken = Some(broken);
+            return Ok(source);
         }
         let magic_le = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
         let format = match magic_le {
@@ -284,6 +327,7 @@ impl FileSource {
             truncation: None,
             finished: false,
             waiter: None,
+            broken: None,
         })
     }
 
@@ -521,8 +565,13 @@ impl FileSource {
 
     fn stop(&mut self, what: &str) {
         self.finished = true;
+        let (what, of) = match self.broken.as_ref().and_then(|b| b.get()) {
+            // The cause, rather than what it looked like after it.
+            Some(broken) => (broken.as_str(), "decompressed"),
+            None => (what, "of the file"),
+        };
         self.truncation = Some(format!(
-            "{}: {what} after {} packets ({} bytes of the file)",
+            "{}: {what} after {} packets ({} bytes {of})",
             self.label,
             self.stats.packets,
             self.reader.consumed()
@@ -568,6 +617,10 @@ impl PacketSource for FileSource {
                 Step::Skip(n) => self.reader.consume(n),
                 Step::Eof => {
                     self.finished = true;
+                    // A compressed stream cut between two records.
+                    if self.broken.as_ref().is_some_and(|b| b.get().is_some()) {
+                        self.stop("");
+                    }
                     return Ok(None);
                 }
                 Step::Truncated => {
@@ -673,6 +726,76 @@ fn waiter(fd: std::os::fd::BorrowedFd<'_>) -> Option<std::os::fd::OwnedFd> {
 }
 
 /// Reads until `buf` holds `want` bytes or the input ends.
+/// Compressed forms a capture file is kept in (`tcpdump -z gzip`, log
+/// rotation, archives), told by their magic numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compression {
+    Gzip,
+    Zstd,
+    Xz,
+    Bzip2,
+    Lz4,
+}
+
+impl Compression {
+    fn of(prefix: &[u8]) -> Option<Compression> {
+        Some(match prefix {
+            [0x1f, 0x8b, ..] => Compression::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
+            [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Compression::Xz,
+            [b'B', b'Z', b'h', ..] => Compression::Bzip2,
+            [0x04, 0x22, 0x4d, 0x18, ..] => Compression::Lz4,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+            Compression::Bzip2 => "bzip2",
+            Compression::Lz4 => "lz4",
+        }
+    }
+
+    /// The command that writes the plain capture to stdout.
+    fn tool(self) -> &'static str {
+        match self {
+            Compression::Gzip => "zcat",
+            Compression::Zstd => "zstdcat",
+            Compression::Xz => "xzcat",
+            Compression::Bzip2 => "bzcat",
+            Compression::Lz4 => "lz4cat",
+        }
+    }
+}
+
+/// A decompressing reader whose stream errors (an archive cut short, as a
+/// download or a full disk leaves it, or corrupt) end the input as the end
+/// of a cut plain file does: everything before is read, and the reason is
+/// kept for the warning. Errors of the file itself (an OS error) pass.
+struct Decompressed {
+    inner: Box<dyn Read + Send>,
+    how: Compression,
+    broken: Arc<OnceLock<String>>,
+}
+
+impl Read for Decompressed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.inner.read(buf) {
+            Err(e) if e.raw_os_error().is_none() && e.kind() != std::io::ErrorKind::Interrupted => {
+                let how = self.how.name();
+                let _ = self
+                    .broken
+                    .set(format!("the {how} stream is cut short or corrupt ({e})"));
+                Ok(0)
+            }
+            r => r,
+        }
+    }
+}
+
 fn fill_to(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<()> {
     while buf.len() < want {
         let old = buf.len();
@@ -973,6 +1096,113 @@ mod tests {
         let (pkts, trunc) = read_all(ng[..ng.len() - 3].to_vec());
         assert_eq!(pkts.len(), 1);
         assert!(trunc.unwrap().contains("middle of a record"));
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(bytes).unwrap();
+        z.finish().unwrap()
+    }
+
+    fn zstd(bytes: &[u8]) -> Vec<u8> {
+        zstd::encode_all(bytes, 1).unwrap()
+    }
+
+    /// A capture of 2,000 records, as written and as `compress` writes it:
+    /// whole, and in two members (or frames) split mid-record, as
+    /// concatenated archives and parallel compressors write them.
+    #[test]
+    fn gzip_and_zstd_captures_read_as_the_plain_file() {
+        let data: Vec<u8> = (0..1500u32).map(|i| (i * 7 % 251) as u8).collect();
+        let recs: Vec<_> = (0..2000).map(|i| (i, 0, &data[..], 1500)).collect();
+        let plain = pcap(false, false, 1, &recs);
+        let (want, none) = read_all(plain.clone());
+        assert_eq!((want.len(), none), (2000, None));
+        let split = plain.len() / 2 + 3;
+        for compress in [gzip as fn(&[u8]) -> Vec<u8>, zstd] {
+            let whole = compress(&plain);
+            assert_ne!(whole[..4], plain[..4]);
+            let mut two = compress(&plain[..split]);
+            two.extend(compress(&plain[split..]));
+            for bytes in [whole, two] {
+                let (got, trunc) = read_all(bytes);
+                assert_eq!(trunc, None);
+                assert!(got == want, "{} of {} packets", got.len(), want.len());
+            }
+        }
+    }
+
+    /// A compressed capture cut short, or corrupt, ends as a cut plain
+    /// file does (what came before is read) and the note says why.
+    #[test]
+    fn a_cut_or_corrupt_archive_stops_with_a_note_after_what_it_held() {
+        // Bytes without repeats: a flipped bit below must change them (in
+        // a run of one byte it can move a match to an equal one).
+        let mut x = 0x9e37_79b9_u32;
+        let data: Vec<u8> = (0..1000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let recs: Vec<_> = (0..3000).map(|i| (i, 0, &data[..], 1000)).collect();
+        let plain = pcap(false, false, 1, &recs);
+        for (name, compress) in [("gzip", gzip as fn(&[u8]) -> Vec<u8>), ("zstd", zstd)] {
+            let whole = compress(&plain);
+            let (pkts, trunc) = read_all(whole[..whole.len() * 2 / 3].to_vec());
+            assert!((1..3000).contains(&pkts.len()), "{name}: {}", pkts.len());
+            let note = trunc.expect("a note");
+            assert!(
+                note.contains(&format!("the {name} stream is cut short or corrupt"))
+                    && note.contains("bytes decompressed"),
+                "{note}"
+            );
+        }
+        // Only gzip's trailer (checksum and length) is gone: every record
+        // is read, and the stream is still not whole.
+        let whole = gzip(&plain);
+        let (pkts, trunc) = read_all(whole[..whole.len() - 4].to_vec());
+        assert_eq!(pkts.len(), 3000);
+        assert!(trunc.is_some_and(|n| n.contains("gzip stream")));
+        // A flipped bit: never read as whole (the records it garbles, the
+        // deflate stream or, at the end, gzip's checksum stop it).
+        let mut bad = gzip(&plain);
+        let at = bad.len() / 2;
+        bad[at] ^= 0x10;
+        let (pkts, trunc) = read_all(bad);
+        assert!(trunc.is_some(), "{} packets", pkts.len());
+    }
+
+    /// Compressions apitap does not read are named, with the command that
+    /// reads them; a compressed file inside a compressed file is not a
+    /// capture (one layer is taken off, never more: a stream that
+    /// decompresses to itself must not loop).
+    #[test]
+    fn other_compressions_are_named_and_one_layer_is_taken_off() {
+        for (magic, how, tool) in [
+            (&[0xfd, b'7', b'z', b'X', b'Z', 0][..], "xz", "xzcat"),
+            (b"BZh9", "bzip2", "bzcat"),
+            (&[0x04, 0x22, 0x4d, 0x18], "lz4", "lz4cat"),
+        ] {
+            let mut bytes = magic.to_vec();
+            bytes.extend([0; 32]);
+            let err =
+                FileSource::from_reader("f.pcap.x", Box::new(Cursor::new(bytes))).unwrap_err();
+            assert!(
+                matches!(&err, CaptureError::Compressed { how: h, tool: t, .. } if *h == how && *t == tool),
+                "{err}"
+            );
+            assert!(err
+                .to_string()
+                .contains(&format!("{tool} f.pcap.x | apitap -r -")));
+        }
+        let plain = pcap(false, false, 1, &[(1, 0, b"x", 1)]);
+        let twice = gzip(&gzip(&plain));
+        let r = FileSource::from_reader("g", Box::new(Cursor::new(twice)));
+        assert!(matches!(r, Err(CaptureError::NotACapture { .. })));
     }
 
     #[test]

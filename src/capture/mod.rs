@@ -130,6 +130,12 @@ pub enum CaptureError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is {how}-compressed, which apitap does not read itself (it reads gzip and zstd); try `{tool} {path} | apitap -r -`")]
+    Compressed {
+        path: String,
+        how: &'static str,
+        tool: &'static str,
+    },
     #[error("{path} is not a pcap or pcapng capture file")]
     NotACapture { path: String },
     #[error("error reading {path}: {reason}")]
