@@ -701,9 +701,6 @@ fn apply_reload(
     service.notifier.ready("configuration reloaded; capturing");
 }
 
-/// A reader of standard output that went away (`--exchanges -` piped into
-/// `head`) is not an error: it read what it wanted, as from any Unix
-/// filter. (The rest of the file is still read: other outputs may want it.)
 /// A live capture's log that met write errors (a full disk) lost whole
 /// lines, warned about and counted in `apitap_log_lines_lost_total` as it
 /// went, and went on: at the stop only the final flush can fail the exit,
@@ -719,6 +716,9 @@ fn went_on(what: &str, error: Option<std::io::Error>, lost: u64) {
     }
 }
 
+/// A reader of standard output that went away (`--exchanges -` piped into
+/// `head`) is not an error: it read what it wanted, as from any Unix
+/// filter. (The rest of the file is still read: other outputs may want it.)
 fn reader_gone(path: &str, r: std::io::Result<()>) -> std::io::Result<()> {
     match r {
         Err(e) if path == "-" && e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

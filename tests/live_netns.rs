@@ -2,8 +2,10 @@
 //! (made by the test, addresses 10.204.0.0/24 inside them only), a real HTTP
 //! server in one, a real client (curl) in the other, `apitap -i` on the
 //! server's veth. The exchange log must match what the client did, and the
-//! metrics must count it; and frames lost while apitap cannot read must be
-//! exported as drops. Needs root and iproute2; skips otherwise.
+//! metrics must count it; frames lost while apitap cannot read must be
+//! exported as drops; and a log whose disk fills up (a tmpfs the test
+//! mounts) must lose whole lines, counted, and go on. Needs root and
+//! iproute2; skips otherwise.
 
 mod common;
 

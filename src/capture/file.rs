@@ -725,7 +725,6 @@ fn waiter(fd: std::os::fd::BorrowedFd<'_>) -> Option<std::os::fd::OwnedFd> {
     (!regular).then(|| dup.into())
 }
 
-/// Reads until `buf` holds `want` bytes or the input ends.
 /// Compressed forms a capture file is kept in (`tcpdump -z gzip`, log
 /// rotation, archives), told by their magic numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -796,6 +795,7 @@ impl Read for Decompressed {
     }
 }
 
+/// Reads until `buf` holds `want` bytes or the input ends.
 fn fill_to(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<()> {
     while buf.len() < want {
         let old = buf.len();
