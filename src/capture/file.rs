@@ -133,8 +133,9 @@ pub struct FileSource {
     finished: bool,
     /// The input when it is not a regular file: polled before each read.
     waiter: Option<std::os::fd::OwnedFd>,
-    /// Why a compressed input's stream broke off, once it has ([`Decompressed`]).
-    broken: Option<Arc<OnceLock<String>>>,
+    /// Why a compressed input's stream broke off, once it has
+    /// ([`Decompressed`]); never set for a plain one.
+    broken: Arc<OnceLock<String>>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -246,7 +247,7 @@ impl FileSource {
                 broken: broken.clone(),
             };
             let mut source = Self::from_input(label, Box::new(plain), false)?;
-            source.broken = Some(broken);
+            source.broken = broken;
             return Ok(source);
         }
         let magic_le = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
@@ -327,7 +328,7 @@ impl FileSource {
             truncation: None,
             finished: false,
             waiter: None,
-            broken: None,
+            broken: Arc::default(),
         })
     }
 
@@ -565,7 +566,7 @@ impl FileSource {
 
     fn stop(&mut self, what: &str) {
         self.finished = true;
-        let (what, of) = match self.broken.as_ref().and_then(|b| b.get()) {
+        let (what, of) = match self.broken.get() {
             // The cause, rather than what it looked like after it.
             Some(broken) => (broken.as_str(), "decompressed"),
             None => (what, "of the file"),
@@ -617,8 +618,9 @@ impl PacketSource for FileSource {
                 Step::Skip(n) => self.reader.consume(n),
                 Step::Eof => {
                     self.finished = true;
-                    // A compressed stream cut between two records.
-                    if self.broken.as_ref().is_some_and(|b| b.get().is_some()) {
+                    // A compressed stream cut between two records (`stop`
+                    // gives the decompressor's reason).
+                    if self.broken.get().is_some() {
                         self.stop("");
                     }
                     return Ok(None);
