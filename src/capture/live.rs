@@ -12,12 +12,16 @@
 //!   with the pcap header's time in microseconds and the link type libpcap
 //!   reports for the handle (Linux `any` gives SLL or SLL2; whatever it is
 //!   passes through untranslated). When no frame arrives within
-//!   `tick_micros` it yields [`SourceEvent::Tick`] with the wall clock, so
-//!   timeouts fire on a quiet link. Under continuous traffic no tick is
-//!   promised: the packets carry the time.
+//!   `tick_micros` it yields [`SourceEvent::Tick`] with the wall clock less
+//!   the delivery lag (how long a frame may still wait in a kernel block:
+//!   [`delivery_lag`]), so timeouts fire on a quiet link and no frame read
+//!   later is older than a tick already given. Under continuous traffic no
+//!   tick is promised: the packets carry the time.
 //! - A [`Stopper`] (from [`LiveSource::stopper`]) ends the capture from
-//!   another thread: a `next_event` waiting for traffic wakes at once and
-//!   returns `Ok(None)`, and so does every later call.
+//!   another thread: a `next_event` waiting for traffic wakes at once,
+//!   yields what the kernel still held when the stop came (reading for at
+//!   most the delivery lag and 10 ms), then returns `Ok(None)`, and so does every later
+//!   call.
 //! - [`PacketSource::stats`] counts frames and their wire bytes as they are
 //!   yielded, and reads the drops now through the source's [`LiveDrops`].
 //! - Drops ([`LiveDrops`], also handed out as the source's
@@ -59,8 +63,12 @@ pub struct LiveOptions {
     /// Kernel capture buffer in bytes; bigger absorbs longer bursts.
     pub buffer_size: i32,
     pub promiscuous: bool,
-    /// Deliver frames as they arrive instead of when a kernel block fills
-    /// (without it, frames may wait up to one tick in the kernel).
+    /// Deliver frames one at a time as they arrive (libpcap's TPACKET_V2
+    /// ring, one slot of up to 64 KiB per frame when the interface offloads)
+    /// instead of in blocks the kernel packs and hands over when full or
+    /// after [`BLOCK_TIMEOUT_MS`] (TPACKET_V3, what tcpdump, Suricata and
+    /// Zeek use: the same buffer holds many more frames, and a burst wakes
+    /// the reader once per block, not once per frame).
     pub immediate: bool,
     /// After this long without a frame, `next_event` yields a wall-clock
     /// tick. Rounded up to whole milliseconds, at least 1 ms.
@@ -75,9 +83,25 @@ impl Default for LiveOptions {
             snaplen: 262_144,
             buffer_size: 32 * 1024 * 1024,
             promiscuous: true,
-            immediate: true,
+            immediate: false,
             tick_micros: 250_000,
         }
+    }
+}
+
+/// Without immediate mode, the longest the kernel holds frames in a partly
+/// filled block before handing it over (Suricata's and Zeek's default).
+pub const BLOCK_TIMEOUT_MS: i32 = 10;
+
+/// How long a frame can wait in the kernel before libpcap can read it: none
+/// in immediate mode; otherwise two block timeouts (a timer that fires just
+/// after a new block opened lets it run one more round) and slack for the
+/// timer's granularity (a jiffy, up to 10 ms) and scheduling.
+fn delivery_lag(immediate: bool) -> Duration {
+    if immediate {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(2 * BLOCK_TIMEOUT_MS.unsigned_abs() as u64 + 20)
     }
 }
 
@@ -284,6 +308,10 @@ pub struct LiveSource {
     interface: String,
     link: LinkType,
     tick: Duration,
+    /// [`delivery_lag`] of this handle's mode.
+    lag: Duration,
+    /// Set when the stop is first seen: frames are still read until then.
+    drain_until: Option<Instant>,
     packets: u64,
     bytes: u64,
     drops: Arc<LiveDrops>,
@@ -319,6 +347,10 @@ pub fn open_fanout(opts: &LiveOptions, n: usize) -> Result<Vec<LiveSource>, Capt
             Ok(s)
         })
         .collect::<Result<Vec<_>, CaptureError>>()?;
+    // Frames from before the group was whole may still sit in partly filled
+    // blocks: let the kernel hand them over first (what arrives meanwhile is
+    // lost with them, once, at the start).
+    std::thread::sleep(delivery_lag(opts.immediate));
     for s in &mut sources {
         s.discard_queued()?;
     }
@@ -348,7 +380,7 @@ impl LiveSource {
             .immediate_mode(opts.immediate)
             // Without immediate mode this is how long the kernel holds a
             // partly filled block before handing it over.
-            .timeout(tick_ms)
+            .timeout(BLOCK_TIMEOUT_MS)
             .open()
             .map_err(open_err)?
             .setnonblock()
@@ -371,6 +403,8 @@ impl LiveSource {
             interface: iface.to_string(),
             link,
             tick: Duration::from_millis(u64::from(tick_ms.unsigned_abs())),
+            lag: delivery_lag(opts.immediate),
+            drain_until: None,
             packets: 0,
             bytes: 0,
             drops: Arc::new(drops),
@@ -378,7 +412,8 @@ impl LiveSource {
     }
 
     /// A handle other threads can use to stop the capture: `next_event`
-    /// then returns `Ok(None)` promptly (within about one tick at worst).
+    /// then yields what the kernel still holds and returns `Ok(None)` within
+    /// the delivery lag.
     pub fn stopper(&self) -> Stopper {
         Stopper {
             stopped: Arc::clone(&self.stopped),
@@ -450,9 +485,10 @@ impl LiveSource {
         }
     }
 
-    /// Wait until the capture socket is readable, the stopper writes, or
-    /// `timeout` passes.
-    fn wait(&self, timeout: Duration) -> Result<Wake, CaptureError> {
+    /// Wait until the capture socket is readable, the stopper writes (when
+    /// `stoppable`; once stopping, its unread wake-up would end every wait),
+    /// or `timeout` passes.
+    fn wait(&self, timeout: Duration, stoppable: bool) -> Result<Wake, CaptureError> {
         let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
         let mut fds = [
             libc::pollfd {
@@ -466,10 +502,11 @@ impl LiveSource {
                 revents: 0,
             },
         ];
+        let watched = if stoppable { 2 } else { 1 };
         // SAFETY: `fds` is a live array of two initialised `pollfd`s and
-        // its length is passed with it; both descriptors are owned by
+        // `watched` is at most its length; both descriptors are owned by
         // `self` and stay open for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), watched, ms) };
         if n < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
@@ -480,7 +517,7 @@ impl LiveSource {
                 self.interface
             )));
         }
-        if fds[1].revents != 0 || self.stopped.load(Ordering::SeqCst) {
+        if stoppable && (fds[1].revents != 0 || self.stopped.load(Ordering::SeqCst)) {
             return Ok(Wake::Stop);
         }
         if fds[0].revents & libc::POLLNVAL != 0 {
@@ -512,8 +549,23 @@ impl PacketSource for LiveSource {
         // Set at the first empty read, so the packet path reads no clock.
         let mut deadline: Option<Instant> = None;
         let frame = loop {
-            if self.stopped.load(Ordering::SeqCst) {
-                return Ok(None);
+            if self.drain_until.is_none() && self.stopped.load(Ordering::SeqCst) {
+                // (10 ms more: in immediate mode the lag is 0, yet the
+                // ring may hold frames the stop should not lose.)
+                self.drain_until = Some(Instant::now() + self.lag + Duration::from_millis(10));
+            }
+            // Stopping: a bounded read of what the kernel held at the stop
+            // (under endless traffic there is always more).
+            if let Some(until) = self.drain_until {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                if let Some(frame) = self.read_frame()? {
+                    break frame;
+                }
+                self.wait(left, false)?;
+                continue;
             }
             if let Some(frame) = self.read_frame()? {
                 break frame;
@@ -525,15 +577,16 @@ impl PacketSource for LiveSource {
             let wake = if left.is_zero() {
                 Wake::Timeout
             } else {
-                self.wait(left)?
+                self.wait(left, true)?
             };
             match wake {
                 Wake::Ready => {}
-                Wake::Stop => {
-                    self.stopped.store(true, Ordering::SeqCst);
-                    return Ok(None);
+                Wake::Stop => self.stopped.store(true, Ordering::SeqCst),
+                Wake::Timeout => {
+                    let lag = i64::try_from(self.lag.as_micros()).unwrap_or(i64::MAX);
+                    let t = Timestamp::now_wall().saturating_add_micros(-lag);
+                    return Ok(Some(SourceEvent::Tick(t)));
                 }
-                Wake::Timeout => return Ok(Some(SourceEvent::Tick(Timestamp::now_wall()))),
             }
         };
         self.packets += 1;
@@ -688,8 +741,10 @@ mod tests {
         assert_eq!(o.filter, "tcp");
         assert_eq!(o.snaplen, 262_144);
         assert_eq!(o.buffer_size, 33_554_432);
-        assert!(o.promiscuous && o.immediate);
+        assert!(o.promiscuous && !o.immediate);
         assert_eq!(o.tick_micros, 250_000);
+        assert_eq!(delivery_lag(true), Duration::ZERO);
+        assert_eq!(delivery_lag(false), Duration::from_millis(40));
     }
 
     #[test]
@@ -974,7 +1029,14 @@ mod tests {
         let before = Timestamp::now_wall();
         let begun = Instant::now();
         match src.next_event().unwrap() {
-            Some(SourceEvent::Tick(t)) => assert!(t >= before),
+            // Frames still in a kernel block are up to the lag old: the
+            // tick stays behind them.
+            Some(SourceEvent::Tick(t)) => {
+                let lag = src.lag.as_micros() as i64;
+                assert!(lag > 0);
+                assert!(t.saturating_add_micros(lag) >= before, "{t} {before}");
+                assert!(t.saturating_add_micros(lag) <= Timestamp::now_wall(), "{t}");
+            }
             other => panic!("want a tick on an idle link, got {other:?}"),
         }
         let waited = begun.elapsed();
@@ -1003,6 +1065,102 @@ mod tests {
         );
         stopping.join().unwrap();
         assert!(src.next_event().unwrap().is_none(), "stop is sticky");
+    }
+
+    #[test]
+    fn a_stop_still_yields_the_frames_the_kernel_held() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for immediate in [false, true] {
+            let Some(mut src) = open_lo_or_skip_with(LiveOptions {
+                immediate,
+                ..lo_options(&format!("tcp port {port}"))
+            }) else {
+                return;
+            };
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (mut conn, _) = listener.accept().unwrap();
+            c.write_all(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 64];
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0);
+            // The frames are in the kernel's buffer; nothing read them yet.
+            src.stopper().stop();
+            let begun = Instant::now();
+            let mut seen = false;
+            while let Some(ev) = src.next_event().unwrap() {
+                if let SourceEvent::Packet(p) = ev {
+                    seen |= contains(p.data, b"GET /held HTTP/1.1");
+                }
+            }
+            assert!(
+                seen,
+                "immediate {immediate}: the request was lost at the stop"
+            );
+            assert!(
+                begun.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                begun.elapsed()
+            );
+            assert!(src.next_event().unwrap().is_none(), "stop is sticky");
+        }
+    }
+
+    #[test]
+    fn a_fanout_group_never_yields_a_frame_twice() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_nodelay(true).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            conn.read_to_end(&mut sink).unwrap();
+        });
+        // Traffic flows while the group forms: frames that reached every
+        // handle before it was whole must not come out of two of them.
+        let sending = Arc::new(AtomicBool::new(true));
+        let client = std::thread::spawn({
+            let sending = Arc::clone(&sending);
+            move || {
+                let mut i = 0u64;
+                while sending.load(Ordering::Relaxed) {
+                    c.write_all(format!("frame {i:>12}\n").as_bytes()).unwrap();
+                    i += 1;
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let mut sources = match open_fanout(&lo_options(&format!("tcp port {port}")), 2) {
+            Ok(s) => s,
+            Err(CaptureError::Live(m)) if m.contains("needs CAP_NET_RAW") => {
+                eprintln!("skipped: {m}");
+                sending.store(false, Ordering::Relaxed);
+                client.join().unwrap();
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        sending.store(false, Ordering::Relaxed);
+        client.join().unwrap();
+        server.join().unwrap();
+        let mut frames = std::collections::HashSet::new();
+        let mut total = 0;
+        for src in &mut sources {
+            src.stopper().stop();
+            while let Some(ev) = src.next_event().unwrap() {
+                if let SourceEvent::Packet(p) = ev {
+                    total += 1;
+                    // Each frame's bytes are unique (IP ids and TCP
+                    // timestamps move on).
+                    assert!(frames.insert(p.data.to_vec()), "a frame came out twice");
+                }
+            }
+        }
+        assert!(total > 100, "{total} frames");
     }
 
     #[test]
