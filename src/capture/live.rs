@@ -20,8 +20,8 @@
 //! - A [`Stopper`] (from [`LiveSource::stopper`]) ends the capture from
 //!   another thread: a `next_event` waiting for traffic wakes at once,
 //!   yields what the kernel still held when the stop came (reading for at
-//!   most the delivery lag and 10 ms), then returns `Ok(None)`, and so does every later
-//!   call.
+//!   most the delivery lag and 10 ms), then returns `Ok(None)`, and so does
+//!   every later call.
 //! - [`PacketSource::stats`] counts frames and their wire bytes as they are
 //!   yielded, and reads the drops now through the source's [`LiveDrops`].
 //! - Drops ([`LiveDrops`], also handed out as the source's
@@ -413,7 +413,7 @@ impl LiveSource {
 
     /// A handle other threads can use to stop the capture: `next_event`
     /// then yields what the kernel still holds and returns `Ok(None)` within
-    /// the delivery lag.
+    /// the delivery lag and 10 ms.
     pub fn stopper(&self) -> Stopper {
         Stopper {
             stopped: Arc::clone(&self.stopped),
