@@ -10,8 +10,11 @@
 //!   missing or unreadable → [`CaptureError::Open`].
 //! - A gzip or zstd stream (one layer) is decompressed as it is read; when
 //!   the stream breaks off (cut short, corrupt) the file ends there as a cut
-//!   file does, and the note gives the decompressor's reason. xz, bzip2 and
-//!   lz4 → [`CaptureError::Compressed`], naming the command to pipe through.
+//!   file does, and the note gives the decompressor's reason; before the
+//!   capture's own header that reason is the error ([`CaptureError::Read`]),
+//!   and a stream that holds no capture is
+//!   [`CaptureError::NotACaptureInside`]. xz, bzip2 and lz4 →
+//!   [`CaptureError::Compressed`], naming the command to pipe through.
 //! - A file that ends in the middle of a record, or holds a record whose
 //!   length cannot be right (bigger than the cap, or disagreeing with its own
 //!   framing), stops the source: `next_event` returns `Ok(None)` and
@@ -246,7 +249,24 @@ impl FileSource {
                 how: c,
                 broken: broken.clone(),
             };
-            let mut source = Self::from_input(label, Box::new(plain), false)?;
+            let mut source = match Self::from_input(label, Box::new(plain), false) {
+                Ok(source) => source,
+                // Before the capture's header: the decompressor's reason is
+                // the one to give (a corrupt gzip header, say).
+                Err(CaptureError::NotACapture { path }) => {
+                    return Err(match broken.get() {
+                        Some(reason) => CaptureError::Read {
+                            path,
+                            reason: reason.clone(),
+                        },
+                        None => CaptureError::NotACaptureInside {
+                            path,
+                            how: c.name(),
+                        },
+                    })
+                }
+                Err(e) => return Err(e),
+            };
             source.broken = broken;
             return Ok(source);
         }
@@ -1203,8 +1223,41 @@ mod tests {
         }
         let plain = pcap(false, false, 1, &[(1, 0, b"x", 1)]);
         let twice = gzip(&gzip(&plain));
-        let r = FileSource::from_reader("g", Box::new(Cursor::new(twice)));
-        assert!(matches!(r, Err(CaptureError::NotACapture { .. })));
+        let err = FileSource::from_reader("g", Box::new(Cursor::new(twice))).unwrap_err();
+        assert!(
+            matches!(err, CaptureError::NotACaptureInside { how: "gzip", .. }),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "g is gzip-compressed, but what it holds is not a pcap or pcapng capture file"
+        );
+    }
+
+    #[test]
+    fn a_compressed_stream_broken_before_the_capture_header_says_why() {
+        let plain = pcap(false, false, 1, &[(1, 0, b"x", 1)]);
+        let mut bad_header = gzip(&plain);
+        bad_header[3] = 0xe0; // reserved flag bits
+        let cut = gzip(&plain)[..14].to_vec();
+        let mut bad_zstd = vec![0x28, 0xb5, 0x2f, 0xfd];
+        bad_zstd.extend(b"not a frame at all");
+        for (bytes, how, reason) in [
+            (bad_header, "gzip", "invalid gzip header"),
+            (cut, "gzip", ""),
+            (bad_zstd, "zstd", ""),
+        ] {
+            let err = FileSource::from_reader("z", Box::new(Cursor::new(bytes))).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, CaptureError::Read { .. }), "{text}");
+            assert!(
+                text.starts_with(&format!(
+                    "error reading z: the {how} stream is cut short or corrupt ("
+                )),
+                "{text}"
+            );
+            assert!(text.contains(reason), "{text}");
+        }
     }
 
     #[test]

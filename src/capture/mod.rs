@@ -138,6 +138,8 @@ pub enum CaptureError {
     },
     #[error("{path} is not a pcap or pcapng capture file")]
     NotACapture { path: String },
+    #[error("{path} is {how}-compressed, but what it holds is not a pcap or pcapng capture file")]
+    NotACaptureInside { path: String, how: &'static str },
     #[error("error reading {path}: {reason}")]
     Read { path: String, reason: String },
     #[error("{0}")]
