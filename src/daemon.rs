@@ -345,9 +345,23 @@ impl Write for ReopenFile {
         self.out.write(buf)
     }
 
+    /// A line the buffer cannot hold goes straight to the file, whole or not
+    /// at all: a disk that fills up part way through is cut back to where
+    /// the line began, so no fragment runs into the next line.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.maybe_reopen();
-        self.out.write_all(buf)
+        if buf.len() < self.out.capacity() - self.out.buffer().len() {
+            return self.out.write_all(buf);
+        }
+        self.out.flush()?;
+        if buf.len() < self.out.capacity() {
+            return self.out.write_all(buf);
+        }
+        let file = self.out.get_mut();
+        let start = file.metadata()?.len();
+        file.write_all(buf).inspect_err(|_| {
+            let _ = file.set_len(start);
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -413,6 +427,49 @@ mod tests {
             std::fs::read_to_string(dir.path().join("x.log.1")).unwrap(),
             "one\n"
         );
+    }
+
+    /// A line bigger than the buffer (a 64 KiB target, escaped) on a disk
+    /// that fills part way through it: lost whole, the next line intact.
+    #[test]
+    fn a_line_bigger_than_the_buffer_is_never_cut_by_a_full_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "apitap-unit"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs (needs root)");
+            return;
+        }
+        struct Unmount<'a>(&'a std::path::Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let filler = dir.path().join("filler");
+        std::fs::write(&filler, vec![0u8; 200 << 10]).unwrap();
+        let path = dir.path().join("exchanges.log");
+        let mut f = ReopenFile::open(&path, Arc::new(AtomicU64::new(0))).unwrap();
+        f.write_all(b"{\"a\":1}\n").unwrap();
+        let mut big = vec![b'x'; 100 << 10];
+        big.push(b'\n');
+        assert!(f.write_all(&big).is_err(), "100 KiB fit in about 56");
+        f.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n");
+        std::fs::remove_file(&filler).unwrap();
+        f.write_all(b"{\"b\":2}\n").unwrap();
+        f.write_all(&big).unwrap();
+        f.flush().unwrap();
+        let text = std::fs::read(&path).unwrap();
+        assert_eq!(&text[..16], b"{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(&text[16..], &big[..]);
     }
 
     #[test]
