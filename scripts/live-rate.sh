@@ -13,8 +13,9 @@
 # other end (each with its default capture settings). Drops: apitap's
 # apitap_capture_dropped_packets_total (from --metrics-out, written at
 # SIGTERM) and frames it saw against TCP frames sent; tcpdump's "dropped by
-# kernel" and "captured" lines. Prints a table and, per tool, the highest
-# rate with no drop. Needs root, iproute2, tcpreplay (apt-get install -y
+# kernel" and "captured" lines; CPU: the capturing process's user + system
+# time from the start of the replay until it is stopped. Prints a table
+# and, per tool, the highest rate with no drop. Needs root, iproute2, tcpreplay (apt-get install -y
 # tcpreplay), tcpdump, editcap. APITAP_BIN overrides the binary (default:
 # a release build of this tree).
 set -euo pipefail
@@ -93,9 +94,13 @@ for rate in $rates; do
         fi
         pid=$!
         sleep "$settle" # the capture is open and the kernel buffer set
+        # `ip netns exec` execs the tool: $pid is the capturing process.
+        cpu0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
         if [ "$rate" = topspeed ]; then speed=(--topspeed); else speed=(--mbps "$rate"); fi
         replay=$(ip netns exec "$ns_tx" tcpreplay -i "$tx" "${speed[@]}" "$slice" 2>&1)
         sleep "$settle"
+        cpu1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+        cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / hz}')
         kill -TERM "$pid"
         wait "$pid" || true
         pid=
@@ -112,8 +117,8 @@ for rate in $rates; do
         [ "$tool" = apitap ] && expected=$((expected - not_tcp))
         missing=$((expected - ${seen:-0}))
         [ "$missing" -lt 0 ] && missing=0
-        printf '%-8s %-9s achieved %8s Mbit/s  sent %8s  seen %8s  dropped %6s  missing %6s\n' \
-            "$tool" "$rate" "${achieved:-?}" "${sent:-?}" "${seen:-?}" "${dropped:-?}" "$missing"
+        printf '%-8s %-9s achieved %8s Mbit/s  sent %8s  seen %8s  dropped %6s  missing %6s  cpu %5s s\n' \
+            "$tool" "$rate" "${achieved:-?}" "${sent:-?}" "${seen:-?}" "${dropped:-?}" "$missing" "$cpu"
         echo "$tool $rate ${achieved:-0} ${dropped:-0} $missing" >>"$results"
     done
 done
