@@ -1129,30 +1129,60 @@ mod tests {
         }
     }
 
+    /// A loopback connection whose client writes a small numbered segment
+    /// every `every` until [`Trickle::end`].
+    struct Trickle {
+        port: u16,
+        sending: Arc<AtomicBool>,
+        client: std::thread::JoinHandle<()>,
+        server: std::thread::JoinHandle<()>,
+    }
+
+    impl Trickle {
+        fn start(every: Duration) -> Trickle {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.set_nodelay(true).unwrap();
+            let (mut conn, _) = listener.accept().unwrap();
+            let server = std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                conn.read_to_end(&mut sink).unwrap();
+            });
+            let sending = Arc::new(AtomicBool::new(true));
+            let client = std::thread::spawn({
+                let sending = Arc::clone(&sending);
+                move || {
+                    let mut i = 0u64;
+                    while sending.load(Ordering::Relaxed) {
+                        c.write_all(format!("frame {i:>12}\n").as_bytes()).unwrap();
+                        i += 1;
+                        std::thread::sleep(every);
+                    }
+                }
+            });
+            Trickle {
+                port,
+                sending,
+                client,
+                server,
+            }
+        }
+
+        fn end(self) {
+            self.sending.store(false, Ordering::Relaxed);
+            self.client.join().unwrap();
+            self.server.join().unwrap();
+        }
+    }
+
     #[test]
     fn a_stop_under_endless_traffic_ends_after_the_frames_from_before_it() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let Some(mut src) = open_lo_or_skip(&format!("tcp port {port}")) else {
+        let trickle = Trickle::start(Duration::from_micros(100));
+        let Some(mut src) = open_lo_or_skip(&format!("tcp port {}", trickle.port)) else {
+            trickle.end();
             return;
         };
-        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.set_nodelay(true).unwrap();
-        let (mut conn, _) = listener.accept().unwrap();
-        let server = std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            conn.read_to_end(&mut sink).unwrap();
-        });
-        let sending = Arc::new(AtomicBool::new(true));
-        let client = std::thread::spawn({
-            let sending = Arc::clone(&sending);
-            move || {
-                while sending.load(Ordering::Relaxed) {
-                    c.write_all(b"more\n").unwrap();
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-            }
-        });
         let begun = Instant::now();
         let mut before_stop = 0;
         while begun.elapsed() < Duration::from_millis(200) {
@@ -1179,52 +1209,28 @@ mod tests {
             "{:?}",
             stopped.elapsed()
         );
-        sending.store(false, Ordering::Relaxed);
-        client.join().unwrap();
-        server.join().unwrap();
+        trickle.end();
         assert!(before_stop > 20, "{before_stop} frames before the stop");
     }
 
     #[test]
     fn a_fanout_group_never_yields_a_frame_twice() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.set_nodelay(true).unwrap();
-        let (mut conn, _) = listener.accept().unwrap();
-        let server = std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            conn.read_to_end(&mut sink).unwrap();
-        });
         // Traffic flows while the group forms: frames that reached every
         // handle before it was whole must not come out of two of them.
-        let sending = Arc::new(AtomicBool::new(true));
-        let client = std::thread::spawn({
-            let sending = Arc::clone(&sending);
-            move || {
-                let mut i = 0u64;
-                while sending.load(Ordering::Relaxed) {
-                    c.write_all(format!("frame {i:>12}\n").as_bytes()).unwrap();
-                    i += 1;
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-            }
-        });
+        let trickle = Trickle::start(Duration::from_micros(50));
         std::thread::sleep(Duration::from_millis(50));
-        let mut sources = match open_fanout(&lo_options(&format!("tcp port {port}")), 2) {
+        let filter = format!("tcp port {}", trickle.port);
+        let mut sources = match open_fanout(&lo_options(&filter), 2) {
             Ok(s) => s,
             Err(CaptureError::Live(m)) if m.contains("needs CAP_NET_RAW") => {
                 eprintln!("skipped: {m}");
-                sending.store(false, Ordering::Relaxed);
-                client.join().unwrap();
+                trickle.end();
                 return;
             }
             Err(e) => panic!("{e}"),
         };
         std::thread::sleep(Duration::from_millis(100));
-        sending.store(false, Ordering::Relaxed);
-        client.join().unwrap();
-        server.join().unwrap();
+        trickle.end();
         let mut frames = std::collections::HashSet::new();
         let mut total = 0;
         for src in &mut sources {
