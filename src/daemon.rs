@@ -350,13 +350,11 @@ impl Write for ReopenFile {
     /// the line began, so no fragment runs into the next line.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.maybe_reopen();
-        if buf.len() < self.out.capacity() - self.out.buffer().len() {
-            return self.out.write_all(buf);
-        }
-        self.out.flush()?;
+        // Smaller lines: BufWriter makes room by flushing, then buffers.
         if buf.len() < self.out.capacity() {
             return self.out.write_all(buf);
         }
+        self.out.flush()?;
         let file = self.out.get_mut();
         let start = file.metadata()?.len();
         file.write_all(buf).inspect_err(|_| {
